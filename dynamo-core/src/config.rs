@@ -1,0 +1,173 @@
+//! Every number a user may tune, with defaults and validation in one place.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ring::DEFAULT_PARTITIONS;
+
+/// A node's tunables. Plain data: [`Config::validate`] checks it, and the
+/// server assembles it from files and the environment.
+///
+/// Durations are given in milliseconds so a TOML file stays plain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Number of ring partitions Q; a power of two, fixed for the life of
+    /// the cluster.
+    pub partitions: u32,
+    /// Replication factor N: how many nodes hold each key.
+    pub n: usize,
+    /// Default read quorum R (per-request overridable), `1..=n`.
+    pub r: usize,
+    /// Default write quorum W (per-request overridable), `1..=n`.
+    pub w: usize,
+    /// Sloppy quorum: when a preference-list node is unreachable, the next
+    /// healthy node in the ring walk stands in and keeps a hint. With
+    /// `false`, only the preference list counts (strict quorum).
+    pub sloppy_quorum: bool,
+    /// Deadline of a whole client request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Deadline of one call to one replica, in milliseconds.
+    pub replica_timeout_ms: u64,
+    /// Longest accepted key, in bytes (inclusive).
+    pub max_key_len: usize,
+    /// Largest accepted value, in bytes (inclusive).
+    pub max_value_size: usize,
+    /// Most concurrent live siblings a key may hold; a write that would
+    /// exceed it is refused.
+    pub max_siblings: usize,
+    /// Whether reads push the merged state back to stale replicas.
+    pub read_repair: bool,
+    /// How often stored hints are offered to their owners, in milliseconds.
+    pub hint_delivery_interval_ms: u64,
+    /// How many hints one delivery round reads from the store at a time.
+    pub hint_delivery_batch: usize,
+    /// How long a node that failed a call is skipped before it is tried
+    /// again, in milliseconds.
+    pub suspect_period_ms: u64,
+    /// Number of per-key lock stripes serializing read-merge-write.
+    pub lock_stripes: usize,
+    /// Most write operations group-committed in one store batch.
+    pub max_commit_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            partitions: DEFAULT_PARTITIONS,
+            n: 3,
+            r: 2,
+            w: 2,
+            sloppy_quorum: true,
+            request_timeout_ms: 5_000,
+            replica_timeout_ms: 1_000,
+            max_key_len: 1024,
+            max_value_size: 1024 * 1024,
+            max_siblings: 100,
+            read_repair: true,
+            hint_delivery_interval_ms: 1_000,
+            hint_delivery_batch: 256,
+            suspect_period_ms: 1_000,
+            lock_stripes: 1024,
+            max_commit_batch: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field and their relations.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first offending field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if !self.partitions.is_power_of_two() || self.partitions > 1 << 20 {
+            return bad(format!(
+                "partitions = {} must be a power of two between 1 and 1048576",
+                self.partitions
+            ));
+        }
+        if self.n == 0 {
+            return bad("n must be at least 1".into());
+        }
+        for (name, v) in [("r", self.r), ("w", self.w)] {
+            if v == 0 || v > self.n {
+                return bad(format!("{name} = {v} must be between 1 and n = {}", self.n));
+            }
+        }
+        for (name, v) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("replica_timeout_ms", self.replica_timeout_ms),
+            ("hint_delivery_interval_ms", self.hint_delivery_interval_ms),
+            ("suspect_period_ms", self.suspect_period_ms),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be greater than 0"));
+            }
+        }
+        for (name, v) in [
+            ("max_key_len", self.max_key_len),
+            ("max_value_size", self.max_value_size),
+            ("max_siblings", self.max_siblings),
+            ("hint_delivery_batch", self.hint_delivery_batch),
+            ("lock_stripes", self.lock_stripes),
+            ("max_commit_batch", self.max_commit_batch),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole-request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The per-replica call deadline.
+    pub fn replica_timeout(&self) -> Duration {
+        Duration::from_millis(self.replica_timeout_ms)
+    }
+
+    /// The hint delivery period.
+    pub fn hint_delivery_interval(&self) -> Duration {
+        Duration::from_millis(self.hint_delivery_interval_ms)
+    }
+
+    /// How long a failed node is skipped.
+    pub fn suspect_period(&self) -> Duration {
+        Duration::from_millis(self.suspect_period_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_quorum_above_n() {
+        let c = Config { w: 4, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("w = 4"), "{err}");
+    }
+
+    #[test]
+    fn rejects_non_power_of_two_partitions() {
+        let c = Config { partitions: 100, ..Config::default() };
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("partitions")));
+    }
+
+    #[test]
+    fn rejects_zero_limits() {
+        let c = Config { max_siblings: 0, ..Config::default() };
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_siblings")));
+    }
+}

@@ -1,0 +1,481 @@
+//! The request path: who to ask, how many answers to wait for, and what
+//! to do when a replica does not answer.
+//!
+//! Writes are coordinated by a node of the key's preference list (another
+//! node forwards them one hop). The coordinator makes the new dot, stores
+//! the new state, sends it to the other replicas and answers after W acks.
+//! Reads ask the replicas and answer after R; the merged state is pushed
+//! back to stale replicas once every replica answered (read repair).
+//!
+//! With sloppy quorum, a replica that is suspected, or fails its call, is
+//! replaced by the next healthy node of the ring walk, which keeps the
+//! state as a hint for the owner it stands in for.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::causality::{CausalContext, SiblingSet};
+use crate::error::{Error, Result};
+use crate::member::NodeId;
+use crate::metrics::bump;
+use crate::node::NodeCore;
+use crate::replica::{Slot, WriteIntent};
+use crate::ring::{key_hash, Ring};
+use crate::transport::protocol::{Request, Response, WriteRequest};
+
+/// One replica slot of a request: the node asked, and the owner whose
+/// copy it holds (itself, or an unreachable owner it stands in for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) node: NodeId,
+    pub(crate) owner: NodeId,
+}
+
+impl Target {
+    pub(crate) fn slot(self) -> Slot {
+        if self.node == self.owner {
+            Slot::Data
+        } else {
+            Slot::HintFor(self.owner)
+        }
+    }
+}
+
+/// Where a request goes: one target per preference-list slot, and the
+/// nodes that may replace a target that fails.
+struct Plan {
+    targets: Vec<Target>,
+    spares: VecDeque<NodeId>,
+}
+
+/// An answer (or a final failure) of one slot of a fan-out.
+enum Outcome<T> {
+    Answered(T),
+    Failed,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeCore {
+    pub(crate) fn validate_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > self.config.max_key_len {
+            return Err(Error::KeyTooLong { len: key.len(), max: self.config.max_key_len });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validate_value(&self, value: Option<&Bytes>) -> Result<()> {
+        match value {
+            Some(v) if v.len() > self.config.max_value_size => {
+                Err(Error::ValueTooLarge { size: v.len(), max: self.config.max_value_size })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_quorum(&self, name: &str, value: usize) -> Result<usize> {
+        if value == 0 || value > self.config.n {
+            return Err(Error::InvalidQuorum { name: name.into(), value, n: self.config.n });
+        }
+        Ok(value)
+    }
+
+    /// The targets of a request on `partition`. Without sloppy quorum the
+    /// preference list as it is; with it, each suspected owner is replaced
+    /// up front by the next available node of the walk.
+    fn plan(&self, ring: &Ring, partition: u32) -> Plan {
+        let walk = ring.walk(partition);
+        let pl = ring.preference_list(partition);
+        let available = |n: NodeId| n == self.id || self.detector.is_available(n);
+        let (mut up, mut down): (VecDeque<NodeId>, VecDeque<NodeId>) =
+            walk[pl.len()..].iter().copied().partition(|n| available(*n));
+        let mut targets = Vec::with_capacity(pl.len());
+        for &owner in pl {
+            let node = if available(owner) || !self.config.sloppy_quorum {
+                owner
+            } else {
+                up.pop_front().unwrap_or(owner)
+            };
+            targets.push(Target { node, owner });
+        }
+        up.append(&mut down);
+        Plan { targets, spares: if self.config.sloppy_quorum { up } else { VecDeque::new() } }
+    }
+
+    /// Sends a request to `node` and decodes its answer, teaching the
+    /// failure detector about the outcome.
+    pub(crate) async fn call_peer(&self, node: NodeId, frame: Bytes, timeout: Duration) -> Result<Response> {
+        let addr = {
+            let ring = self.ring();
+            match ring.member(node) {
+                Some(m) => m.addr.clone(),
+                None => return Err(Error::NotAMember(node)),
+            }
+        };
+        match self.transport.call(&addr, frame, timeout).await {
+            Ok(bytes) => {
+                self.detector.record_success(node);
+                Response::decode(&bytes)
+            }
+            Err(e) => {
+                self.detector.record_failure(node);
+                Err(Error::Transport(e))
+            }
+        }
+    }
+
+    fn call_timeout(&self, deadline: Instant) -> Duration {
+        self.config.replica_timeout().min(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Calls every target, replacing a failed one by the next spare, and
+    /// reports each slot's outcome on `progress` as it happens. Returns the
+    /// answers of every slot that got one.
+    async fn fan_out<T, F, Fut>(
+        self: Arc<Self>,
+        targets: Vec<Target>,
+        mut spares: VecDeque<NodeId>,
+        call: F,
+        progress: mpsc::UnboundedSender<Outcome<T>>,
+    ) -> Vec<(Target, T)>
+    where
+        T: Clone + Send + 'static,
+        F: Fn(Target) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let tagged = |t: Target| {
+            let fut = call(t);
+            async move { (t, fut.await) }
+        };
+        let mut pending: FuturesUnordered<_> = targets.into_iter().map(tagged).collect();
+        let mut answers = Vec::new();
+        while let Some((target, result)) = pending.next().await {
+            match result {
+                Ok(answer) => {
+                    let _ = progress.send(Outcome::Answered(answer.clone()));
+                    answers.push((target, answer));
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.id, peer = %target.node, error = %e, "replica call failed");
+                    match spares.pop_front() {
+                        Some(spare) => pending.push(tagged(Target { node: spare, owner: target.owner })),
+                        None => {
+                            let _ = progress.send(Outcome::Failed);
+                        }
+                    }
+                }
+            }
+        }
+        answers
+    }
+
+    /// Coordinates a client write (put or delete), forwarding it to a
+    /// preference-list node when this node is not one.
+    pub(crate) async fn write(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
+        self.validate_key(&req.key)?;
+        self.validate_value(req.value.as_ref())?;
+        self.check_quorum("w", req.w)?;
+        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
+        let ring = self.ring();
+        let partition = ring.partition_of(&req.key);
+        if ring.preference_list(partition).contains(&self.id) {
+            return self.coordinate_write(&ring, partition, req, deadline).await;
+        }
+        self.forward_write(&ring, partition, req, deadline).await
+    }
+
+    async fn forward_write(
+        self: &Arc<Self>,
+        ring: &Ring,
+        partition: u32,
+        req: WriteRequest,
+        deadline: Instant,
+    ) -> Result<CausalContext> {
+        let mut candidates: Vec<NodeId> = ring.preference_list(partition).to_vec();
+        // Known-good nodes first; suspected ones only as a last resort.
+        candidates.sort_by_key(|n| !self.detector.is_available(*n));
+        for node in candidates {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let mut fwd = req.clone();
+            fwd.timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+            let frame = Request::Coordinate(fwd).encode();
+            // The coordinator needs its own deadline plus the way back.
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            match self.call_peer(node, frame, timeout).await {
+                Ok(Response::Written(ctx)) => {
+                    bump(&self.metrics.forwarded);
+                    return Ok(ctx);
+                }
+                Ok(Response::Error(e)) => return Err(e),
+                Ok(other) => tracing::warn!(peer = %node, ?other, "unexpected answer to a forwarded write"),
+                Err(e) => tracing::debug!(peer = %node, error = %e, "forwarding failed"),
+            }
+        }
+        if self.config.sloppy_quorum && Instant::now() < deadline {
+            // No owner reachable: coordinate here, as a stand-in.
+            return self.coordinate_write(ring, partition, req, deadline).await;
+        }
+        bump(&self.metrics.quorum_failures);
+        Err(Error::QuorumFailed { acks: 0, needed: req.w })
+    }
+
+    /// Coordinates a write on this node: local write, then replication.
+    pub(crate) async fn coordinate_write(
+        self: &Arc<Self>,
+        ring: &Ring,
+        partition: u32,
+        req: WriteRequest,
+        deadline: Instant,
+    ) -> Result<CausalContext> {
+        bump(&self.metrics.puts);
+        let Plan { mut targets, mut spares } = self.plan(ring, partition);
+        if !targets.iter().any(|t| t.node == self.id) {
+            // Coordinating as a stand-in: take the slot of an owner that is
+            // down (or the last one) and keep the write as its hint.
+            let i = targets
+                .iter()
+                .position(|t| t.node != t.owner || !self.detector.is_available(t.owner))
+                .unwrap_or(targets.len() - 1);
+            if targets[i].node != targets[i].owner {
+                spares.push_front(targets[i].node);
+            }
+            targets[i].node = self.id;
+        }
+        spares.retain(|n| *n != self.id);
+        let local = targets.iter().copied().find(|t| t.node == self.id).expect("self is a target");
+        let hash = key_hash(&req.key);
+        let written = self
+            .replica
+            .write(WriteIntent {
+                key: &req.key,
+                hash,
+                partition,
+                slot: local.slot(),
+                context: req.context.as_ref(),
+                value: req.value.clone(),
+                timestamp_ms: now_ms(),
+                max_siblings: self.config.max_siblings,
+            })
+            .await?;
+        if local.slot() != Slot::Data {
+            bump(&self.metrics.hints_stored);
+            bump(&self.metrics.fallback_writes);
+        }
+        let state = Bytes::from(written.state.encode());
+        let replicate = Request::Replicate { key: req.key.clone(), state: state.clone() }.encode();
+        let remote: Vec<Target> = targets.into_iter().filter(|t| t.node != self.id).collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let core = Arc::clone(self);
+        let key = req.key.clone();
+        let call = move |t: Target| {
+            let core = Arc::clone(&core);
+            let frame = match t.slot() {
+                Slot::Data => replicate.clone(),
+                Slot::HintFor(owner) => {
+                    Request::StoreHint { owner, key: key.clone(), state: state.clone() }.encode()
+                }
+            };
+            async move {
+                match core.call_peer(t.node, frame, core.call_timeout(deadline)).await? {
+                    Response::Ack => {
+                        if t.node != t.owner {
+                            bump(&core.metrics.fallback_writes);
+                        }
+                        Ok(())
+                    }
+                    Response::Error(e) => Err(e),
+                    other => Err(Error::Protocol(format!("unexpected answer to a replication: {other:?}"))),
+                }
+            }
+        };
+        tokio::spawn(Arc::clone(self).fan_out(remote, spares, call, tx));
+        let mut acks = 1;
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        while acks < req.w {
+            tokio::select! {
+                outcome = rx.recv() => match outcome {
+                    Some(Outcome::Answered(())) => acks += 1,
+                    Some(Outcome::Failed) => {}
+                    None => {
+                        bump(&self.metrics.quorum_failures);
+                        return Err(Error::QuorumFailed { acks, needed: req.w });
+                    }
+                },
+                () = &mut timer => {
+                    bump(&self.metrics.quorum_failures);
+                    return Err(Error::Timeout { acks, needed: req.w });
+                }
+            }
+        }
+        Ok(written.context)
+    }
+
+    /// Reads `key` from R replicas and merges their answers; stale
+    /// replicas are repaired in the background once all have answered.
+    pub(crate) async fn read(self: &Arc<Self>, key: Bytes, r: usize, timeout: Duration) -> Result<SiblingSet> {
+        self.validate_key(&key)?;
+        self.check_quorum("r", r)?;
+        bump(&self.metrics.gets);
+        let deadline = Instant::now() + timeout;
+        let ring = self.ring();
+        let partition = ring.partition_of(&key);
+        let hash = key_hash(&key);
+        let Plan { targets, spares } = self.plan(&ring, partition);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let core = Arc::clone(self);
+        let k = key.clone();
+        let call = move |t: Target| {
+            let core = Arc::clone(&core);
+            let key = k.clone();
+            async move {
+                if t.node == core.id {
+                    return core.replica.load(t.slot(), partition, &key).await;
+                }
+                let hint_for = (t.node != t.owner).then_some(t.owner);
+                let frame = Request::Get { key, hint_for }.encode();
+                match core.call_peer(t.node, frame, core.call_timeout(deadline)).await? {
+                    Response::State(None) => Ok(None),
+                    Response::State(Some(bytes)) => SiblingSet::decode(&bytes)
+                        .map(Some)
+                        .map_err(|e| Error::Protocol(format!("replica sent a bad state: {e}"))),
+                    Response::Error(e) => Err(e),
+                    other => Err(Error::Protocol(format!("unexpected answer to a read: {other:?}"))),
+                }
+            }
+        };
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            let answers = Arc::clone(&core).fan_out(targets, spares, call, tx).await;
+            if core.config.read_repair {
+                core.repair(key, partition, hash, answers).await;
+            }
+        });
+        let mut merged = SiblingSet::new();
+        let mut answered = 0;
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        while answered < r {
+            tokio::select! {
+                outcome = rx.recv() => match outcome {
+                    Some(Outcome::Answered(state)) => {
+                        answered += 1;
+                        if let Some(s) = state {
+                            merged.merge(&s);
+                        }
+                    }
+                    Some(Outcome::Failed) => {}
+                    None => {
+                        bump(&self.metrics.quorum_failures);
+                        return Err(Error::QuorumFailed { acks: answered, needed: r });
+                    }
+                },
+                () = &mut timer => {
+                    bump(&self.metrics.quorum_failures);
+                    return Err(Error::Timeout { acks: answered, needed: r });
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Pushes the merge of every answer to each owner that answered with
+    /// less.
+    async fn repair(&self, key: Bytes, partition: u32, hash: u64, answers: Vec<(Target, Option<SiblingSet>)>) {
+        let mut merged = SiblingSet::new();
+        for (_, state) in &answers {
+            if let Some(s) = state {
+                merged.merge(s);
+            }
+        }
+        if merged.is_empty() {
+            return;
+        }
+        let stale: Vec<NodeId> = answers
+            .iter()
+            .filter(|(t, state)| t.slot() == Slot::Data && state.as_ref() != Some(&merged))
+            .map(|(t, _)| t.node)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let frame = Request::Replicate { key: key.clone(), state: Bytes::from(merged.encode()) }.encode();
+        for node in stale {
+            let result = if node == self.id {
+                self.replica.merge(Slot::Data, partition, &key, hash, &merged).await.map(|_| ())
+            } else {
+                match self.call_peer(node, frame.clone(), self.config.replica_timeout()).await {
+                    Ok(Response::Ack) => Ok(()),
+                    Ok(Response::Error(e)) => Err(e),
+                    Ok(other) => Err(Error::Protocol(format!("unexpected answer to a repair: {other:?}"))),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(()) => bump(&self.metrics.read_repairs),
+                Err(e) => tracing::debug!(peer = %node, error = %e, "read repair failed"),
+            }
+        }
+    }
+
+    /// Serves a replica-side request from a peer.
+    pub(crate) async fn serve_request(self: &Arc<Self>, req: Request) -> Response {
+        let result = match req {
+            Request::Ping => Ok(Response::Pong),
+            Request::Get { key, hint_for } => self.serve_get(&key, hint_for).await.map(Response::State),
+            Request::Replicate { key, state } => self.serve_merge(Slot::Data, &key, &state).await,
+            Request::StoreHint { owner, key, state } => {
+                let r = self.serve_merge(Slot::HintFor(owner), &key, &state).await;
+                if r.is_ok() {
+                    bump(&self.metrics.hints_stored);
+                }
+                r
+            }
+            Request::Coordinate(w) => self.serve_coordinate(w).await.map(Response::Written),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    async fn serve_get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {
+        self.validate_key(key)?;
+        let partition = self.ring().partition_of(key);
+        let slot = hint_for.map_or(Slot::Data, Slot::HintFor);
+        self.replica.load_raw(slot, partition, key).await
+    }
+
+    async fn serve_merge(&self, slot: Slot, key: &[u8], state: &[u8]) -> Result<Response> {
+        self.validate_key(key)?;
+        let incoming =
+            SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
+        let partition = self.ring().partition_of(key);
+        self.replica.merge(slot, partition, key, key_hash(key), &incoming).await?;
+        Ok(Response::Ack)
+    }
+
+    async fn serve_coordinate(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
+        self.validate_key(&req.key)?;
+        self.validate_value(req.value.as_ref())?;
+        self.check_quorum("w", req.w)?;
+        if let Some(c) = &req.context {
+            c.validate().map_err(|e| Error::InvalidContext(e.to_string()))?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
+        let ring = self.ring();
+        let partition = ring.partition_of(&req.key);
+        self.coordinate_write(&ring, partition, req, deadline).await
+    }
+}

@@ -1,0 +1,114 @@
+//! The errors a node reports to its callers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::member::NodeId;
+use crate::store::StoreError;
+use crate::transport::TransportError;
+
+/// Everything a request to a node can fail with.
+///
+/// The type is serializable because a node that forwards a request to a
+/// coordinator hands the coordinator's error back to its own caller
+/// unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// The key is empty.
+    #[error("the key is empty")]
+    EmptyKey,
+    /// The key is longer than the configured limit.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The configured `max_key_len`.
+        max: usize,
+    },
+    /// The value is larger than the configured limit.
+    #[error("value of {size} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's size.
+        size: usize,
+        /// The configured `max_value_size`.
+        max: usize,
+    },
+    /// The causal context given with a write is malformed or belongs to
+    /// another key.
+    #[error("invalid context: {0}")]
+    InvalidContext(String),
+    /// The write would leave more concurrent siblings than allowed.
+    #[error("key {key:?} would have {count} siblings, more than the limit of {max}; read it and write back a resolved value with its context")]
+    TooManySiblings {
+        /// The key, lossily shown as text.
+        key: String,
+        /// How many siblings the write would leave.
+        count: usize,
+        /// The configured `max_siblings`.
+        max: usize,
+    },
+    /// Fewer replicas answered than the request's quorum needs, and no
+    /// replica is left to ask.
+    #[error("quorum not reached: {acks} of {needed} required replicas answered")]
+    QuorumFailed {
+        /// Replicas that answered successfully.
+        acks: usize,
+        /// Replicas the request needed (R or W).
+        needed: usize,
+    },
+    /// The request's deadline passed before its quorum was reached.
+    #[error("deadline passed with {acks} of {needed} required replicas answered")]
+    Timeout {
+        /// Replicas that answered successfully in time.
+        acks: usize,
+        /// Replicas the request needed (R or W).
+        needed: usize,
+    },
+    /// A per-request R or W outside `1..=N`.
+    #[error("{name} = {value} is invalid: it must be between 1 and N = {n}")]
+    InvalidQuorum {
+        /// `"r"` or `"w"`.
+        name: String,
+        /// The requested value.
+        value: usize,
+        /// The cluster's replication factor.
+        n: usize,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// No reconciler is registered under that name.
+    #[error("no reconciler named {name:?}; registered: {known:?}")]
+    UnknownReconciler {
+        /// The name asked for.
+        name: String,
+        /// The names that are registered.
+        known: Vec<String>,
+    },
+    /// A node is not a member of the ring it was given.
+    #[error("node {0} is not a member of the ring")]
+    NotAMember(NodeId),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A frame could not be sent or received.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A peer sent something this node cannot understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::ring::RingError> for Error {
+    fn from(e: crate::ring::RingError) -> Self {
+        Error::Config(e.to_string())
+    }
+}

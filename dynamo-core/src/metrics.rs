@@ -1,0 +1,51 @@
+//! Counters a node keeps about its own work. Plain atomics: no I/O, no
+//! exporter; the server turns a [`MetricsSnapshot`] into Prometheus text.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters, updated with relaxed atomics on the request path.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`Metrics`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct MetricsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Metrics {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Reads coordinated by this node.
+    gets,
+    /// Writes (puts and deletes) coordinated by this node.
+    puts,
+    /// Writes this node forwarded to a preference-list coordinator.
+    forwarded,
+    /// Requests that failed for want of a quorum or by deadline.
+    quorum_failures,
+    /// Replicas brought up to date by read repair.
+    read_repairs,
+    /// Hints this node stored for an unreachable owner.
+    hints_stored,
+    /// Hints this node delivered to their owner and removed.
+    hints_delivered,
+    /// Writes that went to a fallback node instead of an owner.
+    fallback_writes,
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

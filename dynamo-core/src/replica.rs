@@ -1,0 +1,262 @@
+//! A node's local copy of its keys: encoding, per-key read-merge-write
+//! under striped locks, and new dots for coordinated writes.
+//!
+//! Key states live in the data table under `partition (u32 BE) ++ key`, so
+//! a partition is one contiguous range. Hints for an unreachable owner live
+//! in the hints table under `owner (u64 BE) ++ partition ++ key`, so one
+//! owner's hints are one range. Every change to a key happens under the
+//! key's stripe lock and is group-committed before the lock is released,
+//! so the next writer of the key reads it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::causality::{Actor, CausalContext, Dot, SiblingSet};
+use crate::epoch::Epochs;
+use crate::error::{Error, Result};
+use crate::group_commit::{run_store, GroupCommit};
+use crate::member::NodeId;
+use crate::reconcile::{Reconciler, Resolution};
+use crate::store::{Store, Table, WriteBatch};
+
+/// Where a key's state is kept on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// As one of the key's replicas.
+    Data,
+    /// As a hint for an owner that could not be reached.
+    HintFor(NodeId),
+}
+
+/// The storage key of `key` in `slot`.
+pub(crate) fn storage_key(slot: Slot, partition: u32, key: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(12 + key.len());
+    if let Slot::HintFor(owner) = slot {
+        k.extend_from_slice(&owner.0.to_be_bytes());
+    }
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    Bytes::from(k)
+}
+
+fn slot_table(slot: Slot) -> Table {
+    match slot {
+        Slot::Data => Table::Data,
+        Slot::HintFor(_) => Table::Hints,
+    }
+}
+
+/// One stored hint.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredHint {
+    pub(crate) owner: NodeId,
+    pub(crate) partition: u32,
+    pub(crate) key: Bytes,
+    pub(crate) state: Bytes,
+    /// The hint's storage key, for paging and removal.
+    pub(crate) storage_key: Bytes,
+}
+
+fn parse_hint(storage_key: Bytes, state: Bytes) -> Option<StoredHint> {
+    if storage_key.len() < 12 {
+        return None;
+    }
+    let owner = NodeId(u64::from_be_bytes(storage_key[..8].try_into().ok()?));
+    let partition = u32::from_be_bytes(storage_key[8..12].try_into().ok()?);
+    let key = storage_key.slice(12..);
+    Some(StoredHint { owner, partition, key, state, storage_key })
+}
+
+/// The result of a coordinated local write.
+pub(crate) struct LocalWrite {
+    /// The key's new local state.
+    pub(crate) state: SiblingSet,
+    /// The context to hand the client: its own context plus the new dot.
+    pub(crate) context: CausalContext,
+}
+
+/// What a coordinated write asks for.
+pub(crate) struct WriteIntent<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) hash: u64,
+    pub(crate) partition: u32,
+    pub(crate) slot: Slot,
+    /// `None`: a put with no context is concurrent with everything; a
+    /// delete with none uses the local state's context.
+    pub(crate) context: Option<&'a CausalContext>,
+    pub(crate) value: Option<Bytes>,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) max_siblings: usize,
+}
+
+/// The local store of key states and hints.
+pub(crate) struct Replica {
+    node: NodeId,
+    store: Arc<dyn Store>,
+    commit: GroupCommit,
+    committer: JoinHandle<()>,
+    stripes: Box<[Mutex<()>]>,
+    epochs: Epochs,
+    reconciler: Arc<dyn Reconciler>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.committer.abort();
+    }
+}
+
+impl Replica {
+    pub(crate) async fn open(
+        node: NodeId,
+        store: Arc<dyn Store>,
+        reconciler: Arc<dyn Reconciler>,
+        stripes: usize,
+        max_commit_batch: usize,
+    ) -> Result<Replica> {
+        let epochs = Epochs::open(&store).await?;
+        let (commit, committer) = GroupCommit::start(Arc::clone(&store), max_commit_batch);
+        Ok(Replica {
+            node,
+            store,
+            commit,
+            committer,
+            stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
+            epochs,
+            reconciler,
+        })
+    }
+
+    fn stripe(&self, hash: u64) -> &Mutex<()> {
+        // The ring uses the hash's top bits; use the low ones here.
+        &self.stripes[(hash % self.stripes.len() as u64) as usize]
+    }
+
+    /// The raw encoded state of `key` in `slot`.
+    pub(crate) async fn load_raw(&self, slot: Slot, partition: u32, key: &[u8]) -> Result<Option<Bytes>> {
+        let sk = storage_key(slot, partition, key);
+        Ok(run_store(&self.store, move |s| s.get(slot_table(slot), &sk)).await?)
+    }
+
+    /// The decoded state of `key` in `slot`.
+    pub(crate) async fn load(&self, slot: Slot, partition: u32, key: &[u8]) -> Result<Option<SiblingSet>> {
+        self.load_raw(slot, partition, key).await?.map(|b| decode_stored(&b)).transpose()
+    }
+
+    /// Applies the reconciler's deterministic winner, if it names one.
+    fn prune(&self, key: &[u8], state: &mut SiblingSet) {
+        if state.siblings().len() > 1 {
+            if let Resolution::Winner(dot) = self.reconciler.reconcile(key, state.siblings()) {
+                state.retain_sibling(&dot);
+            }
+        }
+    }
+
+    async fn store_state(&self, slot: Slot, partition: u32, key: &[u8], state: &SiblingSet) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(slot_table(slot), storage_key(slot, partition, key), state.encode());
+        Ok(self.commit.commit(batch).await?)
+    }
+
+    /// Merges `incoming` into the local state of `key`; returns the merged
+    /// state and whether anything changed (and was stored).
+    pub(crate) async fn merge(
+        &self,
+        slot: Slot,
+        partition: u32,
+        key: &[u8],
+        hash: u64,
+        incoming: &SiblingSet,
+    ) -> Result<(SiblingSet, bool)> {
+        let _guard = self.stripe(hash).lock().await;
+        let current = self.load(slot, partition, key).await?;
+        let mut merged = current.clone().unwrap_or_default();
+        merged.merge(incoming);
+        self.prune(key, &mut merged);
+        let changed = current.as_ref() != Some(&merged);
+        if changed {
+            self.store_state(slot, partition, key, &merged).await?;
+        }
+        Ok((merged, changed))
+    }
+
+    /// Coordinates a write: picks this node's actor and next dot for the
+    /// key, applies the write to the local state and stores it.
+    ///
+    /// # Errors
+    /// [`Error::TooManySiblings`] (nothing stored) or a store error.
+    pub(crate) async fn write(&self, intent: WriteIntent<'_>) -> Result<LocalWrite> {
+        let _guard = self.stripe(intent.hash).lock().await;
+        let mut state = self.load(intent.slot, intent.partition, intent.key).await?.unwrap_or_default();
+        let actor = self.actor_for(intent.slot, &state).await?;
+        let dot = Dot { actor, counter: state.next_counter(&actor) };
+        let client_context = match (intent.context, &intent.value) {
+            (Some(c), _) => c.clone(),
+            (None, Some(_)) => CausalContext::new(),
+            (None, None) => state.context().clone(),
+        };
+        state.apply_write(&client_context, dot, intent.timestamp_ms, intent.value);
+        self.prune(intent.key, &mut state);
+        if state.siblings().len() > intent.max_siblings {
+            return Err(Error::TooManySiblings {
+                key: String::from_utf8_lossy(intent.key).into_owned(),
+                count: state.siblings().len(),
+                max: intent.max_siblings,
+            });
+        }
+        self.store_state(intent.slot, intent.partition, intent.key, &state).await?;
+        let mut context = client_context;
+        context.insert(dot);
+        Ok(LocalWrite { state, context })
+    }
+
+    /// The actor for a new dot on a key whose local state is `state`.
+    ///
+    /// An epoch this store allocated and that already appears in the key's
+    /// state is reused: the state then holds every dot issued under it. A
+    /// key with no such epoch (new key, wiped store, or a hint slot whose
+    /// state is dropped once delivered) gets a fresh epoch.
+    async fn actor_for(&self, slot: Slot, state: &SiblingSet) -> Result<Actor> {
+        if slot == Slot::Data {
+            let own = state
+                .context()
+                .actors()
+                .filter(|a| a.node == self.node && self.epochs.is_own(a.epoch))
+                .max_by_key(|a| a.epoch);
+            if let Some(actor) = own {
+                return Ok(actor);
+            }
+        }
+        let epoch = self.epochs.allocate(&self.commit).await?;
+        Ok(Actor { node: self.node, epoch })
+    }
+
+    /// Up to `limit` hints whose storage key is at or after `from`.
+    pub(crate) async fn scan_hints(&self, from: Bytes, limit: usize) -> Result<Vec<StoredHint>> {
+        let rows = run_store(&self.store, move |s| s.scan(Table::Hints, &from, None, limit)).await?;
+        Ok(rows.into_iter().filter_map(|(k, v)| parse_hint(k, v)).collect())
+    }
+
+    /// Removes a delivered hint, unless it changed since it was read (then
+    /// the newer hint stays for the next round). Returns whether it was removed.
+    pub(crate) async fn remove_hint_if_unchanged(&self, hint: &StoredHint, hash: u64) -> Result<bool> {
+        let _guard = self.stripe(hash).lock().await;
+        let sk = hint.storage_key.clone();
+        let current = run_store(&self.store, move |s| s.get(Table::Hints, &sk)).await?;
+        if current.as_ref() != Some(&hint.state) {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Hints, hint.storage_key.clone());
+        self.commit.commit(batch).await?;
+        Ok(true)
+    }
+}
+
+/// Decodes a state read from the local store.
+pub(crate) fn decode_stored(bytes: &[u8]) -> Result<SiblingSet> {
+    SiblingSet::decode(bytes).map_err(|e| Error::Corrupt(format!("stored key state: {e}")))
+}

@@ -1,0 +1,2 @@
+//! Test kit for dynamo-core.
+pub mod sim_net;

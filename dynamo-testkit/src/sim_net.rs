@@ -1,0 +1,701 @@
+//! An in-memory network with seeded fault injection, for cluster tests.
+//!
+//! [`SimNetwork`] is shared by every node of an in-process cluster; each node
+//! gets a [`SimTransport`] bound to its address through
+//! [`SimNetwork::endpoint`]. Tests can then cut links, isolate or kill nodes,
+//! drop messages and delay them.
+//!
+//! A call travels in two legs, the request and the response, and ends no
+//! later than its deadline:
+//! 1. from a shut-down, killed or replaced endpoint it fails with
+//!    [`TransportError::Closed`] (also if that happens while it is in flight);
+//! 2. to an address where nothing serves it fails at once with
+//!    [`TransportError::Unreachable`] ("connection refused");
+//! 3. a leg is lost if it is randomly dropped, or if its link is cut when it
+//!    is sent or when it arrives after its delay; the caller then sees
+//!    [`TransportError::Timeout`] once the deadline passes;
+//! 4. if the target stops serving before the request arrives or before it
+//!    answers, the call fails with `Unreachable` ("connection reset").
+//!
+//! Delivery and the handler run in a spawned task, so a request that was sent
+//! is delivered and handled to completion even if its caller gave up or its
+//! response is lost, as with a real server.
+//!
+//! Runs are reproducible from the seed: every call makes exactly four draws
+//! from one ChaCha8 generator when it starts, whatever the configuration, so
+//! the draws depend only on the order in which calls start (deterministic on
+//! tokio's current-thread runtime, which `#[tokio::test]` uses). Delays use
+//! `tokio::time`, so tests should run on tokio's paused clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dynamo_core::transport::{FrameHandler, Transport, TransportError};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{oneshot, watch};
+
+/// A simulated network shared by every node of an in-process cluster.
+///
+/// Cloning is cheap and yields a handle to the same network.
+#[derive(Clone)]
+pub struct SimNetwork {
+    state: Arc<Mutex<State>>,
+}
+
+/// Counters of what the network did since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Calls made by open endpoints (calls from a closed endpoint are not counted).
+    pub calls: u64,
+    /// Legs that reached their destination; a full round trip delivers two.
+    pub delivered: u64,
+    /// Legs lost to a cut link or a random drop.
+    pub dropped: u64,
+    /// Calls that found no serving node at the target: refused when sent, or
+    /// reset because the target stopped before the request or response got through.
+    pub refused: u64,
+}
+
+/// A [`Transport`] bound to one address of a [`SimNetwork`].
+///
+/// It stays usable until it is shut down, killed through
+/// [`SimNetwork::kill`], or replaced by a newer endpoint for the same address;
+/// from then on its calls return [`TransportError::Closed`].
+pub struct SimTransport {
+    net: SimNetwork,
+    addr: String,
+    id: u64,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+type Reply = Result<Bytes, TransportError>;
+
+/// The live endpoint bound to an address. Closing an endpoint removes its slot.
+struct Slot {
+    id: u64,
+    closed: Arc<watch::Sender<bool>>,
+    handler: Option<Arc<dyn FrameHandler>>,
+}
+
+struct State {
+    seed: u64,
+    rng: ChaCha8Rng,
+    next_id: u64,
+    slots: BTreeMap<String, Slot>,
+    /// Cut links, each stored once as an ordered pair: cuts are symmetric.
+    cuts: BTreeSet<(String, String)>,
+    isolated: BTreeSet<String>,
+    drop_rate: f64,
+    delay: (Duration, Duration),
+    stats: NetStats,
+}
+
+/// The fate of one call, drawn when it starts.
+struct Plan {
+    request_lost: bool,
+    request_delay: Duration,
+    response_lost: bool,
+    response_delay: Duration,
+}
+
+impl State {
+    /// Always four draws, so the draw sequence depends only on the calls made.
+    fn draw(&mut self) -> Plan {
+        let (min, max) = self.delay;
+        let delay = |rng: &mut ChaCha8Rng| min + (max - min).mul_f64(rng.random::<f64>());
+        Plan {
+            request_lost: self.rng.random::<f64>() < self.drop_rate,
+            request_delay: delay(&mut self.rng),
+            response_lost: self.rng.random::<f64>() < self.drop_rate,
+            response_delay: delay(&mut self.rng),
+        }
+    }
+
+    /// A node can always reach itself; otherwise isolation or a cut blocks the link.
+    fn is_cut(&self, a: &str, b: &str) -> bool {
+        a != b
+            && (self.isolated.contains(a)
+                || self.isolated.contains(b)
+                || self.cuts.contains(&link(a, b)))
+    }
+
+    /// Whether a leg from `from` to `to` is lost now; counts it as dropped if so.
+    fn leg_lost(&mut self, from: &str, to: &str, drawn_lost: bool) -> bool {
+        let lost = drawn_lost || self.is_cut(from, to);
+        if lost {
+            self.stats.dropped += 1;
+            tracing::trace!(from, to, "sim_net: leg lost");
+        }
+        lost
+    }
+
+    /// The endpoint id and handler serving at `addr`, if any.
+    fn serving(&self, addr: &str) -> Option<(u64, Arc<dyn FrameHandler>)> {
+        let slot = self.slots.get(addr)?;
+        Some((slot.id, slot.handler.clone()?))
+    }
+
+    /// The handler of endpoint `id` at `addr`, if that endpoint still serves.
+    fn handler_of(&self, addr: &str, id: u64) -> Option<Arc<dyn FrameHandler>> {
+        self.serving(addr)
+            .filter(|(serving, _)| *serving == id)
+            .map(|(_, h)| h)
+    }
+
+    fn close(&mut self, addr: &str) {
+        if let Some(slot) = self.slots.remove(addr) {
+            slot.closed.send_replace(true);
+        }
+    }
+}
+
+fn link(a: &str, b: &str) -> (String, String) {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    (lo.to_owned(), hi.to_owned())
+}
+
+fn unreachable(peer: &str, reason: &str) -> TransportError {
+    TransportError::Unreachable {
+        peer: peer.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+impl SimNetwork {
+    /// Creates an empty network: no endpoints, no cuts, no drops, no delay.
+    /// All its randomness comes from a ChaCha8 generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        let state = State {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_id: 0,
+            slots: BTreeMap::new(),
+            cuts: BTreeSet::new(),
+            isolated: BTreeSet::new(),
+            drop_rate: 0.0,
+            delay: (Duration::ZERO, Duration::ZERO),
+            stats: NetStats::default(),
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// The seed this network was created with, to log and replay a failing run.
+    pub fn seed(&self) -> u64 {
+        self.lock().seed
+    }
+
+    /// Returns a transport bound to `addr`, not yet serving.
+    ///
+    /// An earlier endpoint for the same address is closed as if killed, so a
+    /// restarted node can take over its address. Cuts involving `addr` remain.
+    pub fn endpoint(&self, addr: &str) -> Arc<SimTransport> {
+        let closed = Arc::new(watch::Sender::new(false));
+        let mut state = self.lock();
+        state.close(addr);
+        state.next_id += 1;
+        let id = state.next_id;
+        let slot = Slot {
+            id,
+            closed: Arc::clone(&closed),
+            handler: None,
+        };
+        state.slots.insert(addr.to_owned(), slot);
+        Arc::new(SimTransport {
+            net: self.clone(),
+            addr: addr.to_owned(),
+            id,
+            closed,
+        })
+    }
+
+    /// Makes each leg of each later call lost with probability `p`.
+    ///
+    /// # Panics
+    /// If `p` is not within `0.0..=1.0`.
+    pub fn set_drop_rate(&self, p: f64) {
+        assert!((0.0..=1.0).contains(&p), "drop rate {p} not in [0, 1]");
+        self.lock().drop_rate = p;
+    }
+
+    /// Makes each delivered leg of each later call wait a uniformly drawn
+    /// time in `[min, max]` (on tokio's clock), so a round trip takes at
+    /// least `2 * min` and at most `2 * max` plus the handler's time.
+    ///
+    /// # Panics
+    /// If `min > max`.
+    pub fn set_delay(&self, min: Duration, max: Duration) {
+        assert!(min <= max, "delay min {min:?} exceeds max {max:?}");
+        self.lock().delay = (min, max);
+    }
+
+    /// Cuts every link between an address in `side_a` and one in `side_b`,
+    /// both ways, in addition to earlier cuts. Messages on a cut link are lost.
+    pub fn partition(&self, side_a: &[&str], side_b: &[&str]) {
+        tracing::debug!(?side_a, ?side_b, "sim_net: partition");
+        let mut state = self.lock();
+        for a in side_a {
+            for b in side_b.iter().filter(|b| *b != a) {
+                state.cuts.insert(link(a, b));
+            }
+        }
+    }
+
+    /// Cuts `addr` from every other address, including ones added later.
+    pub fn isolate(&self, addr: &str) {
+        tracing::debug!(addr, "sim_net: isolate");
+        self.lock().isolated.insert(addr.to_owned());
+    }
+
+    /// Removes every cut and isolation and sets the drop rate back to 0.
+    /// Delays and killed nodes are left as they are.
+    pub fn heal(&self) {
+        tracing::debug!("sim_net: heal");
+        let mut state = self.lock();
+        state.cuts.clear();
+        state.isolated.clear();
+        state.drop_rate = 0.0;
+    }
+
+    /// Crashes the node at `addr`: it stops serving at once, calls to it fail
+    /// with [`TransportError::Unreachable`], and its own calls, in flight or
+    /// later, fail with [`TransportError::Closed`]. Requests it was already
+    /// handling finish, but their responses are never sent.
+    pub fn kill(&self, addr: &str) {
+        tracing::debug!(addr, "sim_net: kill");
+        self.lock().close(addr);
+    }
+
+    /// Whether no cut separates `from` and `to` and a node is serving at `to`.
+    /// Random drops are not considered.
+    pub fn is_reachable(&self, from: &str, to: &str) -> bool {
+        let state = self.lock();
+        !state.is_cut(from, to) && state.serving(to).is_some()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NetStats {
+        self.lock().stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a call: the returned receiver gets the reply, or errors if a leg is lost.
+    fn send(
+        &self,
+        from: &str,
+        to: &str,
+        frame: Bytes,
+    ) -> Result<oneshot::Receiver<Reply>, TransportError> {
+        let (reply, receiver) = oneshot::channel();
+        let mut state = self.lock();
+        state.stats.calls += 1;
+        let plan = state.draw();
+        let Some((target, _)) = state.serving(to) else {
+            state.stats.refused += 1;
+            return Err(unreachable(to, "connection refused"));
+        };
+        if !state.leg_lost(from, to, plan.request_lost) {
+            let (net, from, to) = (self.clone(), from.to_owned(), to.to_owned());
+            tokio::spawn(net.deliver(from, to, target, frame, plan, reply));
+        }
+        Ok(receiver)
+    }
+
+    /// Carries a request to endpoint `target` at `to`, runs its handler and carries the response back.
+    async fn deliver(
+        self,
+        from: String,
+        to: String,
+        target: u64,
+        frame: Bytes,
+        plan: Plan,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        tokio::time::sleep(plan.request_delay).await;
+        let handler = {
+            let mut state = self.lock();
+            if state.leg_lost(&from, &to, false) {
+                return;
+            }
+            let Some(handler) = state.handler_of(&to, target) else {
+                state.stats.refused += 1;
+                let _ = reply.send(Err(unreachable(&to, "connection reset")));
+                return;
+            };
+            state.stats.delivered += 1;
+            handler
+        };
+        let response = handler.handle(frame).await;
+        {
+            let mut state = self.lock();
+            if state.leg_lost(&to, &from, plan.response_lost) {
+                return;
+            }
+            if state.handler_of(&to, target).is_none() {
+                state.stats.refused += 1;
+                let _ = reply.send(Err(unreachable(&to, "connection reset")));
+                return;
+            }
+        }
+        tokio::time::sleep(plan.response_delay).await;
+        {
+            let mut state = self.lock();
+            if state.leg_lost(&to, &from, false) {
+                return;
+            }
+            state.stats.delivered += 1;
+        }
+        let _ = reply.send(Ok(response));
+    }
+}
+
+#[async_trait]
+impl Transport for SimTransport {
+    fn local_addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Registers `handler` for this endpoint's address.
+    ///
+    /// Fails with [`TransportError::Listen`] if this endpoint already serves or was closed.
+    async fn serve(&self, handler: Arc<dyn FrameHandler>) -> Result<(), TransportError> {
+        let mut state = self.net.lock();
+        let reason = match state.slots.get_mut(&self.addr) {
+            Some(slot) if slot.id == self.id && slot.handler.is_none() => {
+                slot.handler = Some(handler);
+                return Ok(());
+            }
+            Some(slot) if slot.id == self.id => "already serving",
+            _ => "endpoint was shut down, killed or replaced",
+        };
+        Err(TransportError::Listen {
+            addr: self.addr.clone(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// Runs one call through the simulated network, as the module docs describe.
+    async fn call(
+        &self,
+        to: &str,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let mut closed = self.closed.subscribe();
+        if *closed.borrow_and_update() {
+            return Err(TransportError::Closed);
+        }
+        let receiver = self.net.send(&self.addr, to, frame)?;
+        let reply = async {
+            match receiver.await {
+                Ok(reply) => reply,
+                // A lost leg: nothing will come, only the deadline ends the wait.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let outcome = async {
+            tokio::select! {
+                reply = reply => reply,
+                _ = closed.wait_for(|closed| *closed) => Err(TransportError::Closed),
+            }
+        };
+        tokio::time::timeout(timeout, outcome)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransportError::Timeout {
+                    peer: to.to_owned(),
+                    timeout,
+                })
+            })
+    }
+
+    /// Stops serving (unless a newer endpoint took the address over) and
+    /// fails this endpoint's calls, in flight or later, with [`TransportError::Closed`].
+    async fn shutdown(&self) {
+        self.closed.send_replace(true);
+        let mut state = self.net.lock();
+        if state.slots.get(&self.addr).is_some_and(|s| s.id == self.id) {
+            state.slots.remove(&self.addr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(1);
+
+    struct Echo;
+
+    #[async_trait]
+    impl FrameHandler for Echo {
+        async fn handle(&self, frame: Bytes) -> Bytes {
+            frame
+        }
+    }
+
+    /// Counts requests; optionally isolates a node before answering.
+    struct Counting {
+        hits: Arc<AtomicUsize>,
+        isolate: Option<(SimNetwork, &'static str)>,
+    }
+
+    #[async_trait]
+    impl FrameHandler for Counting {
+        async fn handle(&self, frame: Bytes) -> Bytes {
+            self.hits.fetch_add(1, Ordering::SeqCst);
+            if let Some((net, addr)) = &self.isolate {
+                net.isolate(addr);
+            }
+            frame
+        }
+    }
+
+    async fn serving(net: &SimNetwork, addr: &str) -> Arc<SimTransport> {
+        let endpoint = net.endpoint(addr);
+        endpoint.serve(Arc::new(Echo)).await.unwrap();
+        endpoint
+    }
+
+    /// A network with echo nodes "a" and "b".
+    async fn pair(seed: u64) -> (SimNetwork, Arc<SimTransport>, Arc<SimTransport>) {
+        let net = SimNetwork::new(seed);
+        let (a, b) = (serving(&net, "a").await, serving(&net, "b").await);
+        (net, a, b)
+    }
+
+    fn ping() -> Bytes {
+        Bytes::from_static(b"ping")
+    }
+
+    fn is_timeout(result: &Result<Bytes, TransportError>, peer: &str) -> bool {
+        matches!(result, Err(TransportError::Timeout { peer: p, timeout }) if p == peer && *timeout == T)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_trip_through_echo() {
+        let (net, a, b) = pair(1).await;
+        assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
+        assert_eq!(a.local_addr(), "a");
+        assert!(matches!(
+            b.serve(Arc::new(Echo)).await,
+            Err(TransportError::Listen { .. })
+        ));
+        let stats = net.stats();
+        assert_eq!(
+            (stats.calls, stats.delivered, stats.dropped, stats.refused),
+            (1, 2, 0, 0)
+        );
+        assert_eq!(net.seed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_address_is_unreachable_at_once() {
+        let net = SimNetwork::new(2);
+        let a = serving(&net, "a").await;
+        let start = Instant::now();
+        let result = a.call("nowhere", ping(), T).await;
+        assert!(
+            matches!(result, Err(TransportError::Unreachable { peer, .. }) if peer == "nowhere")
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(net.stats().refused, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partition_times_out_and_heal_restores() {
+        let (net, a, b) = pair(3).await;
+        let _c = serving(&net, "c").await;
+        net.partition(&["a"], &["b"]);
+        assert!(!net.is_reachable("a", "b") && !net.is_reachable("b", "a"));
+        let start = Instant::now();
+        assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
+        assert_eq!(start.elapsed(), T);
+        assert!(is_timeout(&b.call("a", ping(), T).await, "a"));
+        assert!(a.call("c", ping(), T).await.is_ok());
+        net.heal();
+        assert!(net.is_reachable("a", "b"));
+        assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn isolate_cuts_a_node_from_everyone() {
+        let net = SimNetwork::new(4);
+        let a = serving(&net, "a").await;
+        let c = serving(&net, "c").await;
+        let _b = serving(&net, "b").await;
+        net.set_delay(T / 4, T / 4);
+        let caller = Arc::clone(&a);
+        let in_flight = tokio::spawn(async move { caller.call("c", ping(), T).await });
+        tokio::time::sleep(T / 8).await;
+        net.isolate("c"); // while the request is on the wire: it is lost on arrival
+        assert!(is_timeout(&in_flight.await.unwrap(), "c"));
+        assert_eq!((net.stats().delivered, net.stats().dropped), (0, 1));
+        assert!(is_timeout(&a.call("c", ping(), T).await, "c"));
+        assert!(is_timeout(&c.call("a", ping(), T).await, "a"));
+        assert!(
+            c.call("c", ping(), T).await.is_ok(),
+            "a node still reaches itself"
+        );
+        assert!(a.call("b", ping(), T).await.is_ok());
+        assert!(!net.is_reachable("b", "c") && net.is_reachable("a", "b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_drop_rate_times_out_and_counts_drops() {
+        let (net, a, _b) = pair(5).await;
+        net.set_drop_rate(1.0);
+        assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
+        let stats = net.stats();
+        assert!(stats.dropped > 0);
+        assert_eq!(stats.delivered, 0);
+        net.heal();
+        assert!(a.call("b", ping(), T).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn killed_node_restarts_on_a_new_endpoint() {
+        let (net, a, b) = pair(6).await;
+        net.set_delay(T, T);
+        let caller = Arc::clone(&a);
+        let in_flight = tokio::spawn(async move { caller.call("b", ping(), 10 * T).await });
+        tokio::time::sleep(T / 2).await;
+        net.kill("b");
+        let reset = in_flight.await.unwrap();
+        assert!(
+            matches!(reset, Err(TransportError::Unreachable { reason, .. }) if reason == "connection reset")
+        );
+        assert_eq!(net.stats().refused, 1);
+        net.set_delay(Duration::ZERO, Duration::ZERO);
+        let start = Instant::now();
+        assert!(matches!(
+            a.call("b", ping(), T).await,
+            Err(TransportError::Unreachable { .. })
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(b.call("a", ping(), T).await, Err(TransportError::Closed));
+        assert!(b.serve(Arc::new(Echo)).await.is_err());
+        let b2 = serving(&net, "b").await;
+        assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
+        assert!(b2.call("a", ping(), T).await.is_ok());
+        b.shutdown().await; // the old endpoint must not deregister its successor
+        assert!(a.call("b", ping(), T).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handler_runs_when_its_response_is_lost() {
+        let net = SimNetwork::new(7);
+        let a = serving(&net, "a").await;
+        let b = net.endpoint("b");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let handler = Counting {
+            hits: Arc::clone(&hits),
+            isolate: Some((net.clone(), "b")),
+        };
+        b.serve(Arc::new(handler)).await.unwrap();
+        assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!((net.stats().delivered, net.stats().dropped), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_still_handled_after_caller_gives_up() {
+        let net = SimNetwork::new(8);
+        let a = serving(&net, "a").await;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let b = net.endpoint("b");
+        b.serve(Arc::new(Counting {
+            hits: Arc::clone(&hits),
+            isolate: None,
+        }))
+        .await
+        .unwrap();
+        net.set_delay(2 * T, 2 * T);
+        assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(2 * T).await;
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    async fn outcomes(seed: u64) -> (Vec<Option<Bytes>>, NetStats) {
+        let (net, a, _b) = pair(seed).await;
+        net.set_drop_rate(0.5);
+        net.set_delay(Duration::from_millis(1), Duration::from_millis(20));
+        let mut seen = Vec::new();
+        for i in 0..64u8 {
+            seen.push(a.call("b", Bytes::from(vec![i]), T).await.ok());
+        }
+        (seen, net.stats())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn same_seed_same_outcomes() {
+        let (first, stats) = outcomes(42).await;
+        assert_eq!((first.clone(), stats), outcomes(42).await);
+        assert!(first.iter().any(Option::is_some) && first.iter().any(Option::is_none));
+        assert_ne!(first, outcomes(43).await.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_bounds_each_leg() {
+        let (net, a, _b) = pair(9).await;
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(50));
+        net.set_delay(min, max);
+        let mut elapsed = BTreeSet::new();
+        for _ in 0..20 {
+            let start = Instant::now();
+            a.call("b", ping(), T).await.unwrap();
+            let took = start.elapsed();
+            assert!(
+                took >= 2 * min && took <= 2 * max,
+                "round trip took {took:?}"
+            );
+            elapsed.insert(took);
+        }
+        assert!(elapsed.len() > 1, "delays should vary");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_calls_in_flight_and_later() {
+        let (net, a, _b) = pair(10).await;
+        net.set_delay(T, T);
+        let caller = Arc::clone(&a);
+        let in_flight = tokio::spawn(async move { caller.call("b", ping(), 10 * T).await });
+        tokio::time::sleep(T / 2).await;
+        a.shutdown().await;
+        assert_eq!(in_flight.await.unwrap(), Err(TransportError::Closed));
+        assert_eq!(a.call("b", ping(), T).await, Err(TransportError::Closed));
+        assert!(!net.is_reachable("b", "a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn thousand_concurrent_calls_succeed() {
+        let (net, a, _b) = pair(11).await;
+        net.set_delay(Duration::from_millis(1), Duration::from_millis(5));
+        let calls: Vec<_> = (0..1000u32)
+            .map(|i| {
+                let a = Arc::clone(&a);
+                let frame = Bytes::from(i.to_be_bytes().to_vec());
+                tokio::spawn(async move { (a.call("b", frame.clone(), T).await, frame) })
+            })
+            .collect();
+        for call in calls {
+            let (result, frame) = call.await.unwrap();
+            assert_eq!(result.unwrap(), frame);
+        }
+        assert_eq!(net.stats().delivered, 2000);
+    }
+}
