@@ -116,8 +116,7 @@ impl CausalContext {
 
     /// Whether `dot` has been seen. A dot with counter 0 is never contained.
     pub fn contains(&self, dot: &Dot) -> bool {
-        dot.counter != 0
-            && (dot.counter <= self.base(&dot.actor) || self.cloud.binary_search(dot).is_ok())
+        dot.counter != 0 && (dot.counter <= self.base(&dot.actor) || self.cloud.binary_search(dot).is_ok())
     }
 
     /// Adds `dot`, keeping the context compacted. Dots with counter 0 and dots
@@ -196,10 +195,7 @@ impl CausalContext {
     /// counters above 0) and a sorted cloud that may hold duplicates, covered
     /// dots, zero counters and dots contiguous with the vector.
     fn compacted(vv: Vec<(Actor, u64)>, cloud: Vec<Dot>) -> Self {
-        let mut out = CausalContext {
-            vv: Vec::with_capacity(vv.len()),
-            cloud: Vec::new(),
-        };
+        let mut out = CausalContext { vv: Vec::with_capacity(vv.len()), cloud: Vec::new() };
         let (mut i, mut j) = (0, 0);
         loop {
             let actor = match (vv.get(i), cloud.get(j)) {
@@ -299,9 +295,7 @@ impl CausalContext {
                 return Err(invalid(format!("zero counter in dot cloud: {d:?}")));
             }
             if d.counter - 1 <= self.base(&d.actor) {
-                return Err(invalid(format!(
-                    "cloud dot {d:?} is covered by or contiguous with the vector"
-                )));
+                return Err(invalid(format!("cloud dot {d:?} is covered by or contiguous with the vector")));
             }
         }
         Ok(())
@@ -420,9 +414,7 @@ impl SiblingSet {
                 }
             }
             match theirs.next_if(|t| t.dot == s.dot) {
-                Some(t) if (t.timestamp_ms, &t.value) > (s.timestamp_ms, &s.value) => {
-                    out.push(t.clone())
-                }
+                Some(t) if (t.timestamp_ms, &t.value) > (s.timestamp_ms, &s.value) => out.push(t.clone()),
                 Some(_) => out.push(s),
                 None if !other.context.contains(&s.dot) => out.push(s),
                 None => {}
@@ -452,17 +444,9 @@ impl SiblingSet {
         value: Option<Bytes>,
     ) {
         assert!(dot.counter >= 1, "dot counters start at 1: {dot:?}");
-        self.siblings
-            .retain(|s| s.dot != dot && !context.contains(&s.dot));
+        self.siblings.retain(|s| s.dot != dot && !context.contains(&s.dot));
         let pos = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(
-            pos,
-            Sibling {
-                dot,
-                timestamp_ms,
-                value,
-            },
-        );
+        self.siblings.insert(pos, Sibling { dot, timestamp_ms, value });
         self.context.join(context);
         self.context.insert(dot);
     }
@@ -488,15 +472,8 @@ impl SiblingSet {
         if self.siblings.windows(2).any(|w| w[0].dot >= w[1].dot) {
             return Err(invalid("siblings not strictly sorted by dot"));
         }
-        if let Some(s) = self
-            .siblings
-            .iter()
-            .find(|s| !self.context.contains(&s.dot))
-        {
-            return Err(invalid(format!(
-                "sibling dot {:?} missing from the context",
-                s.dot
-            )));
+        if let Some(s) = self.siblings.iter().find(|s| !self.context.contains(&s.dot)) {
+            return Err(invalid(format!("sibling dot {:?} missing from the context", s.dot)));
         }
         Ok(())
     }
@@ -536,10 +513,7 @@ fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CausalityEr
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|e| CausalityError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CausalityError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(CausalityError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(value)
 }
@@ -577,8 +551,7 @@ impl Context {
     pub fn encode(&self, key: &[u8]) -> Vec<u8> {
         let mut out = vec![FORMAT_VERSION];
         out.extend_from_slice(&key_tag(key));
-        postcard::to_extend(&self.causal, out)
-            .expect("postcard into a Vec cannot fail for these types")
+        postcard::to_extend(&self.causal, out).expect("postcard into a Vec cannot fail for these types")
     }
 
     /// Decodes a token made by [`encode`](Context::encode) for the same `key`. Never panics.
@@ -631,10 +604,7 @@ mod tests {
     /// A context built field by field, bypassing compaction (may be invalid).
     fn raw(vv: &[(Actor, u64)], cloud: &[(Actor, u64)]) -> CausalContext {
         let cloud = cloud.iter().map(|&(a, n)| Dot::new(a, n)).collect();
-        CausalContext {
-            vv: vv.to_vec(),
-            cloud,
-        }
+        CausalContext { vv: vv.to_vec(), cloud }
     }
 
     fn is_invalid<T>(r: Result<T, CausalityError>) -> bool {
@@ -741,10 +711,7 @@ mod tests {
         }
         assert!(c.cloud.is_empty());
         assert_eq!(c.vv, vec![(A, 5), (B, 2)]);
-        assert_eq!(
-            cc(&[(A, 5), (B, 2), (A, 3), (A, 1), (B, 1), (A, 4), (A, 2)]),
-            c
-        );
+        assert_eq!(cc(&[(A, 5), (B, 2), (A, 3), (A, 1), (B, 1), (A, 4), (A, 2)]), c);
         let mut j = cc(&[(A, 2), (A, 4), (B, 2)]);
         assert_eq!(j.cloud.len(), 3);
         j.join(&cc(&[(A, 1), (A, 3), (A, 5), (B, 1)]));
@@ -754,12 +721,8 @@ mod tests {
     #[test]
     fn context_queries() {
         let c = cc(&[(A, 1), (A, 2), (A, 7), (A2, 3)]);
-        assert!([(A, 2), (A, 7), (A2, 3)]
-            .iter()
-            .all(|&(a, n)| c.contains(&Dot::new(a, n))));
-        assert!(![(A, 3), (A, 0), (B, 1)]
-            .iter()
-            .any(|&(a, n)| c.contains(&Dot::new(a, n))));
+        assert!([(A, 2), (A, 7), (A2, 3)].iter().all(|&(a, n)| c.contains(&Dot::new(a, n))));
+        assert!(![(A, 3), (A, 0), (B, 1)].iter().any(|&(a, n)| c.contains(&Dot::new(a, n))));
         assert_eq!([A, A2, B].map(|a| c.max_counter(&a)), [7, 3, 0]);
         assert_eq!(c.actors().collect::<Vec<_>>(), vec![A, A2]);
         let mixed = cc(&[(B, 1), (A, 3), (A2, 2), (B, 3)]);
@@ -802,23 +765,13 @@ mod tests {
             assert!(is_invalid(c.validate()), "{c:?}");
             let token = Context { causal: c.clone() }.encode(b"k");
             assert!(is_invalid(Context::decode(&token, b"k")), "{c:?}");
-            let set = SiblingSet {
-                siblings: vec![],
-                context: c,
-            };
+            let set = SiblingSet { siblings: vec![], context: c };
             assert!(is_invalid(SiblingSet::decode(&set.encode())));
         }
-        let sib = |n| Sibling {
-            dot: Dot::new(A, n),
-            timestamp_ms: 0,
-            value: None,
-        };
+        let sib = |n| Sibling { dot: Dot::new(A, n), timestamp_ms: 0, value: None };
         let context = cc(&[(A, 1), (A, 2), (A, 3)]);
         for siblings in [vec![sib(4)], vec![sib(2), sib(1)], vec![sib(1), sib(1)]] {
-            let set = SiblingSet {
-                siblings,
-                context: context.clone(),
-            };
+            let set = SiblingSet { siblings, context: context.clone() };
             assert!(is_invalid(SiblingSet::decode(&set.encode())));
         }
     }
@@ -828,22 +781,13 @@ mod tests {
         let ctx = cc(&[(A, 1), (B, 4)]);
         let token = Context::new(ctx.clone()).encode(b"a");
         assert_eq!(Context::decode(&token, b"a"), Ok(Context::new(ctx.clone())));
-        assert_eq!(
-            Context::decode(&token, b"b"),
-            Err(CausalityError::ForeignContext)
-        );
+        assert_eq!(Context::decode(&token, b"b"), Err(CausalityError::ForeignContext));
         let mut v2 = token.clone();
         v2[0] = 2;
-        assert_eq!(
-            Context::decode(&v2, b"a"),
-            Err(CausalityError::UnknownVersion(2))
-        );
+        assert_eq!(Context::decode(&v2, b"a"), Err(CausalityError::UnknownVersion(2)));
         let malformed = |r: Result<Context, _>| matches!(r, Err(CausalityError::Malformed(_)));
         assert!(malformed(Context::decode(&[], b"a")));
-        assert!(malformed(Context::decode(
-            &[&token[..], &[0]].concat(),
-            b"a"
-        )));
+        assert!(malformed(Context::decode(&[&token[..], &[0]].concat(), b"a")));
 
         let mut s = SiblingSet::new();
         write(&mut s, A, &ctx, val("v"));
@@ -851,25 +795,15 @@ mod tests {
         assert_eq!(enc[0], 1);
         assert_eq!(SiblingSet::decode(&enc), Ok(s));
         enc[0] = 0;
-        assert_eq!(
-            SiblingSet::decode(&enc),
-            Err(CausalityError::UnknownVersion(0))
-        );
-        assert!(matches!(
-            SiblingSet::decode(&[]),
-            Err(CausalityError::Malformed(_))
-        ));
+        assert_eq!(SiblingSet::decode(&enc), Err(CausalityError::UnknownVersion(0)));
+        assert!(matches!(SiblingSet::decode(&[]), Err(CausalityError::Malformed(_))));
         assert!(Context::new(CausalContext::new()).is_empty() && SiblingSet::new().is_empty());
     }
 
     #[derive(Clone, Debug)]
     enum Op {
         /// A client write through `replica` with a context from the pool (`ctx` mod its length).
-        Write {
-            replica: usize,
-            ctx: usize,
-            value: Option<u8>,
-        },
+        Write { replica: usize, ctx: usize, value: Option<u8> },
         /// A client read: the replica's context joins the pool.
         Read { replica: usize },
         /// Replication/anti-entropy: `to` merges `from`'s state.
@@ -908,22 +842,14 @@ mod tests {
         let mut superseded = CausalContext::new();
         for (ts, op) in ops.iter().enumerate() {
             let touched = match *op {
-                Op::Write {
-                    replica,
-                    ctx,
-                    value,
-                } => {
+                Op::Write { replica, ctx, value } => {
                     let ctx = contexts[ctx % contexts.len()].clone();
                     let before = replicas[replica].clone();
                     let actor = ACTORS[replica];
                     let dot = Dot::new(actor, before.next_counter(&actor));
                     prop_assert!(issued.iter().all(|s| s.dot != dot), "reissued {:?}", dot);
                     let value = value.map(|v| Bytes::from(vec![v]));
-                    let new = Sibling {
-                        dot,
-                        timestamp_ms: ts as u64,
-                        value,
-                    };
+                    let new = Sibling { dot, timestamp_ms: ts as u64, value };
                     let s = &mut replicas[replica];
                     s.apply_write(&ctx, dot, new.timestamp_ms, new.value.clone());
                     let mut expected = before.siblings().to_vec();
@@ -959,17 +885,11 @@ mod tests {
             prop_assert_eq!(replicas[touched].validate(), Ok(()));
             snapshots.push(replicas[touched].clone());
         }
-        let all = replicas
-            .iter()
-            .fold(SiblingSet::new(), |acc, r| joined(&acc, r));
+        let all = replicas.iter().fold(SiblingSet::new(), |acc, r| joined(&acc, r));
         issued.retain(|s| !superseded.contains(&s.dot));
         issued.sort_by_key(|s| s.dot);
         prop_assert_eq!(all.siblings(), &issued[..]);
-        Ok(Run {
-            replicas,
-            snapshots,
-            contexts,
-        })
+        Ok(Run { replicas, snapshots, contexts })
     }
 
     fn check_lattice(a: &SiblingSet, b: &SiblingSet, c: &SiblingSet) -> Result<(), TestCaseError> {
@@ -998,10 +918,7 @@ mod tests {
         for cut in 0..token.len() {
             prop_assert!(Context::decode(&token[..cut], b"key").is_err());
         }
-        prop_assert_eq!(
-            Context::decode(&token, b"kez"),
-            Err(CausalityError::ForeignContext)
-        );
+        prop_assert_eq!(Context::decode(&token, b"kez"), Err(CausalityError::ForeignContext));
         Ok(())
     }
 

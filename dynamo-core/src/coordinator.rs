@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -59,10 +59,6 @@ struct Plan {
 enum Outcome<T> {
     Answered(T),
     Failed,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeCore {
@@ -204,18 +200,26 @@ impl NodeCore {
         deadline: Instant,
     ) -> Result<CausalContext> {
         let mut candidates: Vec<NodeId> = ring.preference_list(partition).to_vec();
-        // Known-good nodes first; suspected ones only as a last resort.
-        candidates.sort_by_key(|n| !self.detector.is_available(*n));
+        if self.config.sloppy_quorum {
+            // Suspected owners are not worth a deadline: stand in for them.
+            candidates.retain(|n| self.detector.is_available(*n));
+        } else {
+            // Known-good nodes first; suspected ones as a last resort.
+            candidates.sort_by_key(|n| !self.detector.is_available(*n));
+        }
         for node in candidates {
-            if Instant::now() >= deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
                 break;
             }
+            // Keep one replica timeout for standing in if this owner is
+            // unreachable; the coordinator answers a little before we give
+            // up, so its own error (with its ack count) comes back.
+            let attempt = remaining.saturating_sub(self.config.replica_timeout()).max(remaining / 2);
             let mut fwd = req.clone();
-            fwd.timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+            fwd.timeout_ms = (attempt.as_millis() as u64 * 9 / 10).max(1);
             let frame = Request::Coordinate(fwd).encode();
-            // The coordinator needs its own deadline plus the way back.
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            match self.call_peer(node, frame, timeout).await {
+            match self.call_peer(node, frame, attempt).await {
                 Ok(Response::Written(ctx)) => {
                     bump(&self.metrics.forwarded);
                     return Ok(ctx);
@@ -267,7 +271,7 @@ impl NodeCore {
                 slot: local.slot(),
                 context: req.context.as_ref(),
                 value: req.value.clone(),
-                timestamp_ms: now_ms(),
+                timestamp_ms: self.clock.now_ms(),
                 max_siblings: self.config.max_siblings,
             })
             .await?;
@@ -327,7 +331,12 @@ impl NodeCore {
 
     /// Reads `key` from R replicas and merges their answers; stale
     /// replicas are repaired in the background once all have answered.
-    pub(crate) async fn read(self: &Arc<Self>, key: Bytes, r: usize, timeout: Duration) -> Result<SiblingSet> {
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        key: Bytes,
+        r: usize,
+        timeout: Duration,
+    ) -> Result<SiblingSet> {
         self.validate_key(&key)?;
         self.check_quorum("r", r)?;
         bump(&self.metrics.gets);
@@ -395,7 +404,13 @@ impl NodeCore {
 
     /// Pushes the merge of every answer to each owner that answered with
     /// less.
-    async fn repair(&self, key: Bytes, partition: u32, hash: u64, answers: Vec<(Target, Option<SiblingSet>)>) {
+    async fn repair(
+        &self,
+        key: Bytes,
+        partition: u32,
+        hash: u64,
+        answers: Vec<(Target, Option<SiblingSet>)>,
+    ) {
         let mut merged = SiblingSet::new();
         for (_, state) in &answers {
             if let Some(s) = state {

@@ -8,9 +8,10 @@
 //! reissue an epoch a lost incarnation of the same node used (Riak's KV679
 //! lost acknowledged writes that way).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -34,36 +35,40 @@ pub(crate) struct Epochs {
     base: u64,
     counter: Mutex<Counter>,
     /// Highest epoch handed out so far, plus one.
-    allocated: std::sync::atomic::AtomicU64,
+    allocated: AtomicU64,
 }
 
-fn read_u64(store: &dyn Store, key: &[u8]) -> Result<Option<u64>> {
-    match store.get(Table::Meta, key)? {
-        None => Ok(None),
-        Some(v) => {
-            let bytes: [u8; 8] = v[..]
-                .try_into()
-                .map_err(|_| Error::Corrupt(format!("meta {key:?} holds {} bytes, not 8", v.len())))?;
-            Ok(Some(u64::from_be_bytes(bytes)))
-        }
-    }
+fn parse_u64(key: &[u8], value: Option<bytes::Bytes>) -> Result<Option<u64>> {
+    value
+        .map(|v| {
+            let bytes: [u8; 8] = v[..].try_into().map_err(|_| {
+                Error::Corrupt(format!(
+                    "meta {:?} holds {} bytes, not 8",
+                    String::from_utf8_lossy(key),
+                    v.len()
+                ))
+            })?;
+            Ok(u64::from_be_bytes(bytes))
+        })
+        .transpose()
 }
 
 impl Epochs {
     /// Loads the counter from `store`, creating a random one for a new store.
-    pub(crate) async fn open(store: &Arc<dyn Store>) -> Result<Epochs> {
-        let (base, reserved) = run_store(store, |s| {
-            let base = read_u64(s, BASE_KEY).map_err(to_store)?;
-            let reserved = read_u64(s, RESERVED_KEY).map_err(to_store)?;
-            Ok((base, reserved))
-        })
-        .await
-        .map_err(Error::Store)?;
+    pub(crate) async fn open(store: &Arc<dyn Store>, seed: Option<u64>) -> Result<Epochs> {
+        let (base, reserved) =
+            run_store(store, |s| Ok((s.get(Table::Meta, BASE_KEY)?, s.get(Table::Meta, RESERVED_KEY)?)))
+                .await?;
+        let (base, reserved) = (parse_u64(BASE_KEY, base)?, parse_u64(RESERVED_KEY, reserved)?);
         let (base, reserved) = match (base, reserved) {
             (Some(b), Some(r)) if r >= b => (b, r),
             (None, None) => {
                 // Leave room above: 2^62 epochs before the space could wrap.
-                let base = rand::rng().random_range(1u64 << 32..1u64 << 62);
+                let range = 1u64 << 32..1u64 << 62;
+                let base = match seed {
+                    Some(seed) => rand::rngs::StdRng::seed_from_u64(seed).random_range(range),
+                    None => rand::rng().random_range(range),
+                };
                 let mut batch = WriteBatch::new();
                 batch.put(Table::Meta, BASE_KEY, base.to_be_bytes().to_vec());
                 batch.put(Table::Meta, RESERVED_KEY, base.to_be_bytes().to_vec());
@@ -75,14 +80,14 @@ impl Epochs {
         Ok(Epochs {
             base,
             counter: Mutex::new(Counter { next: reserved, reserved }),
-            allocated: std::sync::atomic::AtomicU64::new(reserved),
+            allocated: AtomicU64::new(reserved),
         })
     }
 
     /// Whether this store incarnation allocated `epoch`: then the node's
     /// local state for a key holds every dot it issued under that epoch.
     pub(crate) fn is_own(&self, epoch: u64) -> bool {
-        epoch >= self.base && epoch < self.allocated.load(std::sync::atomic::Ordering::Acquire)
+        epoch >= self.base && epoch < self.allocated.load(Ordering::Acquire)
     }
 
     /// A fresh epoch, durable before it is returned.
@@ -97,15 +102,8 @@ impl Epochs {
         }
         let epoch = c.next;
         c.next += 1;
-        self.allocated.store(c.next, std::sync::atomic::Ordering::Release);
+        self.allocated.store(c.next, Ordering::Release);
         Ok(epoch)
-    }
-}
-
-fn to_store(e: Error) -> crate::store::StoreError {
-    match e {
-        Error::Store(s) => s,
-        other => crate::store::StoreError::Backend { backend: "meta".into(), message: other.to_string() },
     }
 }
 
@@ -118,19 +116,19 @@ mod tests {
     async fn epochs_are_unique_across_restarts_and_new_stores() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let (gc, _t) = GroupCommit::start(store.clone(), 64);
-        let e = Epochs::open(&store).await.unwrap();
+        let e = Epochs::open(&store, None).await.unwrap();
         let a = e.allocate(&gc).await.unwrap();
         let b = e.allocate(&gc).await.unwrap();
         assert!(b > a && e.is_own(a) && e.is_own(b));
         assert!(!e.is_own(b + 1));
         // Restart on the same store: allocation resumes past the reserved block.
-        let e2 = Epochs::open(&store).await.unwrap();
+        let e2 = Epochs::open(&store, None).await.unwrap();
         let c = e2.allocate(&gc).await.unwrap();
         assert!(c >= a + BLOCK, "{c} reuses the block of {a}");
         assert!(e2.is_own(a), "epochs of the same store stay its own");
         // A wiped store starts somewhere else.
         let fresh: Arc<dyn Store> = Arc::new(MemStore::new());
-        let e3 = Epochs::open(&fresh).await.unwrap();
+        let e3 = Epochs::open(&fresh, None).await.unwrap();
         assert!(!e3.is_own(a));
     }
 
@@ -140,6 +138,6 @@ mod tests {
         let mut b = WriteBatch::new();
         b.put(Table::Meta, BASE_KEY, vec![1, 2, 3]);
         store.write(b).unwrap();
-        assert!(matches!(Epochs::open(&store).await, Err(Error::Corrupt(_))));
+        assert!(matches!(Epochs::open(&store, None).await, Err(Error::Corrupt(_))));
     }
 }

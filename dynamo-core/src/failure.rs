@@ -34,10 +34,7 @@ pub struct OutcomeDetector {
 impl OutcomeDetector {
     /// A detector that skips a failed node for `suspect_for`.
     pub fn new(suspect_for: Duration) -> Self {
-        OutcomeDetector {
-            suspect_for,
-            suspected_until: Mutex::new(BTreeMap::new()),
-        }
+        OutcomeDetector { suspect_for, suspected_until: Mutex::new(BTreeMap::new()) }
     }
 }
 

@@ -82,14 +82,12 @@ where
         return f(store.as_ref());
     }
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Backend {
-                backend: "store".into(),
-                message: format!("store call did not complete: {e}"),
-            })
+    tokio::task::spawn_blocking(move || f(store.as_ref())).await.unwrap_or_else(|e| {
+        Err(StoreError::Backend {
+            backend: "store".into(),
+            message: format!("store call did not complete: {e}"),
         })
+    })
 }
 
 #[cfg(test)]

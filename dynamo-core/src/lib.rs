@@ -14,6 +14,7 @@
 //! storage with group commit in `replica` and `group_commit`.
 
 pub mod causality;
+pub mod clock;
 pub mod config;
 mod coordinator;
 mod epoch;
@@ -35,6 +36,7 @@ pub use error::{Error, Result};
 /// The names most users need, for one `use`.
 pub mod prelude {
     pub use crate::causality::{Context, Sibling, SiblingSet};
+    pub use crate::clock::{Clock, SystemClock};
     pub use crate::config::Config;
     pub use crate::error::{Error, Result};
     pub use crate::member::{Member, NodeId};

@@ -35,12 +35,7 @@ pub struct Member {
 impl Member {
     /// A member with capacity 1 and no zone.
     pub fn new(id: NodeId, addr: impl Into<String>) -> Self {
-        Member {
-            id,
-            addr: addr.into(),
-            zone: None,
-            capacity: 1,
-        }
+        Member { id, addr: addr.into(), zone: None, capacity: 1 }
     }
 
     /// Sets the member's zone.

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::causality::{Context, Sibling, SiblingSet};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
@@ -112,6 +113,7 @@ pub(crate) struct NodeCore {
     pub(crate) detector: Arc<dyn FailureDetector>,
     pub(crate) reconciler: Arc<dyn Reconciler>,
     pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -152,6 +154,8 @@ pub struct NodeBuilder {
     transport: Option<Arc<dyn Transport>>,
     reconciler: Arc<dyn Reconciler>,
     detector: Option<Arc<dyn FailureDetector>>,
+    clock: Arc<dyn Clock>,
+    epoch_seed: Option<u64>,
 }
 
 impl NodeBuilder {
@@ -166,6 +170,8 @@ impl NodeBuilder {
             transport: None,
             reconciler: Arc::new(KeepSiblings),
             detector: None,
+            clock: Arc::new(SystemClock),
+            epoch_seed: None,
         }
     }
 
@@ -203,6 +209,19 @@ impl NodeBuilder {
     /// Replaces the default [`OutcomeDetector`].
     pub fn failure_detector(mut self, detector: Arc<dyn FailureDetector>) -> Self {
         self.detector = Some(detector);
+        self
+    }
+
+    /// Replaces the system clock that timestamps siblings.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Seeds the random starting point of a new store's epoch counter, so
+    /// a simulation replays exactly. Production nodes leave it random.
+    pub fn epoch_seed(mut self, seed: u64) -> Self {
+        self.epoch_seed = Some(seed);
         self
     }
 
@@ -244,11 +263,11 @@ impl NodeBuilder {
             Arc::clone(&self.reconciler),
             config.lock_stripes,
             config.max_commit_batch,
+            self.epoch_seed,
         )
         .await?;
-        let detector = self
-            .detector
-            .unwrap_or_else(|| Arc::new(OutcomeDetector::new(config.suspect_period())));
+        let detector =
+            self.detector.unwrap_or_else(|| Arc::new(OutcomeDetector::new(config.suspect_period())));
         let core = Arc::new(NodeCore {
             id: self.id,
             config,
@@ -258,6 +277,7 @@ impl NodeBuilder {
             detector,
             reconciler: self.reconciler,
             metrics: Metrics::default(),
+            clock: self.clock,
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -352,12 +372,9 @@ impl Node {
         let values = if state.siblings().len() > 1 {
             match self.core.reconciler.reconcile(key, state.siblings()) {
                 Resolution::Keep => live.iter().filter_map(|s| s.value.clone()).collect(),
-                Resolution::Winner(dot) => state
-                    .siblings()
-                    .iter()
-                    .filter(|s| s.dot == dot)
-                    .filter_map(|s| s.value.clone())
-                    .collect(),
+                Resolution::Winner(dot) => {
+                    state.siblings().iter().filter(|s| s.dot == dot).filter_map(|s| s.value.clone()).collect()
+                }
                 Resolution::Merged(v) => vec![v],
             }
         } else {
@@ -376,7 +393,13 @@ impl Node {
     /// # Errors
     /// Bad key, value or W; [`Error::TooManySiblings`];
     /// [`Error::QuorumFailed`] / [`Error::Timeout`] naming the acks.
-    pub async fn put(&self, key: &[u8], value: Bytes, context: Option<&Context>, opts: WriteOptions) -> Result<Context> {
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Bytes,
+        context: Option<&Context>,
+        opts: WriteOptions,
+    ) -> Result<Context> {
         self.write(key, Some(value), context, opts).await
     }
 
@@ -392,7 +415,13 @@ impl Node {
         self.write(key, None, context, opts).await
     }
 
-    async fn write(&self, key: &[u8], value: Option<Bytes>, context: Option<&Context>, opts: WriteOptions) -> Result<Context> {
+    async fn write(
+        &self,
+        key: &[u8],
+        value: Option<Bytes>,
+        context: Option<&Context>,
+        opts: WriteOptions,
+    ) -> Result<Context> {
         self.ensure_open()?;
         let timeout = opts.timeout.unwrap_or(self.core.config.request_timeout());
         let req = WriteRequest {

@@ -116,8 +116,9 @@ impl Replica {
         reconciler: Arc<dyn Reconciler>,
         stripes: usize,
         max_commit_batch: usize,
+        epoch_seed: Option<u64>,
     ) -> Result<Replica> {
-        let epochs = Epochs::open(&store).await?;
+        let epochs = Epochs::open(&store, epoch_seed).await?;
         let (commit, committer) = GroupCommit::start(Arc::clone(&store), max_commit_batch);
         Ok(Replica {
             node,

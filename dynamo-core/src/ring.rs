@@ -89,10 +89,10 @@ impl Ring {
     /// `replicas` times over `members`, given in any order.
     ///
     /// Each member owns the floor or the ceiling of its capacity-weighted
-    /// share, and a member's partitions are spread out: with `m >= N` members
-    /// of equal capacity, every `N` consecutive partitions have `N` distinct
-    /// owners whenever `ceil(Q / m) * N <= Q` (beyond that some member must
-    /// own two partitions of some window).
+    /// share, and owners are interleaved: whenever the largest count `c`
+    /// allows it (`c * min(N, m) <= Q`, e.g. `m >= N` equal members with
+    /// `ceil(Q / m) * N <= Q`), every `N` consecutive partitions have distinct
+    /// owners; otherwise the layout with fewer repeating windows is kept.
     ///
     /// # Errors
     /// [`RingError::InvalidPartitions`] unless `partitions` is a power of two
@@ -100,11 +100,7 @@ impl Ring {
     /// [`RingError::NoMembers`] if `members` is empty;
     /// [`RingError::DuplicateMember`] if two members share an id;
     /// [`RingError::ZeroCapacity`] if a member has capacity 0.
-    pub fn new(
-        partitions: u32,
-        replicas: usize,
-        mut members: Vec<Member>,
-    ) -> Result<Ring, RingError> {
+    pub fn new(partitions: u32, replicas: usize, members: Vec<Member>) -> Result<Ring, RingError> {
         if !partitions.is_power_of_two() || partitions > MAX_PARTITIONS {
             return Err(RingError::InvalidPartitions(partitions));
         }
@@ -114,6 +110,7 @@ impl Ring {
         if members.is_empty() {
             return Err(RingError::NoMembers);
         }
+        let mut members = members;
         members.sort_by_key(|m| m.id);
         for (i, m) in members.iter().enumerate() {
             if m.capacity == 0 {
@@ -126,27 +123,17 @@ impl Ring {
         let q = partitions as usize;
         let targets = claim_targets(&members, q, &vec![0; members.len()]);
         let radius = replicas.min(members.len()).min(q) - 1;
-        let (grid, smooth) = (interleave(q, &targets), round_robin(q, &targets, radius));
-        let layout = if repeats(&smooth, radius) < repeats(&grid, radius) {
-            smooth
-        } else {
-            grid
-        };
-        Ok(Ring::build(partitions, replicas, 1, members, &layout))
+        let grid = interleave(q, &targets);
+        let smooth = round_robin(q, &targets, radius);
+        let better = repeats(&smooth, radius) < repeats(&grid, radius);
+        Ok(Ring::build(members, &if better { smooth } else { grid }, replicas, 1))
     }
 
-    /// Assembles a ring from an ownership layout (member indices).
-    fn build(
-        partitions: u32,
-        replicas: usize,
-        epoch: u64,
-        members: Vec<Member>,
-        layout: &[usize],
-    ) -> Ring {
+    /// Assembles a ring from an ownership layout of member indices.
+    fn build(members: Vec<Member>, layout: &[usize], replicas: usize, epoch: u64) -> Ring {
         let mut counts = vec![0; members.len()];
-        for &i in layout {
-            counts[i] += 1;
-        }
+        layout.iter().for_each(|&i| counts[i] += 1);
+        let partitions = layout.len() as u32;
         Ring {
             partitions,
             bits: partitions.trailing_zeros(),
@@ -157,6 +144,12 @@ impl Ring {
             counts,
             members,
         }
+    }
+
+    /// The next epoch's ring over `members`, reached by the fewest moves.
+    fn derive(&self, members: Vec<Member>) -> Ring {
+        let layout = rebalance(&members, &self.owners, self.replicas);
+        Ring::build(members, &layout, self.replicas, self.epoch + 1)
     }
 
     /// The number of partitions `Q`: a power of two from 1 to 2^20.
@@ -231,8 +224,7 @@ impl Ring {
     /// If `partition >= self.partitions()`.
     pub fn walk(&self, partition: u32) -> &[NodeId] {
         let m = self.members.len();
-        let start = partition as usize * m;
-        &self.walks[start..start + m]
+        &self.walks[partition as usize * m..][..m]
     }
 
     /// The `min(N, members)` distinct members that replicate `partition`:
@@ -259,22 +251,14 @@ impl Ring {
             return Err(RingError::ZeroCapacity(member.id));
         }
         let mut members = self.members.clone();
-        let at = members.partition_point(|m| m.id < member.id);
-        members.insert(at, member);
-        let layout = rebalance(&members, &self.owners, self.replicas);
-        Ok(Ring::build(
-            self.partitions,
-            self.replicas,
-            self.epoch + 1,
-            members,
-            &layout,
-        ))
+        members.insert(members.partition_point(|m| m.id < member.id), member);
+        Ok(self.derive(members))
     }
 
     /// A new ring (epoch + 1) without member `id`. Its partitions go to
-    /// members under their new target, and other members give partitions
-    /// only if they are over it, so exactly `sum(max(0, old_count -
-    /// new_target))` partitions move (the leaver's target being 0), the minimum.
+    /// members under their new target, and others give partitions only if
+    /// over it, so exactly `sum(max(0, old_count - new_target))` partitions
+    /// move (the leaver's target being 0), the minimum.
     ///
     /// # Errors
     /// [`RingError::UnknownMember`] if `id` is not in the ring;
@@ -286,14 +270,7 @@ impl Ring {
         }
         let mut members = self.members.clone();
         members.remove(at);
-        let layout = rebalance(&members, &self.owners, self.replicas);
-        Ok(Ring::build(
-            self.partitions,
-            self.replicas,
-            self.epoch + 1,
-            members,
-            &layout,
-        ))
+        Ok(self.derive(members))
     }
 
     /// The partitions whose owner differs between `self` and `other`, ascending.
@@ -301,13 +278,9 @@ impl Ring {
     /// # Panics
     /// If the two rings have different partition counts.
     pub fn moved_partitions(&self, other: &Ring) -> Vec<u32> {
-        assert_eq!(
-            self.partitions, other.partitions,
-            "rings with different partition counts"
-        );
-        (0..self.partitions)
-            .filter(|&p| self.owners[p as usize] != other.owners[p as usize])
-            .collect()
+        assert_eq!(self.partitions, other.partitions, "rings with different partition counts");
+        let differ = |&p: &u32| self.owners[p as usize] != other.owners[p as usize];
+        (0..self.partitions).filter(differ).collect()
     }
 }
 
@@ -318,10 +291,7 @@ impl Ring {
 fn claim_targets(members: &[Member], q: usize, current: &[usize]) -> Vec<usize> {
     let total: u128 = members.iter().map(|m| u128::from(m.capacity)).sum();
     let exact = |m: &Member| q as u128 * u128::from(m.capacity);
-    let mut targets: Vec<usize> = members
-        .iter()
-        .map(|m| (exact(m) / total) as usize)
-        .collect();
+    let mut targets: Vec<usize> = members.iter().map(|m| (exact(m) / total) as usize).collect();
     let leftover = q - targets.iter().sum::<usize>();
     let mut order: Vec<usize> = (0..members.len()).collect();
     order.sort_by_key(|&i| (Reverse(exact(&members[i]) % total), Reverse(current[i]), i));
@@ -372,13 +342,9 @@ fn round_robin(q: usize, targets: &[usize], radius: usize) -> Vec<usize> {
             _ => false,
         };
         let best = |spread: bool| {
-            (0..m)
-                .filter(|&i| left[i] > 0 && !(spread && near(i)))
-                .max_by_key(|&i| (credit[i], Reverse(i)))
+            (0..m).filter(|&i| left[i] > 0 && !(spread && near(i))).max_by_key(|&i| (credit[i], Reverse(i)))
         };
-        let i = best(true)
-            .or_else(|| best(false))
-            .expect("targets sum to q");
+        let i = best(true).or_else(|| best(false)).expect("targets sum to q");
         credit[i] -= q as i64;
         left[i] -= 1;
         first[i].get_or_insert(p);
@@ -402,44 +368,7 @@ fn repeats(layout: &[usize], radius: usize) -> usize {
         }
         seen[i] = Some(x);
     }
-    (0..q)
-        .filter(|&p| (1..=radius).any(|k| back[(p + k) % q] <= k))
-        .count()
-}
-
-/// Distances from one partition to the nearest partitions of each member
-/// within `radius` on either side.
-struct Nearby {
-    radius: usize,
-    now: usize,
-    stamp: Vec<usize>,
-    dist: Vec<usize>,
-}
-
-impl Nearby {
-    fn scan(&mut self, owner: &[Option<usize>], p: usize) {
-        let q = owner.len();
-        self.now += 1;
-        for k in 1..=self.radius {
-            for at in [(p + k) % q, (p + q - k) % q] {
-                if let Some(o) = owner[at] {
-                    if self.stamp[o] != self.now {
-                        self.stamp[o] = self.now;
-                        self.dist[o] = k;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The distance to member `i`'s nearest other partition, or `radius + 1`.
-    fn gap(&self, i: usize) -> usize {
-        if self.stamp[i] == self.now {
-            self.dist[i]
-        } else {
-            self.radius + 1
-        }
-    }
+    (0..q).filter(|&p| (1..=radius).any(|k| back[(p + k) % q] <= k)).count()
 }
 
 /// Moves the fewest partitions so that every member of `members` owns its
@@ -454,57 +383,45 @@ fn rebalance(members: &[Member], old: &[NodeId], replicas: usize) -> Vec<usize> 
     let (q, m) = (old.len(), members.len());
     let index = |id: &NodeId| members.binary_search_by_key(id, |m| m.id).ok();
     let mut owner: Vec<Option<usize>> = old.iter().map(index).collect();
-    let old_idx = owner.clone();
     let mut counts = vec![0usize; m];
     for &i in owner.iter().flatten() {
         counts[i] += 1;
     }
     let targets = claim_targets(members, q, &counts);
-    let mut excess: Vec<usize> = (0..m)
-        .map(|i| counts[i].saturating_sub(targets[i]))
-        .collect();
-    let wanted: Vec<usize> = (0..m)
-        .map(|i| targets[i].saturating_sub(counts[i]))
-        .collect();
+    let mut excess: Vec<usize> = (0..m).map(|i| counts[i].saturating_sub(targets[i])).collect();
+    let wanted: Vec<usize> = (0..m).map(|i| targets[i].saturating_sub(counts[i])).collect();
     let mut need = wanted.clone();
     let mut remaining: usize = need.iter().sum();
     let radius = replicas.min(m).min(q) - 1;
-    let mut near = Nearby {
-        radius,
-        now: 0,
-        stamp: vec![0; m],
-        dist: vec![0; m],
-    };
+    // gap[i]: distance from p to member i's nearest partition, or radius + 1.
+    let mut gap = vec![0; m];
     for sweep in 0..3 {
         for p in 0..q {
-            if remaining == 0 {
-                break;
-            }
             let giver = owner[p];
-            if giver.is_some_and(|g| excess[g] == 0) {
+            if remaining == 0 || giver.is_some_and(|g| excess[g] == 0) {
                 continue;
             }
-            near.scan(&owner, p);
-            let open = |j: &usize| need[*j] > 0;
-            let spread = |j: &usize| need[*j] > 0 && near.gap(*j) > radius;
-            let pick = match sweep {
-                0 => {
-                    // Behind its pro-rata share of the sweep so far when > 0.
-                    let credit = |j: usize| {
-                        ((p + 1) * wanted[j]) as i64 - ((wanted[j] - need[j]) * q) as i64
-                    };
-                    let urgent = giver.is_none_or(|g| near.gap(g) <= radius);
-                    (0..m)
-                        .filter(spread)
-                        .map(|j| (credit(j), Reverse(j)))
-                        .max()
-                        .filter(|&(c, _)| urgent || c > 0)
-                        .map(|(_, Reverse(j))| j)
+            gap.fill(radius + 1);
+            for k in (1..=radius).rev() {
+                for o in [owner[(p + k) % q], owner[(p + q - k) % q]].into_iter().flatten() {
+                    gap[o] = k;
                 }
-                1 => (0..m).filter(spread).max_by_key(|&j| (need[j], Reverse(j))),
-                _ => (0..m)
-                    .filter(open)
-                    .max_by_key(|&j| (near.gap(j), need[j], Reverse(j))),
+            }
+            let pick = if sweep == 0 {
+                // Receivers behind their pro-rata pace (credit > 0) take
+                // partitions where they own nothing within the window; a
+                // leaver's partition or a giver's repeat is taken by anyone so placed.
+                let taken = |j: usize| (wanted[j] - need[j]) as i64;
+                let credit = |j: usize| (p as i64 + 1) * wanted[j] as i64 - taken(j) * q as i64;
+                let urgent = giver.is_none_or(|g| gap[g] <= radius);
+                (0..m)
+                    .filter(|&j| need[j] > 0 && gap[j] > radius && (urgent || credit(j) > 0))
+                    .max_by_key(|&j| (credit(j), Reverse(j)))
+            } else {
+                // Then wherever the receiver owns nothing within the window, then anywhere.
+                (0..m)
+                    .filter(|&j| need[j] > 0 && (sweep == 2 || gap[j] > radius))
+                    .max_by_key(|&j| (gap[j], need[j], Reverse(j)))
             };
             if let Some(j) = pick {
                 owner[p] = Some(j);
@@ -518,117 +435,341 @@ fn rebalance(members: &[Member], old: &[NodeId], replicas: usize) -> Vec<usize> 
     }
     // The last sweep takes every open partition while needs remain, and needs
     // equal open partitions plus excess, so nothing is left open.
-    let mut owner: Vec<usize> = owner
-        .into_iter()
-        .map(|o| o.expect("every partition has an owner"))
-        .collect();
-    repair(&mut owner, &old_idx, radius);
-    owner
-}
-
-/// Whether member `i` owns none of the `radius` partitions around `p` (other than `p`).
-fn clear(owner: &[usize], i: usize, p: usize, radius: usize) -> bool {
-    let q = owner.len();
-    (1..=radius).all(|k| owner[(p + k) % q] != i && owner[(p + q - k) % q] != i)
-}
-
-fn repair(owner: &mut [usize], old: &[Option<usize>], radius: usize) {
-    let q = owner.len();
-    let moved: Vec<usize> = (0..q).filter(|&p| old[p] != Some(owner[p])).collect();
-    for &p in &moved {
-        let j = owner[p];
-        if clear(owner, j, p, radius) {
-            continue;
-        }
-        // (a) swap receivers with another moved partition
-        let mut done = false;
-        for &p2 in &moved {
-            let j2 = owner[p2];
-            if j2 == j { continue; }
-            owner[p] = j2; owner[p2] = j;
-            if clear(owner, j2, p, radius) && clear(owner, j, p2, radius) { done = true; break; }
-            owner[p] = j; owner[p2] = j2;
-        }
-        if done { continue; }
-        // (b) the giver releases another partition instead
-        if let Some(g) = old[p] {
-            for p3 in 0..q {
-                if owner[p3] != g || old[p3] != Some(g) { continue; }
-                owner[p] = g; owner[p3] = j;
-                if clear(owner, g, p, radius) && clear(owner, j, p3, radius) { done = true; break; }
-                owner[p] = j; owner[p3] = g;
-            }
-        }
-        let _ = done;
-    }
-}
-fn _unused() -> Vec<usize> { Vec::new()
-        .collect()
+    owner.into_iter().map(|o| o.expect("every partition has an owner")).collect()
 }
 
 /// Precomputes every walk: `walk(p)` is `owner(p)` followed by `walk(p + 1)`
 /// without it, so two backward sweeps of move-to-front give all of them.
 /// Members owning nothing stay at the tail in id order.
 fn compute_walks(members: &[Member], layout: &[usize], replicas: usize) -> Vec<NodeId> {
-    let (q, m) = (layout.len(), members.len());
+    let (q, m, n) = (layout.len(), members.len(), replicas.min(members.len()));
     let zoned = members.iter().any(|m| m.zone.is_some());
-    let n = replicas.min(m);
     let mut order: Vec<usize> = (0..m).collect();
-    let to_front = |order: &mut Vec<usize>, i: usize| {
-        let at = order
-            .iter()
-            .position(|&x| x == i)
-            .expect("owner is a member");
+    let to_front = |order: &mut [usize], i: usize| {
+        let at = order.iter().position(|&x| x == i).expect("owner is a member");
         order[..=at].rotate_right(1);
     };
-    for &i in layout.iter().rev() {
-        to_front(&mut order, i);
-    }
+    layout.iter().rev().for_each(|&i| to_front(&mut order, i));
     let mut walks = vec![NodeId(0); q * m];
-    let mut zones: Vec<&str> = Vec::new();
-    let mut picked = vec![false; m];
-    let mut row: Vec<usize> = Vec::with_capacity(m);
+    let (mut zones, mut picked) = (Vec::new(), vec![false; m]);
     for p in (0..q).rev() {
         to_front(&mut order, layout[p]);
-        row.clear();
-        if zoned {
-            // Distinct zones first (no zone is a zone of its own), then fill
-            // the preference list in walk order, then the rest in walk order.
-            zones.clear();
-            picked.iter_mut().for_each(|x| *x = false);
-            for &i in &order {
-                if row.len() == n {
-                    break;
-                }
-                let fresh = match members[i].zone.as_deref() {
-                    None => true,
-                    Some(z) if !zones.contains(&z) => {
-                        zones.push(z);
-                        true
-                    }
-                    Some(_) => false,
-                };
-                if fresh {
-                    picked[i] = true;
-                    row.push(i);
-                }
-            }
-            for &i in &order {
-                if row.len() == n {
-                    break;
-                }
-                if !picked[i] {
-                    picked[i] = true;
-                    row.push(i);
-                }
-            }
-            row.extend(order.iter().filter(|&&i| !picked[i]));
-        } else {
-            row.extend_from_slice(&order);
+        let row = &mut walks[p * m..][..m];
+        if !zoned {
+            row.iter_mut().zip(&order).for_each(|(slot, &i)| *slot = members[i].id);
+            continue;
         }
-        for (slot, &i) in walks[p * m..(p + 1) * m].iter_mut().zip(&row) {
-            *slot = members[i].id;
+        // The preference list first takes, in walk order, members of zones not
+        // picked yet (no zone is a zone of its own); the rest follow in walk order.
+        zones.clear();
+        picked.fill(false);
+        let mut len = 0;
+        for &i in &order {
+            let zone = members[i].zone.as_deref();
+            if len < n && zone.is_none_or(|z| !zones.contains(&z)) {
+                zones.extend(zone);
+                picked[i] = true;
+                row[len] = members[i].id;
+                len += 1;
+            }
+        }
+        for &i in order.iter().filter(|&&i| !picked[i]) {
+            row[len] = members[i].id;
+            len += 1;
         }
     }
     walks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use RingError::*;
+
+    fn node(id: u64, capacity: u32) -> Member {
+        Member::new(NodeId(id), format!("10.0.0.{id}:7000")).with_capacity(capacity)
+    }
+
+    /// Members with these capacities, ids 1, 8, 15, ..., listed in reverse.
+    fn nodes(caps: &[u32]) -> Vec<Member> {
+        let all = caps.iter().enumerate().map(|(i, &c)| node(i as u64 * 7 + 1, c));
+        all.rev().collect()
+    }
+
+    fn ids(ring: &Ring) -> Vec<NodeId> {
+        ring.members().iter().map(|m| m.id).collect()
+    }
+
+    fn counts(ring: &Ring) -> Vec<usize> {
+        ids(ring).into_iter().map(|id| ring.owned_count(id)).collect()
+    }
+
+    /// The walk by definition: clockwise first owners, then the rest by id.
+    fn reference_walk(ring: &Ring, p: u32) -> Vec<NodeId> {
+        let q = ring.partitions();
+        let mut walk: Vec<NodeId> = Vec::new();
+        for id in (0..q).map(|k| ring.owner((p + k) % q)).chain(ids(ring)) {
+            if !walk.contains(&id) {
+                walk.push(id);
+            }
+        }
+        walk
+    }
+
+    /// Windows of `n` consecutive partitions (cyclically) with a repeated owner.
+    fn bad_windows(ring: &Ring, n: usize) -> usize {
+        let (q, o) = (ring.partitions() as usize, ring.owners());
+        let n = n.min(ring.members().len()).min(q);
+        let repeat = |p: usize| (0..n).any(|a| (a + 1..n).any(|b| o[(p + a) % q] == o[(p + b) % q]));
+        (0..q).filter(|&p| repeat(p)).count()
+    }
+
+    /// Everything a ring without zones promises.
+    fn check(ring: &Ring) {
+        let (q, m) = (ring.partitions() as usize, ring.members().len());
+        assert!(ring.members().windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(ring.owners().len(), q);
+        assert!(ring.owners().iter().all(|&o| ring.member(o).is_some()));
+        let total: u64 = ring.members().iter().map(|m| u64::from(m.capacity)).sum();
+        for (member, count) in ring.members().iter().zip(counts(ring)) {
+            assert_eq!(count, ring.owners().iter().filter(|&&o| o == member.id).count());
+            let exact = q as u64 * u64::from(member.capacity);
+            let (lo, hi) = (exact / total, exact.div_ceil(total));
+            assert!((lo..=hi).contains(&(count as u64)), "{} owns {count}", member.id);
+        }
+        assert_eq!(counts(ring).iter().sum::<usize>(), q);
+        for p in 0..q as u32 {
+            let walk = ring.walk(p);
+            assert_eq!(walk, reference_walk(ring, p));
+            assert_eq!(walk[0], ring.owner(p));
+            assert_eq!(ring.preference_list(p), &walk[..ring.replicas().min(m)]);
+        }
+    }
+
+    /// Capacities (all 1 half of the time), a partition count and N.
+    fn ring_args() -> impl Strategy<Value = (Vec<u32>, u32, usize)> {
+        let caps = (prop::collection::vec(1u32..=4, 1..=12), any::<bool>()).prop_map(|(caps, even)| {
+            if even {
+                vec![1; caps.len()]
+            } else {
+                caps
+            }
+        });
+        (caps, (0u32..=10).prop_map(|b| 1 << b), 1usize..=5)
+    }
+
+    #[test]
+    fn key_hash_is_pinned_xxh3() {
+        assert_eq!(key_hash(b""), 0x2d06_8005_38d3_94c2);
+        assert_eq!(key_hash(b"hello"), 0x9555_e855_5c62_dcfd);
+        assert_eq!(key_hash(b"dynamo"), 0xb87d_93c1_e0c0_57fa);
+    }
+
+    #[test]
+    fn partitions_are_the_top_bits_of_the_hash() {
+        let ring = |q| Ring::new(q, 3, nodes(&[1, 1, 1])).unwrap();
+        assert_eq!(ring(256).partition_of(b"hello"), 0x95);
+        assert_eq!(ring(1 << 20).partition_of(b"dynamo"), 0xb87d9);
+        assert_eq!(ring(1).partition_of(b"hello"), 0);
+        assert_eq!(ring(1).partition_for_hash(u64::MAX), 0);
+        let r4 = ring(4);
+        for (hash, p) in [(0, 0), ((1 << 62) - 1, 0), (1 << 62, 1), (u64::MAX, 3)] {
+            assert_eq!(r4.partition_for_hash(hash), p, "{hash:#x}");
+        }
+        for key in [b"a".as_slice(), b"bb", b"key-17"] {
+            assert_eq!(u64::from(r4.partition_of(key)), key_hash(key) >> 62);
+        }
+    }
+
+    #[test]
+    fn capacity_weights_ownership() {
+        let ring = Ring::new(256, 3, nodes(&[1, 1, 2])).unwrap();
+        assert_eq!(counts(&ring), [64, 64, 128]);
+        let ring = Ring::new(256, 3, nodes(&[1, 2, 3, 1])).unwrap();
+        check(&ring);
+        // Quotas 36.6, 73.1, 109.7, 36.6: the two largest remainders round up.
+        assert_eq!(counts(&ring), [37, 73, 110, 36]);
+        assert_eq!(ring.owned_count(NodeId(99)), 0);
+        // 110 * 3 > 256 forces repeats; interleaving by grid alone leaves 146.
+        assert!(bad_windows(&ring, 3) <= 50, "{}", bad_windows(&ring, 3));
+    }
+
+    #[test]
+    fn rounding_ties_favor_current_owners() {
+        // Ids 1..=5 own 4, 3, 3, 3, 3 of 16. Id 0 joining ties every remainder
+        // (16 / 6 each): the four owning most keep 3, so only 2 partitions move.
+        let old = Ring::new(16, 3, (1..=5).map(|i| node(i, 1)).collect()).unwrap();
+        let new = old.with_member(node(0, 1)).unwrap();
+        assert_eq!(counts(&new), [2, 3, 3, 3, 3, 2]);
+        assert_eq!(old.moved_partitions(&new).len(), 2);
+    }
+
+    #[test]
+    fn preference_lists_span_zones() {
+        let zones = ["a", "a", "b", "b", "c", "c"];
+        let members = (0..6).map(|i| node(i, 1).with_zone(zones[i as usize])).collect();
+        let ring = Ring::new(64, 3, members).unwrap();
+        let zone = |id: NodeId| ring.member(id).unwrap().zone.clone().unwrap();
+        for p in 0..64 {
+            let mut seen: Vec<String> = ring.preference_list(p).iter().map(|&id| zone(id)).collect();
+            seen.sort();
+            assert_eq!(seen, ["a", "b", "c"], "partition {p}");
+            assert_eq!(ring.walk(p)[0], ring.owner(p));
+            let mut all = ring.walk(p).to_vec();
+            all.sort();
+            assert_eq!(all, ids(&ring));
+        }
+        // A member without a zone is a zone of its own.
+        let members = vec![node(1, 1).with_zone("a"), node(2, 1).with_zone("a"), node(3, 1)];
+        let ring = Ring::new(16, 2, members).unwrap();
+        for p in 0..16 {
+            let pref = ring.preference_list(p);
+            assert!(pref.contains(&NodeId(3)) && pref[0] == ring.owner(p), "partition {p}");
+        }
+    }
+
+    #[test]
+    fn small_rings_hold_every_member() {
+        let ring = Ring::new(8, 5, nodes(&[1, 1])).unwrap();
+        assert!((0..8).all(|p| ring.preference_list(p).len() == 2));
+        // Fewer partitions than members: members owning nothing trail by id.
+        let ring = Ring::new(2, 2, nodes(&[1, 1, 1, 1])).unwrap();
+        check(&ring);
+        assert_eq!(ring.owners(), [NodeId(1), NodeId(8)]);
+        assert_eq!(ring.walk(1), [8, 1, 15, 22].map(NodeId));
+    }
+
+    #[test]
+    fn bad_input_is_rejected() {
+        let three = || nodes(&[1, 1, 1]);
+        let new = |q, n, members| Ring::new(q, n, members).unwrap_err();
+        for q in [0, 3, 100, 1 << 21] {
+            assert_eq!(new(q, 3, three()), InvalidPartitions(q));
+        }
+        assert_eq!(new(64, 0, three()), ZeroReplicas);
+        assert_eq!(new(64, 3, vec![]), NoMembers);
+        let dup = vec![node(4, 1), node(2, 1), node(4, 2)];
+        assert_eq!(new(64, 3, dup), DuplicateMember(NodeId(4)));
+        let err = new(64, 3, vec![node(1, 1), node(7, 0)]);
+        assert_eq!(err, ZeroCapacity(NodeId(7)));
+        assert!(err.to_string().contains("n7"), "{err}");
+        let ring = Ring::new(64, 3, three()).unwrap();
+        assert_eq!(ring.with_member(node(8, 1)), Err(DuplicateMember(NodeId(8))));
+        assert_eq!(ring.with_member(node(9, 0)), Err(ZeroCapacity(NodeId(9))));
+        assert_eq!(ring.without_member(NodeId(2)), Err(UnknownMember(NodeId(2))));
+        let solo = Ring::new(64, 3, vec![node(5, 1)]).unwrap();
+        assert_eq!(solo.without_member(NodeId(5)), Err(LastMember(NodeId(5))));
+    }
+
+    #[test]
+    fn derived_rings_bump_the_epoch() {
+        let ring = Ring::new(64, 3, nodes(&[1, 1, 1])).unwrap();
+        assert_eq!(ring.epoch(), 1);
+        let joined = ring.with_member(node(100, 1)).unwrap();
+        assert_eq!(joined.epoch(), 2);
+        let left = joined.without_member(NodeId(1)).unwrap();
+        assert_eq!((left.epoch(), left.partitions(), left.replicas()), (3, 64, 3));
+    }
+
+    #[test]
+    fn joins_into_an_even_ring_keep_windows_distinct() {
+        let mut ring = Ring::new(256, 3, nodes(&[1, 1, 1, 1])).unwrap();
+        assert_eq!(ring.owners()[..8], [1, 8, 15, 22, 1, 8, 15, 22].map(NodeId));
+        for id in 100..104 {
+            ring = ring.with_member(node(id, 1)).unwrap();
+            assert_eq!(bad_windows(&ring, 3), 0, "after {id} joined");
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn owner_out_of_range_panics() {
+        Ring::new(16, 3, nodes(&[1])).unwrap().owner(16);
+    }
+
+    #[test]
+    #[should_panic(expected = "different partition counts")]
+    fn moved_partitions_needs_equal_partition_counts() {
+        let a = Ring::new(16, 3, nodes(&[1])).unwrap();
+        a.moved_partitions(&Ring::new(32, 3, nodes(&[1])).unwrap());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn new_rings_are_balanced_with_exact_walks((caps, q, n) in ring_args()) {
+            let ring = Ring::new(q, n, nodes(&caps)).unwrap();
+            check(&ring);
+            // Whenever the counts allow it, every window of N has distinct owners.
+            if counts(&ring).into_iter().max().unwrap() * n.min(caps.len()) <= q as usize {
+                prop_assert_eq!(bad_windows(&ring, n), 0);
+            }
+        }
+
+        #[test]
+        fn equal_members_get_distinct_windows(m in 1usize..=16, b in 0u32..=10, n in 1usize..=5) {
+            let q = 1usize << b;
+            prop_assume!(n <= m && q.div_ceil(m) * n <= q);
+            let ring = Ring::new(q as u32, n, nodes(&vec![1; m])).unwrap();
+            prop_assert_eq!(bad_windows(&ring, n), 0);
+        }
+
+        #[test]
+        fn joins_move_the_minimum((caps, q, n) in ring_args(), cap in 1u32..=4) {
+            let even = caps.iter().all(|&c| c == 1);
+            let old = Ring::new(q, n, nodes(&caps)).unwrap();
+            let new = old.with_member(node(1000, if even { 1 } else { cap })).unwrap();
+            check(&new);
+            let moved = old.moved_partitions(&new);
+            let gives = |id| old.owned_count(id).saturating_sub(new.owned_count(id));
+            prop_assert_eq!(moved.len(), ids(&old).into_iter().map(gives).sum::<usize>());
+            for &p in &moved {
+                let (from, to) = (old.owner(p), new.owner(p));
+                prop_assert!(old.owned_count(from) > new.owned_count(from));
+                prop_assert!(old.owned_count(to) < new.owned_count(to));
+            }
+            if even {
+                prop_assert_eq!(moved.len(), new.owned_count(NodeId(1000)));
+                prop_assert!(moved.iter().all(|&p| new.owner(p) == NodeId(1000)));
+            }
+        }
+
+        #[test]
+        fn leaves_move_the_minimum((caps, q, n) in ring_args(), pick: prop::sample::Index) {
+            prop_assume!(caps.len() > 1);
+            let old = Ring::new(q, n, nodes(&caps)).unwrap();
+            let gone = old.members()[pick.index(caps.len())].id;
+            let new = old.without_member(gone).unwrap();
+            check(&new);
+            let moved = old.moved_partitions(&new);
+            let own: Vec<u32> = (0..q).filter(|&p| old.owner(p) == gone).collect();
+            prop_assert!(own.iter().all(|p| moved.contains(p)));
+            let gives = |id| old.owned_count(id).saturating_sub(new.owned_count(id));
+            prop_assert_eq!(moved.len(), ids(&old).into_iter().map(gives).sum::<usize>());
+            if caps.iter().all(|&c| c == 1) {
+                prop_assert_eq!(moved, own);
+            }
+        }
+
+        #[test]
+        fn churn_stays_balanced(
+            (caps, q, n) in ring_args(),
+            ops in prop::collection::vec((any::<bool>(), 1u32..=4, any::<prop::sample::Index>()), 1..8),
+        ) {
+            let mut ring = Ring::new(q, n, nodes(&caps)).unwrap();
+            for (i, (join, cap, pick)) in ops.into_iter().enumerate() {
+                let gone = ring.members()[pick.index(ring.members().len())].id;
+                let next = if join || ring.members().len() == 1 {
+                    ring.with_member(node(500 + i as u64, cap)).unwrap()
+                } else {
+                    ring.without_member(gone).unwrap()
+                };
+                check(&next);
+                prop_assert_eq!(next.epoch(), ring.epoch() + 1);
+                ring = next;
+            }
+        }
+    }
 }

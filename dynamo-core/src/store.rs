@@ -79,19 +79,12 @@ impl WriteBatch {
 
     /// Appends a put.
     pub fn put(&mut self, table: Table, key: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.ops.push(BatchOp::Put {
-            table,
-            key: key.into(),
-            value: value.into(),
-        });
+        self.ops.push(BatchOp::Put { table, key: key.into(), value: value.into() });
     }
 
     /// Appends a delete.
     pub fn delete(&mut self, table: Table, key: impl Into<Bytes>) {
-        self.ops.push(BatchOp::Delete {
-            table,
-            key: key.into(),
-        });
+        self.ops.push(BatchOp::Delete { table, key: key.into() });
     }
 
     /// Appends every operation of `other`, after this batch's own.

@@ -1,2 +1,18 @@
-//! Test kit for dynamo-core.
+//! Test kit for dynamo-core: whole clusters in one process.
+//!
+//! - [`SimNetwork`](sim_net::SimNetwork): an in-memory [`Transport`](dynamo_core::transport::Transport)
+//!   with seeded drops, delays, partitions and kills.
+//! - [`Cluster`]: starts N nodes on it, kills and restarts them with their
+//!   stores kept (or wiped), and waits for replicas to converge.
+//! - [`Client`] and [`history`]: record what clients did and check it: no
+//!   acknowledged write lost, no deleted key resurrected.
+
+pub mod client;
+pub mod cluster;
+pub mod history;
 pub mod sim_net;
+
+pub use client::Client;
+pub use cluster::{test_seed, Cluster, ClusterBuilder, SimClock};
+pub use history::History;
+pub use sim_net::SimNetwork;

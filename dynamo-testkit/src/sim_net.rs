@@ -117,10 +117,7 @@ impl State {
 
     /// A node can always reach itself; otherwise isolation or a cut blocks the link.
     fn is_cut(&self, a: &str, b: &str) -> bool {
-        a != b
-            && (self.isolated.contains(a)
-                || self.isolated.contains(b)
-                || self.cuts.contains(&link(a, b)))
+        a != b && (self.isolated.contains(a) || self.isolated.contains(b) || self.cuts.contains(&link(a, b)))
     }
 
     /// Whether a leg from `from` to `to` is lost now; counts it as dropped if so.
@@ -141,9 +138,7 @@ impl State {
 
     /// The handler of endpoint `id` at `addr`, if that endpoint still serves.
     fn handler_of(&self, addr: &str, id: u64) -> Option<Arc<dyn FrameHandler>> {
-        self.serving(addr)
-            .filter(|(serving, _)| *serving == id)
-            .map(|(_, h)| h)
+        self.serving(addr).filter(|(serving, _)| *serving == id).map(|(_, h)| h)
     }
 
     fn close(&mut self, addr: &str) {
@@ -159,10 +154,7 @@ fn link(a: &str, b: &str) -> (String, String) {
 }
 
 fn unreachable(peer: &str, reason: &str) -> TransportError {
-    TransportError::Unreachable {
-        peer: peer.to_owned(),
-        reason: reason.to_owned(),
-    }
+    TransportError::Unreachable { peer: peer.to_owned(), reason: reason.to_owned() }
 }
 
 impl SimNetwork {
@@ -180,9 +172,7 @@ impl SimNetwork {
             delay: (Duration::ZERO, Duration::ZERO),
             stats: NetStats::default(),
         };
-        Self {
-            state: Arc::new(Mutex::new(state)),
-        }
+        Self { state: Arc::new(Mutex::new(state)) }
     }
 
     /// The seed this network was created with, to log and replay a failing run.
@@ -200,18 +190,9 @@ impl SimNetwork {
         state.close(addr);
         state.next_id += 1;
         let id = state.next_id;
-        let slot = Slot {
-            id,
-            closed: Arc::clone(&closed),
-            handler: None,
-        };
+        let slot = Slot { id, closed: Arc::clone(&closed), handler: None };
         state.slots.insert(addr.to_owned(), slot);
-        Arc::new(SimTransport {
-            net: self.clone(),
-            addr: addr.to_owned(),
-            id,
-            closed,
-        })
+        Arc::new(SimTransport { net: self.clone(), addr: addr.to_owned(), id, closed })
     }
 
     /// Makes each leg of each later call lost with probability `p`.
@@ -288,12 +269,7 @@ impl SimNetwork {
     }
 
     /// Starts a call: the returned receiver gets the reply, or errors if a leg is lost.
-    fn send(
-        &self,
-        from: &str,
-        to: &str,
-        frame: Bytes,
-    ) -> Result<oneshot::Receiver<Reply>, TransportError> {
+    fn send(&self, from: &str, to: &str, frame: Bytes) -> Result<oneshot::Receiver<Reply>, TransportError> {
         let (reply, receiver) = oneshot::channel();
         let mut state = self.lock();
         state.stats.calls += 1;
@@ -376,19 +352,11 @@ impl Transport for SimTransport {
             Some(slot) if slot.id == self.id => "already serving",
             _ => "endpoint was shut down, killed or replaced",
         };
-        Err(TransportError::Listen {
-            addr: self.addr.clone(),
-            reason: reason.to_owned(),
-        })
+        Err(TransportError::Listen { addr: self.addr.clone(), reason: reason.to_owned() })
     }
 
     /// Runs one call through the simulated network, as the module docs describe.
-    async fn call(
-        &self,
-        to: &str,
-        frame: Bytes,
-        timeout: Duration,
-    ) -> Result<Bytes, TransportError> {
+    async fn call(&self, to: &str, frame: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
         let mut closed = self.closed.subscribe();
         if *closed.borrow_and_update() {
             return Err(TransportError::Closed);
@@ -409,12 +377,7 @@ impl Transport for SimTransport {
         };
         tokio::time::timeout(timeout, outcome)
             .await
-            .unwrap_or_else(|_| {
-                Err(TransportError::Timeout {
-                    peer: to.to_owned(),
-                    timeout,
-                })
-            })
+            .unwrap_or_else(|_| Err(TransportError::Timeout { peer: to.to_owned(), timeout }))
     }
 
     /// Stops serving (unless a newer endpoint took the address over) and
@@ -490,15 +453,9 @@ mod tests {
         let (net, a, b) = pair(1).await;
         assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
         assert_eq!(a.local_addr(), "a");
-        assert!(matches!(
-            b.serve(Arc::new(Echo)).await,
-            Err(TransportError::Listen { .. })
-        ));
+        assert!(matches!(b.serve(Arc::new(Echo)).await, Err(TransportError::Listen { .. })));
         let stats = net.stats();
-        assert_eq!(
-            (stats.calls, stats.delivered, stats.dropped, stats.refused),
-            (1, 2, 0, 0)
-        );
+        assert_eq!((stats.calls, stats.delivered, stats.dropped, stats.refused), (1, 2, 0, 0));
         assert_eq!(net.seed(), 1);
     }
 
@@ -508,9 +465,7 @@ mod tests {
         let a = serving(&net, "a").await;
         let start = Instant::now();
         let result = a.call("nowhere", ping(), T).await;
-        assert!(
-            matches!(result, Err(TransportError::Unreachable { peer, .. }) if peer == "nowhere")
-        );
+        assert!(matches!(result, Err(TransportError::Unreachable { peer, .. }) if peer == "nowhere"));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(net.stats().refused, 1);
     }
@@ -546,10 +501,7 @@ mod tests {
         assert_eq!((net.stats().delivered, net.stats().dropped), (0, 1));
         assert!(is_timeout(&a.call("c", ping(), T).await, "c"));
         assert!(is_timeout(&c.call("a", ping(), T).await, "a"));
-        assert!(
-            c.call("c", ping(), T).await.is_ok(),
-            "a node still reaches itself"
-        );
+        assert!(c.call("c", ping(), T).await.is_ok(), "a node still reaches itself");
         assert!(a.call("b", ping(), T).await.is_ok());
         assert!(!net.is_reachable("b", "c") && net.is_reachable("a", "b"));
     }
@@ -581,10 +533,7 @@ mod tests {
         assert_eq!(net.stats().refused, 1);
         net.set_delay(Duration::ZERO, Duration::ZERO);
         let start = Instant::now();
-        assert!(matches!(
-            a.call("b", ping(), T).await,
-            Err(TransportError::Unreachable { .. })
-        ));
+        assert!(matches!(a.call("b", ping(), T).await, Err(TransportError::Unreachable { .. })));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(b.call("a", ping(), T).await, Err(TransportError::Closed));
         assert!(b.serve(Arc::new(Echo)).await.is_err());
@@ -601,10 +550,7 @@ mod tests {
         let a = serving(&net, "a").await;
         let b = net.endpoint("b");
         let hits = Arc::new(AtomicUsize::new(0));
-        let handler = Counting {
-            hits: Arc::clone(&hits),
-            isolate: Some((net.clone(), "b")),
-        };
+        let handler = Counting { hits: Arc::clone(&hits), isolate: Some((net.clone(), "b")) };
         b.serve(Arc::new(handler)).await.unwrap();
         assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
         assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -617,12 +563,7 @@ mod tests {
         let a = serving(&net, "a").await;
         let hits = Arc::new(AtomicUsize::new(0));
         let b = net.endpoint("b");
-        b.serve(Arc::new(Counting {
-            hits: Arc::clone(&hits),
-            isolate: None,
-        }))
-        .await
-        .unwrap();
+        b.serve(Arc::new(Counting { hits: Arc::clone(&hits), isolate: None })).await.unwrap();
         net.set_delay(2 * T, 2 * T);
         assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
         assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -659,10 +600,7 @@ mod tests {
             let start = Instant::now();
             a.call("b", ping(), T).await.unwrap();
             let took = start.elapsed();
-            assert!(
-                took >= 2 * min && took <= 2 * max,
-                "round trip took {took:?}"
-            );
+            assert!(took >= 2 * min && took <= 2 * max, "round trip took {took:?}");
             elapsed.insert(took);
         }
         assert!(elapsed.len() > 1, "delays should vary");

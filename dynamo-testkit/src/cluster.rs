@@ -1,0 +1,444 @@
+//! Whole clusters in one process, on a simulated network.
+//!
+//! ```
+//! # async fn demo() {
+//! use dynamo_testkit::Cluster;
+//! let cluster = Cluster::builder().nodes(5).n(3).r(2).w(2).seed(7).build().await.unwrap();
+//! let client = cluster.client(0);
+//! client.put(b"k", "v".into(), None).await.unwrap();
+//! cluster.partition(&[0, 1], &[2, 3, 4]);
+//! cluster.heal();
+//! cluster.wait_converged(std::time::Duration::from_secs(30)).await.unwrap();
+//! # }
+//! ```
+//!
+//! Tests run best on tokio's paused clock (`#[tokio::test(start_paused =
+//! true)]`): deadlines, delays and background intervals then elapse in
+//! virtual time, and one seed replays one run.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dynamo_core::causality::SiblingSet;
+use dynamo_core::clock::Clock;
+use dynamo_core::config::Config;
+use dynamo_core::member::{Member, NodeId};
+use dynamo_core::node::{LocalState, Node, NodeBuilder, ReadOptions};
+use dynamo_core::reconcile::{KeepSiblings, Reconciler};
+use dynamo_core::ring::Ring;
+use dynamo_core::store::MemStore;
+use dynamo_core::{Error, Result};
+
+use crate::client::Client;
+use crate::history::History;
+use crate::sim_net::SimNetwork;
+
+/// The seed a test runs with: `DYNAMO_TEST_SEED` when set, else `default`.
+pub fn test_seed(default: u64) -> u64 {
+    std::env::var("DYNAMO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Wall-clock milliseconds that advance with tokio's (possibly paused)
+/// clock, from a fixed origin: timestamps replay exactly in simulation.
+#[derive(Debug)]
+pub struct SimClock {
+    origin: tokio::time::Instant,
+}
+
+impl SimClock {
+    /// A clock reading 2026-01-01T00:00:00Z now.
+    pub fn new() -> Self {
+        SimClock { origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Default for SimClock {
+    fn default() -> Self {
+        SimClock::new()
+    }
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        1_767_225_600_000 + self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// Configures a [`Cluster`].
+pub struct ClusterBuilder {
+    nodes: usize,
+    config: Config,
+    seed: u64,
+    reconciler: Arc<dyn Reconciler>,
+    zones: Option<usize>,
+}
+
+impl ClusterBuilder {
+    /// Number of nodes (default 3).
+    pub fn nodes(mut self, nodes: usize) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Replication factor N (default 3).
+    pub fn n(mut self, n: usize) -> Self {
+        self.config.n = n;
+        self
+    }
+
+    /// Default read quorum R (default 2).
+    pub fn r(mut self, r: usize) -> Self {
+        self.config.r = r;
+        self
+    }
+
+    /// Default write quorum W (default 2).
+    pub fn w(mut self, w: usize) -> Self {
+        self.config.w = w;
+        self
+    }
+
+    /// Seed of the simulated network (drops, delays) and of the nodes'
+    /// epochs. Default: [`test_seed`]`(1)`.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The reconciler every node uses (default [`KeepSiblings`]).
+    pub fn reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
+        self.reconciler = reconciler;
+        self
+    }
+
+    /// Strict quorum: no fallback nodes, no hints.
+    pub fn strict(mut self) -> Self {
+        self.config.sloppy_quorum = false;
+        self
+    }
+
+    /// Spreads nodes round-robin over this many zones.
+    pub fn zones(mut self, zones: usize) -> Self {
+        self.zones = Some(zones);
+        self
+    }
+
+    /// Replaces every other setting of the nodes' [`Config`] (N, R, W and
+    /// strictness set on the builder still apply after this).
+    pub fn config(mut self, config: Config) -> Self {
+        let (n, r, w, sloppy) = (self.config.n, self.config.r, self.config.w, self.config.sloppy_quorum);
+        self.config = Config { n, r, w, sloppy_quorum: sloppy, ..config };
+        self
+    }
+
+    /// Starts every node.
+    ///
+    /// # Errors
+    /// Invalid configuration, or a node failing to start.
+    pub async fn build(self) -> Result<Cluster> {
+        let members: Vec<Member> = (0..self.nodes)
+            .map(|i| {
+                let m = Member::new(NodeId(i as u64 + 1), format!("sim-{}", i + 1));
+                match self.zones {
+                    Some(z) => m.with_zone(format!("zone-{}", i % z)),
+                    None => m,
+                }
+            })
+            .collect();
+        let ring = Ring::new(self.config.partitions, self.config.n, members.clone())?;
+        let cluster = Cluster {
+            net: SimNetwork::new(self.seed),
+            seed: self.seed,
+            config: self.config,
+            ring,
+            reconciler: self.reconciler,
+            clock: Arc::new(SimClock::new()),
+            history: History::new(),
+            slots: members
+                .into_iter()
+                .map(|m| Slot { member: m, store: Arc::new(MemStore::new()), node: None, starts: 0 })
+                .map(Mutex::new)
+                .collect(),
+        };
+        for i in 0..cluster.len() {
+            cluster.start_node(i).await?;
+        }
+        Ok(cluster)
+    }
+}
+
+struct Slot {
+    member: Member,
+    store: Arc<MemStore>,
+    node: Option<Node>,
+    starts: u64,
+}
+
+/// A running in-process cluster. Nodes are addressed by index
+/// (`0..len()`); node `i` has id `NodeId(i + 1)`.
+pub struct Cluster {
+    net: SimNetwork,
+    seed: u64,
+    config: Config,
+    ring: Ring,
+    reconciler: Arc<dyn Reconciler>,
+    clock: Arc<SimClock>,
+    history: History,
+    slots: Vec<Mutex<Slot>>,
+}
+
+impl Cluster {
+    /// A builder: 3 nodes, N=3, R=2, W=2, [`KeepSiblings`], seed from
+    /// [`test_seed`]`(1)`, hints delivered every 200 ms.
+    pub fn builder() -> ClusterBuilder {
+        let config = Config {
+            hint_delivery_interval_ms: 200,
+            replica_timeout_ms: 500,
+            request_timeout_ms: 3_000,
+            ..Config::default()
+        };
+        ClusterBuilder {
+            nodes: 3,
+            config,
+            seed: test_seed(1),
+            reconciler: Arc::new(KeepSiblings),
+            zones: None,
+        }
+    }
+
+    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.slots[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn start_node(&self, i: usize) -> Result<()> {
+        let (member, store, starts) = {
+            let mut s = self.slot(i);
+            s.starts += 1;
+            (s.member.clone(), s.store.clone(), s.starts)
+        };
+        let node = NodeBuilder::new(member.id)
+            .config(self.config.clone())
+            .ring(self.ring.clone())
+            .store(store)
+            .transport(self.net.endpoint(&member.addr))
+            .reconciler(Arc::clone(&self.reconciler))
+            .clock(self.clock.clone())
+            .epoch_seed(self.seed ^ (member.id.0 << 32) ^ starts)
+            .start()
+            .await?;
+        self.slot(i).node = Some(node);
+        Ok(())
+    }
+
+    /// The seed this cluster runs with; print it when a test fails.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the cluster has no node.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The simulated network, for finer fault injection.
+    pub fn net(&self) -> &SimNetwork {
+        &self.net
+    }
+
+    /// The ring every node routes by.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The history every [`Client`] of this cluster records into.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Node `i`, or `None` while it is killed.
+    pub fn node(&self, i: usize) -> Option<Node> {
+        self.slot(i).node.clone()
+    }
+
+    /// The index of the node with id `id`.
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        (0..self.len()).find(|&i| self.slot(i).member.id == id)
+    }
+
+    /// The indexes of the preference list of `key`.
+    pub fn preference_list(&self, key: &[u8]) -> Vec<usize> {
+        let p = self.ring.partition_of(key);
+        self.ring.preference_list(p).iter().filter_map(|id| self.index_of(*id)).collect()
+    }
+
+    /// A client that sends its requests to node `i` and records them.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(
+            i,
+            self.slots[i].lock().unwrap_or_else(PoisonError::into_inner).node.clone(),
+            self.history.clone(),
+        )
+    }
+
+    fn addrs(&self, nodes: &[usize]) -> Vec<String> {
+        nodes.iter().map(|&i| self.slot(i).member.addr.clone()).collect()
+    }
+
+    /// Cuts every link between the nodes of `a` and those of `b`.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        let (a, b) = (self.addrs(a), self.addrs(b));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let b: Vec<&str> = b.iter().map(String::as_str).collect();
+        self.net.partition(&a, &b);
+    }
+
+    /// Cuts node `i` from every other node.
+    pub fn isolate(&self, i: usize) {
+        let addr = self.slot(i).member.addr.clone();
+        self.net.isolate(&addr);
+    }
+
+    /// Removes every cut and message loss.
+    pub fn heal(&self) {
+        self.net.heal();
+    }
+
+    /// Stops node `i` like a crashed process: it stops answering at once.
+    /// Its store is kept for [`Cluster::restart`].
+    pub async fn kill(&self, i: usize) {
+        let (node, addr) = {
+            let mut s = self.slot(i);
+            (s.node.take(), s.member.addr.clone())
+        };
+        self.net.kill(&addr);
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts node `i` again on the store it had.
+    ///
+    /// # Errors
+    /// The node failing to start.
+    pub async fn restart(&self, i: usize) -> Result<()> {
+        self.kill(i).await;
+        self.start_node(i).await
+    }
+
+    /// Starts node `i` again on an empty store, as after a lost disk.
+    ///
+    /// # Errors
+    /// The node failing to start.
+    pub async fn wipe_and_restart(&self, i: usize) -> Result<()> {
+        self.kill(i).await;
+        self.slot(i).store = Arc::new(MemStore::new());
+        self.start_node(i).await
+    }
+
+    /// What node `i` stores for `key` (as a replica and as hints).
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] while the node is killed, store errors.
+    pub async fn local_state(&self, i: usize, key: &[u8]) -> Result<LocalState> {
+        let node = self.node(i).ok_or(Error::ShuttingDown)?;
+        node.local_state(key).await
+    }
+
+    /// The replica state of `key` on node `i` (no hints).
+    ///
+    /// # Errors
+    /// As [`Cluster::local_state`].
+    pub async fn replica_state(&self, i: usize, key: &[u8]) -> Result<Option<SiblingSet>> {
+        Ok(self.local_state(i, key).await?.data)
+    }
+
+    /// Waits until every key of the history has equal states on all of its
+    /// preference-list nodes and no running node holds a hint.
+    ///
+    /// Convergence comes from hinted handoff and read repair: each round
+    /// reads the keys that still differ, through a live node, so read repair
+    /// can fix replicas that missed a write without a hint.
+    ///
+    /// # Errors
+    /// A description of what still differs when `timeout` passes.
+    pub async fn wait_converged(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let keys = self.history.keys();
+        loop {
+            let mut problem = None;
+            for i in 0..self.len() {
+                if let Some(node) = self.node(i) {
+                    let hints = node.pending_hints().await.map_err(|e| e.to_string())?;
+                    if !hints.is_empty() {
+                        problem = Some(format!("node {i} still holds hints {hints:?}"));
+                        break;
+                    }
+                }
+            }
+            let mut differing = Vec::new();
+            for key in &keys {
+                let mut states = BTreeMap::new();
+                for i in self.preference_list(key) {
+                    match self.replica_state(i, key).await {
+                        Ok(s) => {
+                            states.insert(i, s);
+                        }
+                        Err(e) => return Err(format!("node {i} cannot be inspected: {e}")),
+                    }
+                }
+                let first = states.values().next().cloned().flatten();
+                if states.values().any(|s| *s != first) {
+                    differing.push(key.clone());
+                }
+            }
+            if problem.is_none() && differing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(problem.unwrap_or_else(|| {
+                    format!(
+                        "{} keys differ between replicas, first {:?} (seed {})",
+                        differing.len(),
+                        differing[0],
+                        self.seed
+                    )
+                }));
+            }
+            if let Some(reader) = (0..self.len()).find_map(|i| self.node(i)) {
+                for key in &differing {
+                    let _ = reader.get(key, ReadOptions { r: Some(self.config.n), timeout: None }).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads every key of the history through node `via` with R = N,
+    /// returning key → values.
+    ///
+    /// # Errors
+    /// The first read that fails.
+    pub async fn read_all(&self, via: usize) -> Result<BTreeMap<Bytes, Vec<Bytes>>> {
+        let node = self.node(via).ok_or(Error::ShuttingDown)?;
+        let mut out = BTreeMap::new();
+        for key in self.history.keys() {
+            let got = node.get(&key, ReadOptions { r: Some(self.config.n), timeout: None }).await?;
+            out.insert(key, got.values);
+        }
+        Ok(out)
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(&self) {
+        for i in 0..self.len() {
+            self.kill(i).await;
+        }
+    }
+}
