@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dynamo_core::causality::{Actor, CausalContext, Dot, SiblingSet};
 use dynamo_core::member::{Member, NodeId};
 use dynamo_core::node::{ReadOptions, WriteOptions};
+use dynamo_core::reconcile::LastWriteWins;
 use dynamo_core::ring::{key_hash, Ring};
 use dynamo_core::store::{MemStore, Store, Table, WriteBatch};
 use dynamo_testkit::Cluster;
@@ -93,7 +94,9 @@ fn causality(c: &mut Criterion) {
 
 fn cluster(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let cluster = rt.block_on(Cluster::builder().nodes(3).n(3).r(2).w(2).build()).unwrap();
+    // Blind writes (no context) with last-write-wins, as a YCSB-style load runs.
+    let builder = Cluster::builder().nodes(3).n(3).r(2).w(2).reconciler(Arc::new(LastWriteWins));
+    let cluster = rt.block_on(builder.build()).unwrap();
     let nodes: Vec<_> = (0..3).map(|i| cluster.node(i).unwrap()).collect();
     let keys = Arc::new(keys(10_000));
     let value = Bytes::from(vec![42u8; 100]);

@@ -295,7 +295,9 @@ impl SimNetwork {
         plan: Plan,
         reply: oneshot::Sender<Reply>,
     ) {
-        tokio::time::sleep(plan.request_delay).await;
+        if !plan.request_delay.is_zero() {
+            tokio::time::sleep(plan.request_delay).await;
+        }
         let handler = {
             let mut state = self.lock();
             if state.leg_lost(&from, &to, false) {
@@ -321,7 +323,9 @@ impl SimNetwork {
                 return;
             }
         }
-        tokio::time::sleep(plan.response_delay).await;
+        if !plan.response_delay.is_zero() {
+            tokio::time::sleep(plan.response_delay).await;
+        }
         {
             let mut state = self.lock();
             if state.leg_lost(&to, &from, false) {
