@@ -81,6 +81,17 @@ impl NodeCore {
         }
     }
 
+    /// Checks a write at the edge, before anything is stored.
+    fn validate_write(&self, req: &WriteRequest) -> Result<()> {
+        self.validate_key(&req.key)?;
+        self.validate_value(req.value.as_ref())?;
+        self.check_quorum("w", req.w)?;
+        if let Some(c) = &req.context {
+            c.validate().map_err(|e| Error::InvalidContext(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_quorum(&self, name: &str, value: usize) -> Result<usize> {
         if value == 0 || value > self.config.n {
             return Err(Error::InvalidQuorum { name: name.into(), value, n: self.config.n });
@@ -132,13 +143,13 @@ impl NodeCore {
         }
     }
 
-    fn call_timeout(&self, deadline: Instant) -> Duration {
-        self.config.replica_timeout().min(deadline.saturating_duration_since(Instant::now()))
-    }
-
     /// Calls every target, replacing a failed one by the next spare, and
     /// reports each slot's outcome on `progress` as it happens. Returns the
     /// answers of every slot that got one.
+    ///
+    /// Each call has the replica timeout, not the client's deadline: the
+    /// caller stops waiting at its deadline, but replication (and the
+    /// answers read repair needs) carries on in the background.
     async fn fan_out<T, F, Fut>(
         self: Arc<Self>,
         targets: Vec<Target>,
@@ -180,9 +191,7 @@ impl NodeCore {
     /// Coordinates a client write (put or delete), forwarding it to a
     /// preference-list node when this node is not one.
     pub(crate) async fn write(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
-        self.validate_key(&req.key)?;
-        self.validate_value(req.value.as_ref())?;
-        self.check_quorum("w", req.w)?;
+        self.validate_write(&req)?;
         let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
         let ring = self.ring();
         let partition = ring.partition_of(&req.key);
@@ -294,7 +303,7 @@ impl NodeCore {
                 }
             };
             async move {
-                match core.call_peer(t.node, frame, core.call_timeout(deadline)).await? {
+                match core.call_peer(t.node, frame, core.config.replica_timeout()).await? {
                     Response::Ack => {
                         if t.node != t.owner {
                             bump(&core.metrics.fallback_writes);
@@ -357,7 +366,7 @@ impl NodeCore {
                 }
                 let hint_for = (t.node != t.owner).then_some(t.owner);
                 let frame = Request::Get { key, hint_for }.encode();
-                match core.call_peer(t.node, frame, core.call_timeout(deadline)).await? {
+                match core.call_peer(t.node, frame, core.config.replica_timeout()).await? {
                     Response::State(None) => Ok(None),
                     Response::State(Some(bytes)) => SiblingSet::decode(&bytes)
                         .map(Some)
@@ -482,12 +491,7 @@ impl NodeCore {
     }
 
     async fn serve_coordinate(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
-        self.validate_key(&req.key)?;
-        self.validate_value(req.value.as_ref())?;
-        self.check_quorum("w", req.w)?;
-        if let Some(c) = &req.context {
-            c.validate().map_err(|e| Error::InvalidContext(e.to_string()))?;
-        }
+        self.validate_write(&req)?;
         let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
         let ring = self.ring();
         let partition = ring.partition_of(&req.key);
