@@ -43,6 +43,6 @@ pub mod prelude {
     pub use crate::node::{GetResult, LocalState, Node, NodeBuilder, ReadOptions, WriteOptions};
     pub use crate::reconcile::{KeepSiblings, LastWriteWins, Reconciler, ReconcilerRegistry, Resolution};
     pub use crate::ring::Ring;
-    pub use crate::store::{MemStore, Store};
+    pub use crate::store::{Durability, MemStore, Store};
     pub use crate::transport::Transport;
 }

@@ -43,6 +43,20 @@ impl Table {
     }
 }
 
+/// How durable an acknowledged write is, for stores that write to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every batch is flushed to stable storage (fsync) before
+    /// [`Store::write`] returns. Group commit shares one flush among
+    /// many concurrent writers.
+    #[default]
+    Fsync,
+    /// Batches are written to the OS and flushed later: a process crash
+    /// loses nothing, a power loss may lose the last writes.
+    Buffered,
+}
+
 /// One operation of a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {

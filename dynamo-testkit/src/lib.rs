@@ -4,11 +4,13 @@
 //!   with seeded drops, delays, partitions and kills.
 //! - [`Cluster`]: starts N nodes on it, kills and restarts them with their
 //!   stores kept (or wiped), and waits for replicas to converge.
+//! - [`conformance`]: the suites every Store and Transport backend runs.
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
 
 pub mod client;
 pub mod cluster;
+pub mod conformance;
 pub mod history;
 pub mod sim_net;
 

@@ -91,6 +91,7 @@ struct State {
     isolated: BTreeSet<String>,
     drop_rate: f64,
     delay: (Duration, Duration),
+    max_frame: usize,
     stats: NetStats,
 }
 
@@ -148,6 +149,9 @@ impl State {
     }
 }
 
+/// The default frame limit, as the TCP transport's.
+const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
 fn link(a: &str, b: &str) -> (String, String) {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     (lo.to_owned(), hi.to_owned())
@@ -170,9 +174,23 @@ impl SimNetwork {
             isolated: BTreeSet::new(),
             drop_rate: 0.0,
             delay: (Duration::ZERO, Duration::ZERO),
+            max_frame: DEFAULT_MAX_FRAME,
             stats: NetStats::default(),
         };
         Self { state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// Sets the largest frame, request or response, the network carries
+    /// (default 16 MiB). A larger request fails the call with
+    /// [`TransportError::FrameTooLarge`]; a larger response resets the
+    /// connection ([`TransportError::Unreachable`]).
+    pub fn set_max_frame(&self, max: usize) {
+        self.lock().max_frame = max;
+    }
+
+    /// The largest frame the network carries.
+    pub fn max_frame(&self) -> usize {
+        self.lock().max_frame
     }
 
     /// The seed this network was created with, to log and replay a failing run.
@@ -272,6 +290,9 @@ impl SimNetwork {
     fn send(&self, from: &str, to: &str, frame: Bytes) -> Result<oneshot::Receiver<Reply>, TransportError> {
         let (reply, receiver) = oneshot::channel();
         let mut state = self.lock();
+        if frame.len() > state.max_frame {
+            return Err(TransportError::FrameTooLarge { size: frame.len(), max: state.max_frame });
+        }
         state.stats.calls += 1;
         let plan = state.draw();
         let Some((target, _)) = state.serving(to) else {
@@ -314,6 +335,11 @@ impl SimNetwork {
         let response = handler.handle(frame).await;
         {
             let mut state = self.lock();
+            if response.len() > state.max_frame {
+                tracing::warn!(from = %to, size = response.len(), "sim_net: response over the frame limit dropped");
+                let _ = reply.send(Err(unreachable(&to, "connection reset: response over the frame limit")));
+                return;
+            }
             if state.leg_lost(&to, &from, plan.response_lost) {
                 return;
             }
