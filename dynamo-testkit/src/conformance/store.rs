@@ -9,6 +9,8 @@ use dynamo_core::config::Config;
 use dynamo_core::store::{Store, Table, WriteBatch};
 
 type Open = dyn Fn(&Path) -> Arc<dyn Store> + Send + Sync;
+/// One case of the suite.
+type Case = fn(&Open, &Path);
 
 /// Runs every store case against the engine `open` makes.
 ///
@@ -24,7 +26,7 @@ where
     F: Fn(&Path) -> Arc<dyn Store> + Send + Sync + 'static,
 {
     let open: Arc<Open> = Arc::new(open);
-    let cases: [(&str, fn(&Open, &Path)); 8] = [
+    let cases: [(&str, Case); 8] = [
         ("point_reads_and_writes", point_reads_and_writes),
         ("batches_are_atomic_to_readers", batches_are_atomic_to_readers),
         ("tables_are_isolated", tables_are_isolated),
