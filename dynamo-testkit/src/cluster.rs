@@ -28,9 +28,10 @@ use dynamo_core::member::{Member, NodeId};
 use dynamo_core::node::{LocalState, Node, NodeBuilder, ReadOptions};
 use dynamo_core::reconcile::{KeepSiblings, Reconciler};
 use dynamo_core::ring::Ring;
-use dynamo_core::store::MemStore;
+use dynamo_core::store::Store;
 use dynamo_core::{Error, Result};
 
+use crate::backend::{Backend, Faults, FaultyTransport, SimBackend};
 use crate::client::Client;
 use crate::history::History;
 use crate::sim_net::SimNetwork;
@@ -73,9 +74,17 @@ pub struct ClusterBuilder {
     seed: u64,
     reconciler: Arc<dyn Reconciler>,
     zones: Option<usize>,
+    backend: Option<Arc<dyn Backend>>,
 }
 
 impl ClusterBuilder {
+    /// Runs the nodes on `backend` instead of the simulated network and
+    /// in-memory stores.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Number of nodes (default 3).
     pub fn nodes(mut self, nodes: usize) -> Self {
         self.nodes = nodes;
@@ -138,9 +147,10 @@ impl ClusterBuilder {
     /// # Errors
     /// Invalid configuration, or a node failing to start.
     pub async fn build(self) -> Result<Cluster> {
+        let backend = self.backend.unwrap_or_else(|| Arc::new(SimBackend::new(self.seed)));
         let members: Vec<Member> = (0..self.nodes)
             .map(|i| {
-                let m = Member::new(NodeId(i as u64 + 1), format!("sim-{}", i + 1));
+                let m = Member::new(NodeId(i as u64 + 1), backend.address(i));
                 match self.zones {
                     Some(z) => m.with_zone(format!("zone-{}", i % z)),
                     None => m,
@@ -148,19 +158,20 @@ impl ClusterBuilder {
             })
             .collect();
         let ring = Ring::new(self.config.partitions, self.config.n, members.clone())?;
+        let mut slots = Vec::with_capacity(members.len());
+        for (i, member) in members.into_iter().enumerate() {
+            slots.push(Mutex::new(Slot { member, store: backend.store(i)?, node: None, starts: 0 }));
+        }
         let cluster = Cluster {
-            net: SimNetwork::new(self.seed),
+            backend,
+            faults: Arc::new(Faults::default()),
             seed: self.seed,
             config: self.config,
             ring,
             reconciler: self.reconciler,
             clock: Arc::new(SimClock::new()),
             history: History::new(),
-            slots: members
-                .into_iter()
-                .map(|m| Slot { member: m, store: Arc::new(MemStore::new()), node: None, starts: 0 })
-                .map(Mutex::new)
-                .collect(),
+            slots,
         };
         for i in 0..cluster.len() {
             cluster.start_node(i).await?;
@@ -171,7 +182,7 @@ impl ClusterBuilder {
 
 struct Slot {
     member: Member,
-    store: Arc<MemStore>,
+    store: Arc<dyn Store>,
     node: Option<Node>,
     starts: u64,
 }
@@ -179,7 +190,8 @@ struct Slot {
 /// A running in-process cluster. Nodes are addressed by index
 /// (`0..len()`); node `i` has id `NodeId(i + 1)`.
 pub struct Cluster {
-    net: SimNetwork,
+    backend: Arc<dyn Backend>,
+    faults: Arc<Faults>,
     seed: u64,
     config: Config,
     ring: Ring,
@@ -205,6 +217,7 @@ impl Cluster {
             seed: test_seed(1),
             reconciler: Arc::new(KeepSiblings),
             zones: None,
+            backend: None,
         }
     }
 
@@ -222,7 +235,10 @@ impl Cluster {
             .config(self.config.clone())
             .ring(self.ring.clone())
             .store(store)
-            .transport(self.net.endpoint(&member.addr))
+            .transport(FaultyTransport::wrap(
+                self.backend.transport(&member.addr).await?,
+                Arc::clone(&self.faults),
+            ))
             .reconciler(Arc::clone(&self.reconciler))
             .clock(self.clock.clone())
             .epoch_seed(self.seed ^ (member.id.0 << 32) ^ starts)
@@ -247,9 +263,25 @@ impl Cluster {
         self.slots.is_empty()
     }
 
-    /// The simulated network, for finer fault injection.
+    /// The backend's name, e.g. `"sim"`.
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
+    }
+
+    /// The simulated network, for drops and delays, when the cluster runs
+    /// on one (the default backend).
+    pub fn sim_net(&self) -> Option<&SimNetwork> {
+        self.backend.sim_net()
+    }
+
+    /// The simulated network.
+    ///
+    /// # Panics
+    /// When the cluster runs on another backend.
     pub fn net(&self) -> &SimNetwork {
-        &self.net
+        self.sim_net().unwrap_or_else(|| {
+            panic!("this cluster runs on {}, not the simulated network", self.backend.name())
+        })
     }
 
     /// The ring every node routes by.
@@ -287,27 +319,30 @@ impl Cluster {
         )
     }
 
-    fn addrs(&self, nodes: &[usize]) -> Vec<String> {
-        nodes.iter().map(|&i| self.slot(i).member.addr.clone()).collect()
+    fn addr(&self, i: usize) -> String {
+        self.slot(i).member.addr.clone()
     }
 
-    /// Cuts every link between the nodes of `a` and those of `b`.
+    /// Cuts every link between the nodes of `a` and those of `b`: calls
+    /// across the cut wait out their deadline and fail.
     pub fn partition(&self, a: &[usize], b: &[usize]) {
-        let (a, b) = (self.addrs(a), self.addrs(b));
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let b: Vec<&str> = b.iter().map(String::as_str).collect();
-        self.net.partition(&a, &b);
+        for &x in a {
+            for &y in b {
+                self.faults.cut(&self.addr(x), &self.addr(y));
+            }
+        }
     }
 
     /// Cuts node `i` from every other node.
     pub fn isolate(&self, i: usize) {
-        let addr = self.slot(i).member.addr.clone();
-        self.net.isolate(&addr);
+        let others: Vec<usize> = (0..self.len()).filter(|&j| j != i).collect();
+        self.partition(&[i], &others);
     }
 
-    /// Removes every cut and message loss.
+    /// Removes every cut (and, on the simulated network, message loss).
     pub fn heal(&self) {
-        self.net.heal();
+        self.faults.heal();
+        self.backend.healed();
     }
 
     /// Stops node `i` like a crashed process: it stops answering at once.
@@ -317,7 +352,7 @@ impl Cluster {
             let mut s = self.slot(i);
             (s.node.take(), s.member.addr.clone())
         };
-        self.net.kill(&addr);
+        self.backend.killed(&addr);
         if let Some(node) = node {
             node.shutdown().await;
         }
@@ -338,7 +373,7 @@ impl Cluster {
     /// The node failing to start.
     pub async fn wipe_and_restart(&self, i: usize) -> Result<()> {
         self.kill(i).await;
-        self.slot(i).store = Arc::new(MemStore::new());
+        self.slot(i).store = self.backend.store(i)?;
         self.start_node(i).await
     }
 

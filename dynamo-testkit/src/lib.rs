@@ -8,12 +8,15 @@
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
 
+pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod conformance;
 pub mod history;
+pub mod scenarios;
 pub mod sim_net;
 
+pub use backend::{Backend, SimBackend};
 pub use client::Client;
 pub use cluster::{test_seed, Cluster, ClusterBuilder, SimClock};
 pub use history::History;

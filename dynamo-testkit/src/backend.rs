@@ -1,0 +1,148 @@
+//! What a [`Cluster`](crate::Cluster) runs on: a transport and a store per
+//! node, plus link faults that work over any transport.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dynamo_core::store::{MemStore, Store};
+use dynamo_core::transport::{FrameHandler, Transport, TransportError};
+use dynamo_core::Result;
+
+use crate::sim_net::SimNetwork;
+
+/// Supplies each node of a cluster with its transport and store.
+///
+/// [`SimBackend`] (the default) runs on the simulated network and
+/// [`MemStore`]; a test of real backends implements this in a few lines
+/// (see `dynamo-testkit/tests/tcp_redb_cluster.rs`).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for messages, e.g. `"sim"` or `"tcp+redb"`.
+    fn name(&self) -> &str;
+    /// The address of node `index`; the same across its restarts.
+    fn address(&self, index: usize) -> String;
+    /// A transport bound to `addr`, called at every start of a node.
+    async fn transport(&self, addr: &str) -> Result<Arc<dyn Transport>>;
+    /// A new, empty store for node `index`, called at the first start and
+    /// when the node's store is wiped. The cluster keeps it across restarts.
+    fn store(&self, index: usize) -> Result<Arc<dyn Store>>;
+    /// The node at `addr` was killed.
+    fn killed(&self, _addr: &str) {}
+    /// Every fault was healed.
+    fn healed(&self) {}
+    /// The simulated network, when the backend uses one.
+    fn sim_net(&self) -> Option<&SimNetwork> {
+        None
+    }
+}
+
+/// The simulated network and in-memory stores: deterministic per seed.
+pub struct SimBackend {
+    net: SimNetwork,
+}
+
+impl SimBackend {
+    /// A backend whose network draws its randomness from `seed`.
+    pub fn new(seed: u64) -> Self {
+        SimBackend { net: SimNetwork::new(seed) }
+    }
+}
+
+#[async_trait]
+impl Backend for SimBackend {
+    fn name(&self) -> &str {
+        "sim"
+    }
+    fn address(&self, index: usize) -> String {
+        format!("sim-{}", index + 1)
+    }
+    async fn transport(&self, addr: &str) -> Result<Arc<dyn Transport>> {
+        Ok(self.net.endpoint(addr))
+    }
+    fn store(&self, _index: usize) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(MemStore::new()))
+    }
+    fn killed(&self, addr: &str) {
+        self.net.kill(addr);
+    }
+    fn healed(&self) {
+        self.net.heal();
+    }
+    fn sim_net(&self) -> Option<&SimNetwork> {
+        Some(&self.net)
+    }
+}
+
+/// Links cut between node addresses, shared by every node of a cluster.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    cuts: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Faults {
+    fn key(a: &str, b: &str) -> (String, String) {
+        if a <= b {
+            (a.to_owned(), b.to_owned())
+        } else {
+            (b.to_owned(), a.to_owned())
+        }
+    }
+
+    pub(crate) fn cut(&self, a: &str, b: &str) {
+        if a != b {
+            self.cuts.lock().unwrap_or_else(PoisonError::into_inner).insert(Faults::key(a, b));
+        }
+    }
+
+    pub(crate) fn heal(&self) {
+        self.cuts.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    fn is_cut(&self, a: &str, b: &str) -> bool {
+        self.cuts.lock().unwrap_or_else(PoisonError::into_inner).contains(&Faults::key(a, b))
+    }
+}
+
+/// A transport whose calls across a cut link are lost: the caller waits
+/// out its deadline, as across a real partition.
+pub(crate) struct FaultyTransport {
+    inner: Arc<dyn Transport>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyTransport {
+    pub(crate) fn wrap(inner: Arc<dyn Transport>, faults: Arc<Faults>) -> Arc<dyn Transport> {
+        Arc::new(FaultyTransport { inner, faults })
+    }
+}
+
+#[async_trait]
+impl Transport for FaultyTransport {
+    fn local_addr(&self) -> &str {
+        self.inner.local_addr()
+    }
+
+    async fn serve(&self, handler: Arc<dyn FrameHandler>) -> std::result::Result<(), TransportError> {
+        self.inner.serve(handler).await
+    }
+
+    async fn call(
+        &self,
+        to: &str,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> std::result::Result<Bytes, TransportError> {
+        if self.faults.is_cut(self.inner.local_addr(), to) {
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout { peer: to.to_owned(), timeout });
+        }
+        self.inner.call(to, frame, timeout).await
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
+}
