@@ -1,0 +1,165 @@
+//! Picks the compiled-in store and transport named by the configuration.
+//!
+//! Each engine is behind a Cargo feature; the config names one at run
+//! time. A name that is unknown, or known but not compiled into this
+//! binary, is refused before anything starts, naming the feature to
+//! enable.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use dynamo_core::store::Store;
+use dynamo_core::transport::Transport;
+
+use crate::config::{ConfigError, ServerConfig};
+
+/// A backend this binary knows of, and the feature that compiles it in.
+struct Known {
+    name: &'static str,
+    feature: &'static str,
+    compiled: bool,
+}
+
+const STORES: [Known; 2] = [
+    Known { name: "redb", feature: "store-redb", compiled: cfg!(feature = "store-redb") },
+    Known { name: "lmdb", feature: "store-lmdb", compiled: cfg!(feature = "store-lmdb") },
+];
+
+const TRANSPORTS: [Known; 1] =
+    [Known { name: "tcp", feature: "transport-tcp", compiled: cfg!(feature = "transport-tcp") }];
+
+fn check(kind: &str, key: &str, name: &str, known: &[Known]) -> Result<(), ConfigError> {
+    match known.iter().find(|k| k.name == name) {
+        Some(k) if k.compiled => Ok(()),
+        Some(k) => Err(ConfigError::Invalid(format!(
+            "{key} = {name:?}: this binary was built without the {kind}; rebuild with `cargo build -p dynamo-server --features {}`",
+            k.feature
+        ))),
+        None => {
+            let names: Vec<&str> = known.iter().map(|k| k.name).collect();
+            Err(ConfigError::Invalid(format!("{key} = {name:?} is not a known {kind}; known: {names:?}")))
+        }
+    }
+}
+
+/// Checks that the configured engines exist and are compiled in.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the engine and the feature to enable.
+pub fn check_backends(config: &ServerConfig) -> Result<(), ConfigError> {
+    check("store", "store.engine", &config.store.engine, &STORES)?;
+    check("transport", "peer.transport", &config.peer.transport, &TRANSPORTS)
+}
+
+/// The store engines compiled into this binary.
+pub fn compiled_stores() -> Vec<&'static str> {
+    STORES.iter().filter(|k| k.compiled).map(|k| k.name).collect()
+}
+
+/// The transports compiled into this binary.
+pub fn compiled_transports() -> Vec<&'static str> {
+    TRANSPORTS.iter().filter(|k| k.compiled).map(|k| k.name).collect()
+}
+
+fn usable_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let probe = dir.join(".dynamo-write-probe");
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Opens the configured store under `data_dir`.
+///
+/// # Errors
+/// An unusable data directory, or the engine's error (a corrupt or
+/// foreign store file included).
+pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    check_backends(config)?;
+    usable_dir(&config.data_dir)?;
+    let dir = config.data_dir.join(&config.store.engine);
+    match config.store.engine.as_str() {
+        #[cfg(feature = "store-redb")]
+        "redb" => {
+            let options = dynamo_store_redb::RedbOptions {
+                durability: config.store.durability,
+                cache_size_bytes: config.store.redb_cache_bytes,
+                ..dynamo_store_redb::RedbOptions::default()
+            };
+            let store = dynamo_store_redb::RedbStore::open(&dir, options)
+                .with_context(|| format!("cannot open the redb store in {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "store-lmdb")]
+        "lmdb" => {
+            let options = dynamo_store_lmdb::LmdbOptions {
+                durability: config.store.durability,
+                map_size_bytes: config.store.lmdb_map_size_bytes,
+                ..dynamo_store_lmdb::LmdbOptions::default()
+            };
+            let store = dynamo_store_lmdb::LmdbStore::open(&dir, options)
+                .with_context(|| format!("cannot open the LMDB store in {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        other => bail!("store engine {other:?} is not compiled in"),
+    }
+}
+
+/// Binds the configured peer transport (it starts serving when the node starts).
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn open_transport(config: &ServerConfig) -> anyhow::Result<Arc<dyn Transport>> {
+    check_backends(config)?;
+    match config.peer.transport.as_str() {
+        #[cfg(feature = "transport-tcp")]
+        "tcp" => {
+            let tcp = dynamo_transport_tcp::TcpConfig {
+                listen_addr: config.peer.listen.clone(),
+                advertise_addr: config.peer.advertise.clone(),
+                max_frame_bytes: config.peer.max_frame_bytes,
+                connections_per_peer: config.peer.connections_per_peer,
+                connect_timeout_ms: config.peer.connect_timeout_ms,
+                ..dynamo_transport_tcp::TcpConfig::default()
+            };
+            let transport = dynamo_transport_tcp::TcpTransport::bind(tcp)
+                .await
+                .with_context(|| format!("cannot listen for peers on {}", config.peer.listen))?;
+            Ok(Arc::new(transport))
+        }
+        other => bail!("transport {other:?} is not compiled in"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_missing_engines_are_named() {
+        let mut c = ServerConfig::default();
+        c.store.engine = "rocksdb".into();
+        let err = check_backends(&c).unwrap_err().to_string();
+        assert!(err.contains("\"rocksdb\" is not a known store") && err.contains("redb"), "{err}");
+        c.store.engine = "lmdb".into();
+        let result = check_backends(&c);
+        if cfg!(feature = "store-lmdb") {
+            result.unwrap();
+        } else {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("--features store-lmdb"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = usable_dir(&file.join("sub")).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot create data directory"), "{err:#}");
+    }
+}

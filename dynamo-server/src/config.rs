@@ -1,0 +1,386 @@
+//! The server's configuration: one struct with defaults, assembled by
+//! figment from built-in defaults, then a TOML file, then `DYNAMO_`
+//! environment variables (`__` separates sections: `DYNAMO_CLUSTER__W=3`),
+//! then command-line flags; validated in one place.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use dynamo_core::config::Config as CoreConfig;
+use dynamo_core::member::{Member, NodeId};
+use dynamo_core::store::Durability;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything a `dynamo-server serve` process is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id; unique in the cluster and stable across restarts.
+    pub node_id: u64,
+    /// Directory of the node's store; created if missing.
+    pub data_dir: PathBuf,
+    /// Name of the reconciler resolving siblings: `keep-siblings` or
+    /// `last-write-wins` (or one a build registers).
+    pub reconciler: String,
+    /// The HTTP client API.
+    pub http: HttpConfig,
+    /// The node-to-node transport.
+    pub peer: PeerConfig,
+    /// The storage engine.
+    pub store: StoreConfig,
+    /// Quorums, limits, timeouts: the core's tunables.
+    pub cluster: CoreConfig,
+    /// Every node of the cluster, this one included. Empty: a one-node
+    /// cluster of this node alone.
+    pub members: Vec<MemberConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where the HTTP client API listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Socket address to bind, e.g. `0.0.0.0:8000`.
+    pub listen: String,
+}
+
+/// The node-to-node transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Transport name: `tcp` (Cargo feature `transport-tcp`).
+    pub transport: String,
+    /// Socket address to bind, e.g. `0.0.0.0:7000`.
+    pub listen: String,
+    /// Address peers dial; defaults to `listen`. Must match this node's
+    /// `addr` in `members`.
+    pub advertise: Option<String>,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame_bytes: usize,
+    /// Persistent connections kept to each peer.
+    pub connections_per_peer: usize,
+    /// Deadline to establish a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+/// The storage engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Engine name: `redb` (feature `store-redb`) or `lmdb` (feature `store-lmdb`).
+    pub engine: String,
+    /// `fsync`: an acknowledged write is on disk. `buffered`: it survives
+    /// a process crash but maybe not a power loss.
+    pub durability: Durability,
+    /// redb page cache size, in bytes.
+    pub redb_cache_bytes: usize,
+    /// LMDB map size (the most the store can hold), in bytes.
+    pub lmdb_map_size_bytes: usize,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id.
+    pub id: u64,
+    /// Its peer transport address (its `peer.advertise`).
+    pub addr: String,
+    /// Its HTTP address, shown by the admin API.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Failure zone; preference lists spread over zones.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative capacity (partitions owned), at least 1.
+    #[serde(default = "one")]
+    pub capacity: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info,dynamo_core=debug`; `RUST_LOG`
+    /// overrides it.
+    pub filter: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("dynamo-data"),
+            reconciler: "keep-siblings".into(),
+            http: HttpConfig::default(),
+            peer: PeerConfig::default(),
+            store: StoreConfig::default(),
+            cluster: CoreConfig::default(),
+            members: Vec::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:8000".into() }
+    }
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            transport: "tcp".into(),
+            listen: "127.0.0.1:7000".into(),
+            advertise: None,
+            max_frame_bytes: 16 * 1024 * 1024,
+            connections_per_peer: 2,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: "redb".into(),
+            durability: Durability::Fsync,
+            redb_cache_bytes: 64 * 1024 * 1024,
+            lmdb_map_size_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), filter: "info".into() }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or parsed (names the key and source).
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values contradict each other or a limit.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Assembles the layers: defaults, the TOML file `file` (if given; it
+    /// must exist), `DYNAMO_*` variables, then `overrides` (flags).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, variable or key at fault.
+    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<ServerConfig, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("DYNAMO_").split("__")).merge(Serialized::defaults(overrides));
+        let config: ServerConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        crate::backends::check_backends(&config)?;
+        Ok(config)
+    }
+
+    /// Checks the values and their relations.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] saying what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.cluster.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut ids = BTreeSet::new();
+        for m in &self.members {
+            if !ids.insert(m.id) {
+                return bad(format!("members: node id {} is listed twice", m.id));
+            }
+            if m.capacity == 0 {
+                return bad(format!("members: node {} has capacity 0; it must be at least 1", m.id));
+            }
+        }
+        if let Some(me) = self.members.iter().find(|m| m.id == self.node_id) {
+            if me.addr != self.peer_advertise() {
+                return bad(format!(
+                    "members: node {} is listed at {} but peer.advertise (or peer.listen) is {}",
+                    self.node_id,
+                    me.addr,
+                    self.peer_advertise()
+                ));
+            }
+        } else if !self.members.is_empty() {
+            return bad(format!("members: this node (node_id = {}) is not listed", self.node_id));
+        }
+        let nodes = self.members.len().max(1);
+        if self.cluster.n > nodes {
+            return bad(format!(
+                "cluster.n = {} but the cluster has {nodes} member(s); lower n or list more members",
+                self.cluster.n
+            ));
+        }
+        if self.peer.max_frame_bytes < self.cluster.max_value_size + self.cluster.max_key_len + 64 * 1024 {
+            return bad(format!(
+                "peer.max_frame_bytes = {} is too small for cluster.max_value_size = {}: leave at least 64 KiB for keys and metadata",
+                self.peer.max_frame_bytes, self.cluster.max_value_size
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad(format!("log.format = {:?}: use \"text\" or \"json\"", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// The address peers dial.
+    pub fn peer_advertise(&self) -> String {
+        self.peer.advertise.clone().unwrap_or_else(|| self.peer.listen.clone())
+    }
+
+    /// The ring members: the configured list, or this node alone.
+    pub fn ring_members(&self) -> Vec<Member> {
+        if self.members.is_empty() {
+            return vec![Member::new(NodeId(self.node_id), self.peer_advertise())];
+        }
+        self.members
+            .iter()
+            .map(|m| Member {
+                id: NodeId(m.id),
+                addr: m.addr.clone(),
+                zone: m.zone.clone(),
+                capacity: m.capacity,
+            })
+            .collect()
+    }
+}
+
+/// Flags of `serve` that override every other layer when given.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct CliOverrides {
+    /// This node's id.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Reconciler name.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciler: Option<String>,
+    /// HTTP listen address.
+    #[arg(long = "http-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "http")]
+    #[serde(serialize_with = "nested_listen")]
+    pub http_listen: Option<String>,
+}
+
+fn nested_listen<S: serde::Serializer>(addr: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry("listen", addr)?;
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members3() -> Vec<MemberConfig> {
+        (1..=3)
+            .map(|i| MemberConfig {
+                id: i,
+                addr: format!("127.0.0.1:700{i}"),
+                http: None,
+                zone: None,
+                capacity: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_a_valid_single_node_config_only_with_n_1() {
+        let err = ServerConfig::default().validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.n = 3"), "{err}");
+        let mut c = ServerConfig::default();
+        c.cluster.n = 1;
+        c.cluster.r = 1;
+        c.cluster.w = 1;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dynamo.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\n[peer]\nlisten = \"127.0.0.1:7002\"\n[cluster]\nw = 3\n\n[[members]]\nid = 1\naddr = \"127.0.0.1:7001\"\n[[members]]\nid = 2\naddr = \"127.0.0.1:7002\"\n[[members]]\nid = 3\naddr = \"127.0.0.1:7003\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DYNAMO_CLUSTER__R", "3");
+            jail.set_env("DYNAMO_RECONCILER", "last-write-wins");
+            let flags = CliOverrides {
+                reconciler: Some("keep-siblings".into()),
+                http_listen: Some("127.0.0.1:9".into()),
+                ..Default::default()
+            };
+            let c = ServerConfig::load(Some(&file), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.node_id, 2);
+            assert_eq!(c.cluster.w, 3, "from the file");
+            assert_eq!(c.cluster.r, 3, "from the environment");
+            assert_eq!(c.reconciler, "keep-siblings", "flags win over the environment");
+            assert_eq!(c.http.listen, "127.0.0.1:9");
+            assert_eq!(c.members, members3());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let mut c = ServerConfig { members: members3(), ..Default::default() };
+        c.peer.listen = "127.0.0.1:7001".into();
+        c.cluster.r = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("r = 4"));
+        c.cluster.r = 2;
+        c.node_id = 9;
+        assert!(c.validate().unwrap_err().to_string().contains("node_id = 9"));
+        c.node_id = 1;
+        c.members[1].id = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("listed twice"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn unknown_keys_and_bad_types_are_refused_with_their_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[cluster]\nwrite_quorum = 2\n")?;
+            let err = ServerConfig::load(Some(Path::new("bad.toml")), &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("write_quorum"), "{err}");
+            jail.create_file("bad2.toml", "[cluster]\nw = \"two\"\n")?;
+            let err = ServerConfig::load(Some(Path::new("bad2.toml")), &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("cluster.w") || err.to_string().contains("w"), "{err}");
+            let err =
+                ServerConfig::load(Some(Path::new("missing.toml")), &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("missing.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

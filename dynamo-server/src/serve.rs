@@ -1,0 +1,99 @@
+//! `dynamo-server serve`: one node from its configuration, until SIGINT
+//! or SIGTERM, then a graceful stop.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt;
+use dynamo_core::member::NodeId;
+use dynamo_core::node::NodeBuilder;
+use dynamo_core::reconcile::ReconcilerRegistry;
+use dynamo_core::ring::Ring;
+
+use crate::backends;
+use crate::config::ServerConfig;
+use crate::http::{router, AppState};
+use crate::metrics::ServerMetrics;
+
+/// Sets up `tracing` output: `RUST_LOG` if set, else the config's filter;
+/// text or JSON lines on stderr.
+pub fn init_logging(config: &crate::config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Runs one node until a shutdown signal: stops accepting, finishes
+/// in-flight requests, stops the node and closes the store.
+///
+/// # Errors
+/// Anything that prevents the node from starting, with context.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let store = backends::open_store(&config)?;
+    let transport = backends::open_transport(&config).await?;
+    let ring = Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
+        .context("invalid cluster membership")?;
+    let reconciler = ReconcilerRegistry::with_builtins().get(&config.reconciler)?;
+    let node = NodeBuilder::new(NodeId(config.node_id))
+        .config(config.cluster.clone())
+        .ring(ring)
+        .store(store)
+        .transport(transport)
+        .reconciler(reconciler)
+        .start()
+        .await
+        .context("cannot start the node")?;
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let state = Arc::new(AppState {
+        node: node.clone(),
+        metrics: ServerMetrics::new(),
+        members: config.members.clone(),
+    });
+    tracing::info!(
+        node = config.node_id,
+        http = %http_addr,
+        peer = %config.peer_advertise(),
+        store = %config.store.engine,
+        durability = ?config.store.durability,
+        data_dir = %config.data_dir.display(),
+        "node ready"
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
+    node.shutdown().await;
+    drop(node);
+    tracing::info!(node = config.node_id, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,289 @@
+//! The real binary, as separate processes on loopback: three `serve`
+//! processes, one killed with SIGKILL and restarted with the same command.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dynamo_server::client::ApiClient;
+use dynamo_server::config::{MemberConfig, ServerConfig};
+
+const READY: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Proc {
+    config: PathBuf,
+    url: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Three `dynamo-server serve` processes with their configs in a tempdir.
+struct ProcCluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Proc>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl ProcCluster {
+    fn start(nodes: usize) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let members: Vec<MemberConfig> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (http, peer))| MemberConfig {
+                id: i as u64 + 1,
+                addr: format!("127.0.0.1:{peer}"),
+                http: Some(format!("http://127.0.0.1:{http}")),
+                zone: None,
+                capacity: 1,
+            })
+            .collect();
+        let mut procs = Vec::new();
+        for (i, (http, peer)) in ports.iter().enumerate() {
+            let mut c = ServerConfig {
+                node_id: i as u64 + 1,
+                data_dir: dir.path().join(format!("node-{}", i + 1)),
+                members: members.clone(),
+                ..ServerConfig::default()
+            };
+            c.http.listen = format!("127.0.0.1:{http}");
+            c.peer.listen = format!("127.0.0.1:{peer}");
+            c.cluster.n = nodes.min(3);
+            c.cluster.r = c.cluster.n / 2 + 1;
+            c.cluster.w = c.cluster.n / 2 + 1;
+            c.cluster.replica_timeout_ms = 500;
+            c.cluster.suspect_period_ms = 500;
+            c.cluster.hint_delivery_interval_ms = 200;
+            std::fs::create_dir_all(&c.data_dir).unwrap();
+            let path = c.data_dir.join("dynamo.toml");
+            std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
+            procs.push(Proc {
+                config: path,
+                url: format!("http://127.0.0.1:{http}"),
+                child: None,
+                log: c.data_dir.join("node.log"),
+            });
+        }
+        let mut cluster = ProcCluster { _dir: dir, nodes: procs };
+        for i in 0..nodes {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dynamo-server"))
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dynamo-server");
+        node.child = Some(child);
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let client = self.client(i);
+        let deadline = Instant::now() + READY;
+        while !client.is_healthy().await {
+            assert!(Instant::now() < deadline, "node {} not ready; log:\n{}", i + 1, self.log(i));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ready(self) -> Self {
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i).await;
+        }
+        self
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    fn client(&self, i: usize) -> ApiClient {
+        ApiClient::new(&self.nodes[i].url).unwrap()
+    }
+
+    /// SIGKILL, like a crashed host.
+    fn kill(&mut self, i: usize) {
+        let mut child = self.nodes[i].child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The same command again.
+    async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    fn url(&self, i: usize) -> &str {
+        &self.nodes[i].url
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Retries `check` until it returns Ok, or panics with its last error at the deadline.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{what}: still failing after {CONVERGE:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn write_keys(cluster: &ProcCluster, nodes: &[usize], range: std::ops::Range<u32>, tag: &str) {
+    let writes = range.map(|k| {
+        let client = cluster.client(nodes[k as usize % nodes.len()]);
+        let tag = tag.to_string();
+        async move {
+            let value = Bytes::from(format!("{tag}-{k}"));
+            client.put(&format!("key-{k}"), value, None, Some(2)).await.map_err(|e| format!("key-{k}: {e:#}"))
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failed.is_empty(), "{} writes failed at W=2, first: {}", failed.len(), failed[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_rejoins_and_every_key_reads_at_r3_everywhere() {
+    let mut cluster = ProcCluster::start(3).ready().await;
+    write_keys(&cluster, &[0, 1, 2], 0..500, "first").await;
+    cluster.kill(2);
+    // Writes keep working with one of three nodes down.
+    write_keys(&cluster, &[0, 1], 500..1000, "second").await;
+    cluster.restart(2).await;
+    for node in 0..3 {
+        let client = cluster.client(node);
+        eventually(&format!("reads at R=3 via node {}", node + 1), || {
+            let client = client.clone();
+            async move {
+                for k in 0..1000u32 {
+                    let read = client
+                        .get(&format!("key-{k}"), Some(3))
+                        .await
+                        .map_err(|e| format!("key-{k}: {e:#}"))?;
+                    let want = format!("{}-{k}", if k < 500 { "first" } else { "second" });
+                    if read.values != vec![Bytes::from(want.clone())] {
+                        return Err(format!("key-{k}: {:?}, want {want}", read.values));
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_come_back_as_300_siblings() {
+    let cluster = ProcCluster::start(3).ready().await;
+    let c1 = cluster.client(0);
+    c1.put("cart", Bytes::from("v0"), None, None).await.unwrap();
+    let stale = c1.get("cart", None).await.unwrap().context;
+    c1.put("cart", Bytes::from("v1"), stale.as_deref(), None).await.unwrap();
+    cluster.client(1).put("cart", Bytes::from("v2"), stale.as_deref(), None).await.unwrap();
+    let resp = reqwest::get(format!("{}/kv/cart", cluster.url(2))).await.unwrap();
+    assert_eq!(resp.status(), 300);
+    assert!(resp.headers().contains_key("x-dynamo-context"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["values"].as_array().map(Vec::len), Some(2), "{body}");
+    // Writing back with the read's context resolves them.
+    let read = cluster.client(2).get("cart", None).await.unwrap();
+    cluster.client(2).put("cart", Bytes::from("merged"), read.context.as_deref(), None).await.unwrap();
+    let resp = reqwest::get(format!("{}/kv/cart", cluster.url(0))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), Bytes::from("merged"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_stays_deleted_after_the_killed_node_returns() {
+    let mut cluster = ProcCluster::start(3).ready().await;
+    let c1 = cluster.client(0);
+    c1.put("doomed", Bytes::from("alive"), None, Some(3)).await.unwrap();
+    let ctx = c1.get("doomed", Some(3)).await.unwrap().context;
+    cluster.kill(2);
+    c1.delete("doomed", ctx.as_deref(), Some(2)).await.unwrap();
+    cluster.restart(2).await;
+    for node in 0..3 {
+        let client = cluster.client(node);
+        eventually(&format!("delete seen via node {}", node + 1), || {
+            let client = client.clone();
+            async move {
+                let read = client.get("doomed", Some(3)).await.map_err(|e| format!("{e:#}"))?;
+                if read.values.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("resurrected: {:?}", read.values))
+                }
+            }
+        })
+        .await;
+        let resp = reqwest::get(format!("{}/kv/doomed?r=3", cluster.url(node))).await.unwrap();
+        assert_eq!(resp.status(), 404, "node {}", node + 1);
+    }
+    // The restarted node's own replica holds the tombstone.
+    let local = cluster.client(2).json("/admin/local/doomed").await.unwrap();
+    let siblings = local["data"]["siblings"].as_array().cloned().unwrap_or_default();
+    assert!(siblings.iter().all(|s| s["tombstone"] == true), "{local}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_the_node_keeps_serving() {
+    let cluster = ProcCluster::start(1).ready().await;
+    let url = cluster.url(0);
+    let http = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let long_key = "k".repeat(1025);
+    assert_eq!(status(http.put(format!("{url}/kv/{long_key}")).body("v").send().await.unwrap()), 400);
+    assert_eq!(status(http.put(format!("{url}/kv/k?w=0")).body("v").send().await.unwrap()), 400);
+    assert_eq!(status(http.put(format!("{url}/kv/k?w=x")).body("v").send().await.unwrap()), 400);
+    let bad_ctx =
+        http.put(format!("{url}/kv/k")).header("x-dynamo-context", "AAAA").body("v").send().await.unwrap();
+    assert_eq!(status(bad_ctx), 400);
+    let big = vec![0u8; 1024 * 1024 + 1];
+    assert_eq!(status(http.put(format!("{url}/kv/big")).body(big).send().await.unwrap()), 413);
+    let exact = vec![7u8; 1024 * 1024];
+    assert_eq!(status(http.put(format!("{url}/kv/exact")).body(exact).send().await.unwrap()), 204);
+    assert_eq!(
+        status(http.get(format!("{url}/kv/k")).send().await.unwrap()),
+        404,
+        "refused writes stored nothing"
+    );
+    let err: serde_json::Value =
+        http.put(format!("{url}/kv/k?w=0")).body("v").send().await.unwrap().json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("w = 0"), "{err}");
+    assert!(cluster.client(0).is_healthy().await);
+}
