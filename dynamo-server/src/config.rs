@@ -384,3 +384,27 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The repository's commented `dynamo.toml` loads, validates, and states
+    /// every default exactly.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn example_config_is_valid_and_shows_the_defaults() {
+        // In a Jail: other tests set DYNAMO_* variables, and Jail runs one at a time.
+        figment::Jail::expect_with(|_jail| {
+            let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../dynamo.toml"));
+            let loaded = ServerConfig::load(Some(path), &CliOverrides::default()).map_err(|e| e.to_string())?;
+            let defaults = ServerConfig::default();
+            assert_eq!(loaded.cluster, defaults.cluster, "[cluster] in dynamo.toml must show the defaults");
+            assert_eq!(loaded.peer.max_frame_bytes, defaults.peer.max_frame_bytes);
+            assert_eq!(loaded.store, defaults.store);
+            assert_eq!(loaded.log, defaults.log);
+            assert_eq!(loaded.members.len(), 3);
+            Ok(())
+        });
+    }
+}
