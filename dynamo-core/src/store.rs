@@ -52,8 +52,12 @@ pub enum Durability {
     /// many concurrent writers.
     #[default]
     Fsync,
-    /// Batches are written to the OS and flushed later: a process crash
-    /// loses nothing, a power loss may lose the last writes.
+    /// Batches are flushed to stable storage periodically rather than one
+    /// by one: much faster, but a crash may lose the most recent
+    /// acknowledged writes (with redb, up to its flush interval, even on a
+    /// process crash; with LMDB, only on an OS crash or power loss). A
+    /// store never corrupts or half-applies a batch in this mode; the
+    /// cluster's N replicas cover the lost window.
     Buffered,
 }
 

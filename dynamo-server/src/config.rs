@@ -72,8 +72,9 @@ pub struct PeerConfig {
 pub struct StoreConfig {
     /// Engine name: `redb` (feature `store-redb`) or `lmdb` (feature `store-lmdb`).
     pub engine: String,
-    /// `fsync`: an acknowledged write is on disk. `buffered`: it survives
-    /// a process crash but maybe not a power loss.
+    /// `fsync`: an acknowledged write is on disk. `buffered`: flushed
+    /// periodically; a crash may lose this node's most recent writes (see
+    /// [`Durability::Buffered`]).
     pub durability: Durability,
     /// redb page cache size, in bytes.
     pub redb_cache_bytes: usize,
@@ -397,7 +398,8 @@ mod example_file {
         // In a Jail: other tests set DYNAMO_* variables, and Jail runs one at a time.
         figment::Jail::expect_with(|_jail| {
             let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../dynamo.toml"));
-            let loaded = ServerConfig::load(Some(path), &CliOverrides::default()).map_err(|e| e.to_string())?;
+            let loaded =
+                ServerConfig::load(Some(path), &CliOverrides::default()).map_err(|e| e.to_string())?;
             let defaults = ServerConfig::default();
             assert_eq!(loaded.cluster, defaults.cluster, "[cluster] in dynamo.toml must show the defaults");
             assert_eq!(loaded.peer.max_frame_bytes, defaults.peer.max_frame_bytes);
