@@ -1,0 +1,196 @@
+//! Loopback echo of 100-byte frames: the transport against raw tokio TCP.
+//!
+//! - `raw_tokio/1_in_flight`: the floor. One connection, one request at a
+//!   time: `write_all` 100 bytes, `read_exact` 100 bytes, no framing, no ids,
+//!   no tasks between the socket and the caller.
+//! - `transport/1_in_flight`: `Transport::call` latency, one call at a time.
+//! - `transport/64_in_flight`: throughput with 64 callers each calling in a
+//!   loop (one iteration = 64 calls, so criterion reports calls per second).
+//!
+//! Everything runs on one tokio runtime with 2 worker threads, client and
+//! server alike, as a node does. Before criterion starts, a short run prints
+//! latency percentiles of single calls to stderr.
+//!
+//! `CARGO_TARGET_DIR=/work/target-tcp cargo bench -p dynamo-transport-tcp --bench tcp`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use dynamo_core::transport::{FrameHandler, Transport};
+use dynamo_transport_tcp::{TcpConfig, TcpTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const FRAME: usize = 100;
+const IN_FLIGHT: usize = 64;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Echo;
+
+#[async_trait]
+impl FrameHandler for Echo {
+    async fn handle(&self, frame: Bytes) -> Bytes {
+        frame
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A raw echo server: reads exactly `FRAME` bytes, writes them back.
+async fn raw_pair() -> TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut buf = [0u8; FRAME];
+        while stream.read_exact(&mut buf).await.is_ok() {
+            if stream.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+async fn transport_pair() -> (TcpTransport, Arc<TcpTransport>) {
+    let server = TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await.unwrap();
+    server.serve(Arc::new(Echo)).await.unwrap();
+    let client = Arc::new(TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await.unwrap());
+    // Warm the pool so no iteration pays for a connect.
+    for _ in 0..100 {
+        client.call(server.local_addr(), Bytes::from_static(&[7; FRAME]), TIMEOUT).await.unwrap();
+    }
+    (server, client)
+}
+
+/// Prints p50/p90/p99 of `n` sequential round trips of each kind.
+fn print_percentiles(rt: &Runtime) {
+    fn show(name: &str, mut samples: Vec<Duration>) {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        eprintln!("{name:<28} p50 {:>7.1?}  p90 {:>7.1?}  p99 {:>7.1?}", at(0.5), at(0.9), at(0.99));
+    }
+    const N: usize = 20_000;
+    on_worker(rt, async {
+        let mut raw = raw_pair().await;
+        let (server, client) = transport_pair().await;
+        let (mut raw_t, mut ours_t) = (Vec::with_capacity(N), Vec::with_capacity(N));
+        let out = [7u8; FRAME];
+        let mut back = [0u8; FRAME];
+        let frame = Bytes::from_static(&[7; FRAME]);
+        // Interleaved so both see the same machine conditions.
+        for _ in 0..N {
+            let t = Instant::now();
+            raw.write_all(&out).await.unwrap();
+            raw.read_exact(&mut back).await.unwrap();
+            raw_t.push(t.elapsed());
+            let t = Instant::now();
+            black_box(client.call(server.local_addr(), frame.clone(), TIMEOUT).await.unwrap());
+            ours_t.push(t.elapsed());
+        }
+        eprintln!("round trips of {FRAME}-byte frames, {N} each, interleaved:");
+        show("raw tokio TCP echo", raw_t);
+        show("TcpTransport::call", ours_t);
+        client.shutdown().await;
+        server.shutdown().await;
+    });
+}
+
+/// Runs `f` on a runtime worker, as a node's request tasks run, rather than
+/// on the thread blocked in `block_on` (which would add a cross-thread
+/// wake-up to every round trip).
+fn on_worker<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    rt.block_on(rt.spawn(f)).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    print_percentiles(&rt);
+    let mut group = c.benchmark_group(format!("echo_{FRAME}B"));
+
+    group.throughput(Throughput::Elements(1));
+    let mut raw = Some(rt.block_on(raw_pair()));
+    group.bench_function("raw_tokio/1_in_flight", |b| {
+        b.iter_custom(|iters| {
+            let mut stream = raw.take().unwrap();
+            let (stream, elapsed) = on_worker(&rt, async move {
+                let out = [7u8; FRAME];
+                let mut back = [0u8; FRAME];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    stream.write_all(&out).await.unwrap();
+                    stream.read_exact(&mut back).await.unwrap();
+                }
+                (stream, start.elapsed())
+            });
+            raw = Some(stream);
+            elapsed
+        })
+    });
+    drop(raw);
+
+    let (server, client) = rt.block_on(transport_pair());
+    let addr: Arc<str> = server.local_addr().into();
+    let frame = Bytes::from_static(&[7; FRAME]);
+    group.bench_function("transport/1_in_flight", |b| {
+        b.iter_custom(|iters| {
+            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
+            on_worker(&rt, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    group.bench_function(format!("transport/{IN_FLIGHT}_in_flight"), |b| {
+        b.iter_custom(|iters| {
+            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
+            on_worker(&rt, async move {
+                let start = Instant::now();
+                let callers: Vec<_> = (0..IN_FLIGHT)
+                    .map(|_| {
+                        let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for caller in callers {
+                    caller.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    rt.block_on(async {
+        client.shutdown().await;
+        server.shutdown().await;
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,96 @@
+//! A [`Transport`](dynamo_core::transport::Transport) for dynamo-core over
+//! tokio TCP.
+//!
+//! [`TcpTransport::bind`] binds the listener; [`Transport::serve`] starts
+//! accepting; [`Transport::call`] sends an opaque frame to a peer address and
+//! waits for its response.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use async_trait::async_trait;
+//! use bytes::Bytes;
+//! use dynamo_core::transport::{FrameHandler, Transport};
+//! use dynamo_transport_tcp::{TcpConfig, TcpTransport};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl FrameHandler for Echo {
+//!     async fn handle(&self, frame: Bytes) -> Bytes {
+//!         frame
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dynamo_core::transport::TransportError> {
+//! // Port 0: the kernel picks a free port, and local_addr() tells which.
+//! let server = TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await?;
+//! server.serve(Arc::new(Echo)).await?;
+//!
+//! let client = TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await?;
+//! let answer = client.call(server.local_addr(), Bytes::from_static(b"ping"), Duration::from_secs(1)).await?;
+//! assert_eq!(answer, "ping");
+//!
+//! client.shutdown().await;
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Wire format
+//!
+//! Each frame is a `u32` big-endian length followed by that many bytes: a
+//! `u64` big-endian request id, then the body (the core's encoded message).
+//! The response to a request echoes its id, so many requests share one
+//! connection and are answered in whatever order they complete. A response
+//! id with the top bit set carries an error reason instead of a body.
+//!
+//! Frames are checked against `max_frame_bytes` on both sides. An oversized
+//! length prefix is refused before anything is allocated for it, and a frame
+//! that breaks the format closes that one connection with a warning.
+//!
+//! # Connections
+//!
+//! Calls to a peer share a small pool of persistent connections
+//! (`connections_per_peer`, round robin), all with `TCP_NODELAY`. Each
+//! connection's task writes whatever is queued in one batch, then reads
+//! responses and wakes their callers. On the serving side each request runs
+//! in its own task, so a slow one delays no other.
+//!
+//! # Failures and deadlines
+//!
+//! - `timeout` bounds the whole call: connect, send and response.
+//! - A peer that refuses connections gives
+//!   [`TransportError::Unreachable`](dynamo_core::transport::TransportError::Unreachable)
+//!   at once; later connect attempts wait a jittered, doubling backoff
+//!   (`backoff_min_ms` to `backoff_max_ms`), and calls during it fail at once
+//!   rather than wait. The first call after it tries again.
+//! - A connection that breaks fails its calls in flight with `Unreachable`
+//!   ("connection lost…") right away; the next call reconnects.
+//! - A call that times out after waiting at least `connect_timeout_ms`
+//!   without a single response arriving on its connection closes that
+//!   connection (its other calls get `Unreachable`), so a half-open
+//!   connection to a vanished host is replaced rather than used forever.
+//! - A response the server may not send (over its frame limit), or a
+//!   handler that panicked, is replaced by a short error frame, so the caller
+//!   gets `Unreachable` promptly, not a timeout. A response over the *caller's* limit closes the connection
+//!   (its calls get `Unreachable`).
+//! - [`Transport::shutdown`] fails calls in flight and later with
+//!   [`TransportError::Closed`](dynamo_core::transport::TransportError::Closed).
+//!
+//! [`Transport::serve`]: dynamo_core::transport::Transport::serve
+//! [`Transport::call`]: dynamo_core::transport::Transport::call
+//! [`Transport::shutdown`]: dynamo_core::transport::Transport::shutdown
+
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod server;
+mod transport;
+mod wire;
+
+pub use config::{ConfigError, TcpConfig, MAX_FRAME_LIMIT};
+pub use transport::TcpTransport;
