@@ -154,6 +154,27 @@ mod tests {
         }
     }
 
+    /// Each compiled-in engine opens through the configuration, keeps a
+    /// write across reopening, and names itself in the data directory.
+    #[test]
+    fn compiled_engines_open_by_name() {
+        use dynamo_core::store::{Table, WriteBatch};
+        for engine in compiled_stores() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = ServerConfig { data_dir: dir.path().to_path_buf(), ..ServerConfig::default() };
+            c.store.engine = engine.to_string();
+            {
+                let store = open_store(&c).unwrap();
+                let mut batch = WriteBatch::new();
+                batch.put(Table::Meta, &b"k"[..], &b"v"[..]);
+                store.write(batch).unwrap();
+            }
+            let store = open_store(&c).unwrap();
+            assert_eq!(store.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]), "{engine}");
+            assert!(dir.path().join(engine).is_dir(), "{engine} keeps its files under data_dir/{engine}");
+        }
+    }
+
     #[test]
     fn unwritable_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();

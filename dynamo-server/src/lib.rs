@@ -3,6 +3,7 @@
 //! generator. `main.rs` is the command line over these modules.
 
 pub mod backends;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dev;

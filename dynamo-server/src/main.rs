@@ -78,6 +78,13 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8001", env = "DYNAMO_URL")]
         url: String,
     },
+    /// Load-test a cluster: closed-loop reads and writes, latency percentiles.
+    ///
+    /// Writes are blind PUTs (no context): run the cluster with a reconciler
+    /// that resolves them, e.g. `dev --reconciler last-write-wins`; under
+    /// keep-siblings siblings pile up to the limit and writes get 409, which
+    /// are counted as errors.
+    Bench(dynamo_server::bench::BenchArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -109,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { url } => print_status(&ApiClient::new(&url)?).await,
+        Command::Bench(args) => dynamo_server::bench::run(args).await,
     }
 }
 
