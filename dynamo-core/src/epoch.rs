@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::group_commit::{run_store, GroupCommit};
 use crate::store::{Store, Table, WriteBatch};
+use crate::store_io::{run_store, StoreIo};
 
 const BASE_KEY: &[u8] = b"epoch/base";
 const RESERVED_KEY: &[u8] = b"epoch/reserved";
@@ -91,13 +91,13 @@ impl Epochs {
     }
 
     /// A fresh epoch, durable before it is returned.
-    pub(crate) async fn allocate(&self, commit: &GroupCommit) -> Result<u64> {
+    pub(crate) async fn allocate(&self, io: &StoreIo) -> Result<u64> {
         let mut c = self.counter.lock().await;
         if c.next == c.reserved {
             let reserved = c.reserved + BLOCK;
             let mut batch = WriteBatch::new();
             batch.put(Table::Meta, RESERVED_KEY, reserved.to_be_bytes().to_vec());
-            commit.commit(batch).await?;
+            io.commit(batch).await?;
             c.reserved = reserved;
         }
         let epoch = c.next;
@@ -115,7 +115,7 @@ mod tests {
     #[tokio::test]
     async fn epochs_are_unique_across_restarts_and_new_stores() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let (gc, _t) = GroupCommit::start(store.clone(), 64);
+        let gc = StoreIo::start(store.clone(), 64).unwrap();
         let e = Epochs::open(&store, None).await.unwrap();
         let a = e.allocate(&gc).await.unwrap();
         let b = e.allocate(&gc).await.unwrap();

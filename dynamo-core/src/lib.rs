@@ -11,7 +11,7 @@
 //!
 //! Coordination (quorums, sloppy quorum, read repair) lives in the private
 //! `coordinator` module, hinted handoff in `hinted_handoff`, per-key
-//! storage with group commit in `replica` and `group_commit`.
+//! storage in `replica`, store threads and group commit in `store_io`.
 
 pub mod causality;
 pub mod clock;
@@ -20,7 +20,6 @@ mod coordinator;
 mod epoch;
 pub mod error;
 pub mod failure;
-mod group_commit;
 mod hinted_handoff;
 pub mod member;
 pub mod metrics;
@@ -29,6 +28,7 @@ pub mod reconcile;
 mod replica;
 pub mod ring;
 pub mod store;
+mod store_io;
 pub mod transport;
 
 pub use error::{Error, Result};

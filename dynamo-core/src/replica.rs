@@ -12,15 +12,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 use crate::causality::{Actor, CausalContext, Dot, SiblingSet};
 use crate::epoch::Epochs;
 use crate::error::{Error, Result};
-use crate::group_commit::{run_store, GroupCommit};
 use crate::member::NodeId;
 use crate::reconcile::{Reconciler, Resolution};
 use crate::store::{Store, Table, WriteBatch};
+use crate::store_io::StoreIo;
 
 /// Where a key's state is kept on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,18 +94,10 @@ pub(crate) struct WriteIntent<'a> {
 /// The local store of key states and hints.
 pub(crate) struct Replica {
     node: NodeId,
-    store: Arc<dyn Store>,
-    commit: GroupCommit,
-    committer: JoinHandle<()>,
+    io: StoreIo,
     stripes: Box<[Mutex<()>]>,
     epochs: Epochs,
     reconciler: Arc<dyn Reconciler>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.committer.abort();
-    }
 }
 
 impl Replica {
@@ -119,12 +110,10 @@ impl Replica {
         epoch_seed: Option<u64>,
     ) -> Result<Replica> {
         let epochs = Epochs::open(&store, epoch_seed).await?;
-        let (commit, committer) = GroupCommit::start(Arc::clone(&store), max_commit_batch);
+        let io = StoreIo::start(store, max_commit_batch)?;
         Ok(Replica {
             node,
-            store,
-            commit,
-            committer,
+            io,
             stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
             epochs,
             reconciler,
@@ -139,7 +128,7 @@ impl Replica {
     /// The raw encoded state of `key` in `slot`.
     pub(crate) async fn load_raw(&self, slot: Slot, partition: u32, key: &[u8]) -> Result<Option<Bytes>> {
         let sk = storage_key(slot, partition, key);
-        Ok(run_store(&self.store, move |s| s.get(slot_table(slot), &sk)).await?)
+        Ok(self.io.read(move |s| s.get(slot_table(slot), &sk)).await?)
     }
 
     /// The decoded state of `key` in `slot`.
@@ -159,7 +148,7 @@ impl Replica {
     async fn store_state(&self, slot: Slot, partition: u32, key: &[u8], state: &SiblingSet) -> Result<()> {
         let mut batch = WriteBatch::new();
         batch.put(slot_table(slot), storage_key(slot, partition, key), state.encode());
-        Ok(self.commit.commit(batch).await?)
+        Ok(self.io.commit(batch).await?)
     }
 
     /// Merges `incoming` into the local state of `key`; returns the merged
@@ -231,13 +220,13 @@ impl Replica {
                 return Ok(actor);
             }
         }
-        let epoch = self.epochs.allocate(&self.commit).await?;
+        let epoch = self.epochs.allocate(&self.io).await?;
         Ok(Actor { node: self.node, epoch })
     }
 
     /// Up to `limit` hints whose storage key is at or after `from`.
     pub(crate) async fn scan_hints(&self, from: Bytes, limit: usize) -> Result<Vec<StoredHint>> {
-        let rows = run_store(&self.store, move |s| s.scan(Table::Hints, &from, None, limit)).await?;
+        let rows = self.io.read(move |s| s.scan(Table::Hints, &from, None, limit)).await?;
         Ok(rows.into_iter().filter_map(|(k, v)| parse_hint(k, v)).collect())
     }
 
@@ -246,13 +235,13 @@ impl Replica {
     pub(crate) async fn remove_hint_if_unchanged(&self, hint: &StoredHint, hash: u64) -> Result<bool> {
         let _guard = self.stripe(hash).lock().await;
         let sk = hint.storage_key.clone();
-        let current = run_store(&self.store, move |s| s.get(Table::Hints, &sk)).await?;
+        let current = self.io.read(move |s| s.get(Table::Hints, &sk)).await?;
         if current.as_ref() != Some(&hint.state) {
             return Ok(false);
         }
         let mut batch = WriteBatch::new();
         batch.delete(Table::Hints, hint.storage_key.clone());
-        self.commit.commit(batch).await?;
+        self.io.commit(batch).await?;
         Ok(true)
     }
 }
