@@ -64,6 +64,11 @@ pub struct PeerConfig {
     pub connections_per_peer: usize,
     /// Deadline to establish a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// libp2p only: 64 hex digits fixing this node's identity. Its peer id
+    /// is part of its address (`/ip4/…/tcp/…/p2p/<peer id>`), so a node
+    /// must keep the same seed across restarts. Unset: a new identity at
+    /// every start.
+    pub identity_seed_hex: Option<String>,
 }
 
 /// The storage engine.
@@ -147,6 +152,7 @@ impl Default for PeerConfig {
             max_frame_bytes: 16 * 1024 * 1024,
             connections_per_peer: 2,
             connect_timeout_ms: 1_000,
+            identity_seed_hex: None,
         }
     }
 }
@@ -217,7 +223,8 @@ impl ServerConfig {
             }
         }
         if let Some(me) = self.members.iter().find(|m| m.id == self.node_id) {
-            if me.addr != self.peer_advertise() {
+            // (A libp2p address adds the peer id; the node checks it at start.)
+            if self.peer.transport == "tcp" && me.addr != self.peer_advertise() {
                 return bad(format!(
                     "members: node {} is listed at {} but peer.advertise (or peer.listen) is {}",
                     self.node_id,
