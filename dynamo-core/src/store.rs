@@ -196,6 +196,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>, StoreError>;
 
+    /// Makes every write acknowledged so far durable now, whatever the
+    /// store's [`Durability`]; the server calls it on graceful shutdown.
+    /// Stores that are always durable (or never) keep the default no-op.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the engine cannot flush.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether calls may block on I/O. Core calls a store that answers
     /// `false` directly on async worker threads.
     fn is_blocking(&self) -> bool {

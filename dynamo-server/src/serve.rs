@@ -30,7 +30,13 @@ pub fn init_logging(config: &crate::config::LogConfig) {
 /// # Errors
 /// Anything that prevents the node from starting, with context.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let store = backends::open_store(&config)?;
+    // Opening may read and verify the whole store file: off the async workers.
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || backends::open_store(&config))
+            .await
+            .context("opening the store")??
+    };
     let transport = backends::open_transport(&config).await?;
     let ring = Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
         .context("invalid cluster membership")?;
@@ -38,7 +44,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let node = NodeBuilder::new(NodeId(config.node_id))
         .config(config.cluster.clone())
         .ring(ring)
-        .store(store)
+        .store(Arc::clone(&store))
         .transport(transport)
         .reconciler(reconciler)
         .start()
@@ -72,7 +78,12 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
     node.shutdown().await;
     drop(node);
-    tracing::info!(node = config.node_id, "stopped");
+    // Buffered writes reach the disk before the process exits.
+    match tokio::task::spawn_blocking(move || store.flush()).await {
+        Ok(Ok(())) => tracing::info!(node = config.node_id, "store flushed; stopped"),
+        Ok(Err(e)) => tracing::error!(node = config.node_id, error = %e, "store flush failed"),
+        Err(e) => tracing::error!(node = config.node_id, error = %e, "store flush did not complete"),
+    }
     Ok(())
 }
 

@@ -31,6 +31,10 @@ fn free_port() -> u16 {
 
 impl ProcCluster {
     fn start(nodes: usize) -> ProcCluster {
+        ProcCluster::start_with(nodes, |_| {})
+    }
+
+    fn start_with(nodes: usize, adjust: impl Fn(&mut ServerConfig)) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
         let members: Vec<MemberConfig> = ports
@@ -60,6 +64,7 @@ impl ProcCluster {
             c.cluster.replica_timeout_ms = 500;
             c.cluster.suspect_period_ms = 500;
             c.cluster.hint_delivery_interval_ms = 200;
+            adjust(&mut c);
             std::fs::create_dir_all(&c.data_dir).unwrap();
             let path = c.data_dir.join("dynamo.toml");
             std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
@@ -83,7 +88,7 @@ impl ProcCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_dynamo-server"))
             .args(["serve", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -114,6 +119,14 @@ impl ProcCluster {
 
     fn client(&self, i: usize) -> ApiClient {
         ApiClient::new(&self.nodes[i].url).unwrap()
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.nodes[i].child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
     }
 
     /// SIGKILL, like a crashed host.
@@ -286,4 +299,25 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
         http.put(format!("{url}/kv/k?w=0")).body("v").send().await.unwrap().json().await.unwrap();
     assert!(err["error"].as_str().unwrap().contains("w = 0"), "{err}");
     assert!(cluster.client(0).is_healthy().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_flushes_buffered_writes() {
+    let mut cluster = ProcCluster::start_with(1, |c| {
+        c.store.durability = dynamo_core::store::Durability::Buffered;
+    })
+    .ready()
+    .await;
+    let client = cluster.client(0);
+    for k in 0..200 {
+        client.put(&format!("b-{k}"), Bytes::from(format!("v{k}")), None, None).await.unwrap();
+    }
+    let status = cluster.terminate(0);
+    assert!(status.success(), "SIGTERM ends the node cleanly: {status}; log:\n{}", cluster.log(0));
+    assert!(cluster.log(0).contains("store flushed"), "log:\n{}", cluster.log(0));
+    cluster.restart(0).await;
+    for k in 0..200 {
+        let read = client.get(&format!("b-{k}"), None).await.unwrap();
+        assert_eq!(read.values, vec![Bytes::from(format!("v{k}"))], "b-{k} after a graceful restart");
+    }
 }

@@ -280,6 +280,14 @@ impl LmdbStore {
 }
 
 impl Store for LmdbStore {
+    /// Forces buffered (`NO_SYNC`) commits to disk now.
+    ///
+    /// # Errors
+    /// As [`LmdbStore::sync`].
+    fn flush(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
         let _slot = self.readers.enter();
         let rtxn = self.read_txn()?;

@@ -290,6 +290,15 @@ impl Drop for RedbStore {
 }
 
 impl Store for RedbStore {
+    /// Makes buffered writes durable now (one durable commit); a no-op
+    /// cost in `Fsync` mode, where every write already is.
+    ///
+    /// # Errors
+    /// As [`RedbStore::flush`].
+    fn flush(&self) -> Result<(), StoreError> {
+        RedbStore::flush(self)
+    }
+
     /// Reads `key` of `table` in a read transaction, copying the value out.
     ///
     /// # Errors
