@@ -229,21 +229,7 @@ async fn put_kv(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let start = Instant::now();
-    let result = async {
-        let Path(key) = key?;
-        let Query(params) = params?;
-        let context = decode_context(&headers, key.as_bytes())?;
-        let body = body?;
-        let opts = WriteOptions { w: params.w, timeout: None };
-        let new_context = state.node.put(key.as_bytes(), body, context.as_ref(), opts).await?;
-        Ok::<_, ApiError>(
-            (StatusCode::NO_CONTENT, context_header(&new_context, key.as_bytes())).into_response(),
-        )
-    }
-    .await;
-    state.metrics.observe("put", outcome(&result), start.elapsed());
-    result.unwrap_or_else(IntoResponse::into_response)
+    write_kv(&state, key, params, &headers, Some(body)).await
 }
 
 async fn delete_kv(
@@ -252,19 +238,34 @@ async fn delete_kv(
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    write_kv(&state, key, params, &headers, None).await
+}
+
+/// A put (`body` given) or a delete (none): 204 with the new context.
+async fn write_kv(
+    state: &AppState,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Option<Result<Bytes, BytesRejection>>,
+) -> Response {
     let start = Instant::now();
+    let op = if body.is_some() { "put" } else { "delete" };
     let result = async {
         let Path(key) = key?;
         let Query(params) = params?;
-        let context = decode_context(&headers, key.as_bytes())?;
+        let context = decode_context(headers, key.as_bytes())?;
         let opts = WriteOptions { w: params.w, timeout: None };
-        let new_context = state.node.delete(key.as_bytes(), context.as_ref(), opts).await?;
+        let new_context = match body {
+            Some(body) => state.node.put(key.as_bytes(), body?, context.as_ref(), opts).await?,
+            None => state.node.delete(key.as_bytes(), context.as_ref(), opts).await?,
+        };
         Ok::<_, ApiError>(
             (StatusCode::NO_CONTENT, context_header(&new_context, key.as_bytes())).into_response(),
         )
     }
     .await;
-    state.metrics.observe("delete", outcome(&result), start.elapsed());
+    state.metrics.observe(op, outcome(&result), start.elapsed());
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
