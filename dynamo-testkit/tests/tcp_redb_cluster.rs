@@ -60,11 +60,12 @@ impl Backend for TcpRedb {
 }
 
 /// A builder whose cluster runs on TCP + redb, sized for up to 5 nodes.
-/// Loopback answers in microseconds: a short replica timeout keeps the
-/// partition scenarios (which wait it out) quick on real time.
+/// A replica timeout shorter than the default keeps the partition
+/// scenarios (which wait it out) quick on real time, and still leaves room
+/// for a 1 MiB value to replicate on a loaded two-core machine.
 fn tcp_redb() -> ClusterBuilder {
     let config = Config {
-        replica_timeout_ms: 200,
+        replica_timeout_ms: 500,
         request_timeout_ms: 3_000,
         hint_delivery_interval_ms: 200,
         ..Config::default()
