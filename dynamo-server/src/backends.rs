@@ -195,14 +195,7 @@ mod tests {
     /// round trip to another of its kind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compiled_transports_bind_by_name() {
-        use dynamo_core::transport::FrameHandler;
-        struct Echo;
-        #[async_trait::async_trait]
-        impl FrameHandler for Echo {
-            async fn handle(&self, frame: bytes::Bytes) -> bytes::Bytes {
-                frame
-            }
-        }
+        use dynamo_testkit::transport_load::Echo;
         for name in compiled_transports() {
             let mut c = ServerConfig::default();
             c.peer.transport = name.to_string();

@@ -5,6 +5,7 @@
 //! - [`Cluster`]: starts N nodes on it, kills and restarts them with their
 //!   stores kept (or wiped), and waits for replicas to converge.
 //! - [`conformance`]: the suites every Store and Transport backend runs.
+//! - [`transport_load`]: an echo handler and a closed-loop load for transport benchmarks.
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
 
@@ -15,6 +16,7 @@ pub mod conformance;
 pub mod history;
 pub mod scenarios;
 pub mod sim_net;
+pub mod transport_load;
 
 pub use backend::{Backend, SimBackend};
 pub use client::Client;

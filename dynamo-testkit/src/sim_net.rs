@@ -428,17 +428,9 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::transport_load::Echo;
 
     const T: Duration = Duration::from_secs(1);
-
-    struct Echo;
-
-    #[async_trait]
-    impl FrameHandler for Echo {
-        async fn handle(&self, frame: Bytes) -> Bytes {
-            frame
-        }
-    }
 
     /// Counts requests; optionally isolates a node before answering.
     struct Counting {

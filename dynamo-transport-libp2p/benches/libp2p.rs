@@ -14,25 +14,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dynamo_core::transport::{FrameHandler, Transport};
+use dynamo_core::transport::Transport;
+use dynamo_testkit::transport_load::{calls_in_flight, percentile, Echo};
 use dynamo_transport_libp2p::{Libp2pConfig, Libp2pTransport};
 use tokio::runtime::Runtime;
 
 const FRAME: usize = 100;
 const IN_FLIGHT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-struct Echo;
-
-#[async_trait]
-impl FrameHandler for Echo {
-    async fn handle(&self, frame: Bytes) -> Bytes {
-        frame
-    }
-}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
@@ -69,7 +60,7 @@ fn print_percentiles(rt: &Runtime) {
             samples.push(t.elapsed());
         }
         samples.sort();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        let at = |q: f64| percentile(&samples, q);
         eprintln!("first call (dial + handshake + round trip): {first:.1?}");
         eprintln!(
             "{N} sequential {FRAME}-byte round trips: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
@@ -106,23 +97,14 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(IN_FLIGHT as u64));
     group.bench_function(format!("libp2p/{IN_FLIGHT}_in_flight"), |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                let callers: Vec<_> = (0..IN_FLIGHT)
-                    .map(|_| {
-                        let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..iters {
-                                black_box(client.call(&addr, frame.clone(), TIMEOUT).await.expect("call"));
-                            }
-                        })
-                    })
-                    .collect();
-                for caller in callers {
-                    caller.await.expect("caller task");
-                }
-                start.elapsed()
-            })
+            rt.block_on(calls_in_flight(
+                Arc::clone(&client),
+                Arc::clone(&addr),
+                frame.clone(),
+                IN_FLIGHT,
+                iters,
+                TIMEOUT,
+            ))
         })
     });
     group.finish();

@@ -17,10 +17,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dynamo_core::transport::{FrameHandler, Transport};
+use dynamo_core::transport::Transport;
+use dynamo_testkit::transport_load::{calls_in_flight, percentile, Echo};
 use dynamo_transport_tcp::{TcpConfig, TcpTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,15 +29,6 @@ use tokio::runtime::Runtime;
 const FRAME: usize = 100;
 const IN_FLIGHT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-struct Echo;
-
-#[async_trait]
-impl FrameHandler for Echo {
-    async fn handle(&self, frame: Bytes) -> Bytes {
-        frame
-    }
-}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -77,7 +68,7 @@ async fn transport_pair() -> (TcpTransport, Arc<TcpTransport>) {
 fn print_percentiles(rt: &Runtime) {
     fn show(name: &str, mut samples: Vec<Duration>) {
         samples.sort();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        let at = |q: f64| percentile(&samples, q);
         eprintln!("{name:<28} p50 {:>7.1?}  p90 {:>7.1?}  p99 {:>7.1?}", at(0.5), at(0.9), at(0.99));
     }
     const N: usize = 20_000;
@@ -158,24 +149,15 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(IN_FLIGHT as u64));
     group.bench_function(format!("transport/{IN_FLIGHT}_in_flight"), |b| {
         b.iter_custom(|iters| {
-            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
-            on_worker(&rt, async move {
-                let start = Instant::now();
-                let callers: Vec<_> = (0..IN_FLIGHT)
-                    .map(|_| {
-                        let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..iters {
-                                black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
-                            }
-                        })
-                    })
-                    .collect();
-                for caller in callers {
-                    caller.await.unwrap();
-                }
-                start.elapsed()
-            })
+            let load = calls_in_flight(
+                Arc::clone(&client),
+                Arc::clone(&addr),
+                frame.clone(),
+                IN_FLIGHT,
+                iters,
+                TIMEOUT,
+            );
+            on_worker(&rt, load)
         })
     });
     group.finish();
