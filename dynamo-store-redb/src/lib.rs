@@ -39,7 +39,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -74,12 +74,16 @@ struct Shared {
     /// Whether a buffered (non-durable) commit was made since the last
     /// durable one.
     pending: AtomicBool,
+    /// Held for a whole flush, so a flush that finds nothing pending
+    /// returns only after a flush in progress elsewhere has committed.
+    flushing: Mutex<()>,
 }
 
 impl Shared {
     /// Makes every commit so far durable with an empty durable commit, if
     /// a buffered one is pending.
     fn flush_pending(&self) -> Result<(), StoreError> {
+        let _flushing = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -219,7 +223,7 @@ impl RedbStore {
                 return Err(error::corrupt(&path, format!("open: redb panicked reading the file: {what}")));
             }
         };
-        let shared = Arc::new(Shared { db, path, pending: AtomicBool::new(false) });
+        let shared = Arc::new(Shared { db, path, pending: AtomicBool::new(false), flushing: Mutex::new(()) });
         let flusher = match options.durability {
             Durability::Fsync => None,
             Durability::Buffered => Some(Flusher::start(Arc::clone(&shared), interval)?),

@@ -247,3 +247,23 @@ fn a_table_of_other_types_is_corrupt() {
     let message = assert_corrupt(RedbStore::open(dir.path(), RedbOptions::default()), &path);
     assert!(message.contains("table data"), "{message}");
 }
+
+/// `flush` racing the background flusher: whichever made the durable
+/// commit, a write is on disk once `flush` returns (a graceful shutdown
+/// relies on it).
+#[test]
+fn flush_is_durable_even_while_the_flusher_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path(), buffered(1)).unwrap();
+    for i in 0..150u32 {
+        let key = i.to_be_bytes();
+        put(&store, Table::Data, &key, b"v");
+        store.flush().unwrap();
+        let (_d, copy) = crash_copy(&store);
+        assert_eq!(
+            copy.get(Table::Data, &key).unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "write {i} not durable after flush"
+        );
+    }
+}
