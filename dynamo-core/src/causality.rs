@@ -25,7 +25,12 @@ use serde::{Deserialize, Serialize};
 use crate::member::NodeId;
 
 /// The format-version byte that starts every encoding made by this module.
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 timestamps siblings in microseconds (hybrid logical clock) and
+/// carries the highest timestamp seen in context tokens; version 1
+/// (milliseconds, no timestamp in tokens) is still decoded.
+const FORMAT_VERSION: u8 = 2;
+/// The previous format, decoded for data written before version 2.
+const FORMAT_V1: u8 = 1;
 
 /// Who issued a dot: a node in one of its epochs.
 ///
@@ -334,8 +339,12 @@ fn merge_sorted(a: &[Dot], b: &[Dot]) -> Vec<Dot> {
 pub struct Sibling {
     /// The dot of the write that produced this sibling.
     pub dot: Dot,
-    /// The coordinator's wall clock at the write, in ms since the Unix epoch.
-    pub timestamp_ms: u64,
+    /// The coordinator's hybrid-logical-clock timestamp of the write, in
+    /// microseconds since the Unix epoch (see
+    /// [`HybridClock`](crate::clock::HybridClock)): greater than every
+    /// timestamp the coordinator had seen, so under last-write-wins a write
+    /// beats every write its coordinator knew of.
+    pub timestamp_us: u64,
     /// The value, or `None` for a tombstone (a delete).
     pub value: Option<Bytes>,
 }
@@ -389,6 +398,11 @@ impl SiblingSet {
         self.live().count()
     }
 
+    /// The highest sibling timestamp (tombstones included), 0 for none.
+    pub fn max_timestamp(&self) -> u64 {
+        self.siblings.iter().map(|s| s.timestamp_us).max().unwrap_or(0)
+    }
+
     /// The counter a coordinator acting as `actor` must give its next dot:
     /// one more than the highest counter of `actor` this state has seen.
     /// (Saturates at `u64::MAX`, which no real actor reaches.)
@@ -402,7 +416,7 @@ impl SiblingSet {
     /// not seen its dot; contexts are unioned. The join is commutative,
     /// associative and idempotent. Should both sides hold different siblings
     /// under one dot (a reused dot), the one with the greater
-    /// `(timestamp_ms, value)` is kept, so the join stays deterministic.
+    /// `(timestamp_us, value)` is kept, so the join stays deterministic.
     pub fn merge(&mut self, other: &SiblingSet) {
         let mine = std::mem::take(&mut self.siblings);
         let mut out = Vec::with_capacity(mine.len().max(other.siblings.len()));
@@ -414,7 +428,7 @@ impl SiblingSet {
                 }
             }
             match theirs.next_if(|t| t.dot == s.dot) {
-                Some(t) if (t.timestamp_ms, &t.value) > (s.timestamp_ms, &s.value) => out.push(t.clone()),
+                Some(t) if (t.timestamp_us, &t.value) > (s.timestamp_us, &s.value) => out.push(t.clone()),
                 Some(_) => out.push(s),
                 None if !other.context.contains(&s.dot) => out.push(s),
                 None => {}
@@ -429,7 +443,7 @@ impl SiblingSet {
     ///
     /// `context` is what the client had read: siblings whose dots it holds are
     /// superseded and removed; the rest stay as concurrent siblings. The new
-    /// sibling `(dot, timestamp_ms, value)` is added (`None` writes a
+    /// sibling `(dot, timestamp_us, value)` is added (`None` writes a
     /// tombstone), and the state's context becomes `C ∪ context ∪ {dot}`.
     /// `dot` must be fresh, normally `Dot::new(actor, self.next_counter(&actor))`;
     /// a sibling already under `dot` is replaced.
@@ -440,15 +454,26 @@ impl SiblingSet {
         &mut self,
         context: &CausalContext,
         dot: Dot,
-        timestamp_ms: u64,
+        timestamp_us: u64,
         value: Option<Bytes>,
     ) {
         assert!(dot.counter >= 1, "dot counters start at 1: {dot:?}");
         self.siblings.retain(|s| s.dot != dot && !context.contains(&s.dot));
         let pos = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(pos, Sibling { dot, timestamp_ms, value });
+        self.siblings.insert(pos, Sibling { dot, timestamp_us, value });
         self.context.join(context);
         self.context.insert(dot);
+    }
+
+    /// Removes the sibling with `dot` while keeping `dot` in the context,
+    /// as if a write had superseded it: every state this one is merged
+    /// into drops that sibling too. For a write that was stored locally
+    /// and then refused, so that it never takes effect. Returns whether a
+    /// sibling was removed.
+    pub fn retract(&mut self, dot: &Dot) -> bool {
+        let before = self.siblings.len();
+        self.siblings.retain(|s| s.dot != *dot);
+        self.siblings.len() != before
     }
 
     /// Keeps only the sibling with `dot` (a reconciler picked it as the
@@ -492,18 +517,24 @@ impl SiblingSet {
     /// byte; [`CausalityError::Invalid`] if the state fails
     /// [`validate`](SiblingSet::validate).
     pub fn decode(bytes: &[u8]) -> Result<SiblingSet, CausalityError> {
-        let body = strip_version(bytes)?;
-        let set: SiblingSet = decode_exact(body)?;
+        let (version, body) = strip_version(bytes)?;
+        let mut set: SiblingSet = decode_exact(body)?;
+        if version == FORMAT_V1 {
+            // Version 1 timestamped in milliseconds.
+            for s in &mut set.siblings {
+                s.timestamp_us = s.timestamp_us.saturating_mul(1000);
+            }
+        }
         set.validate()?;
         Ok(set)
     }
 }
 
-/// Checks the version byte and returns what follows it.
-fn strip_version(bytes: &[u8]) -> Result<&[u8], CausalityError> {
+/// Checks the version byte and returns it with what follows it.
+fn strip_version(bytes: &[u8]) -> Result<(u8, &[u8]), CausalityError> {
     match bytes.split_first() {
         None => Err(CausalityError::Malformed("empty input".into())),
-        Some((&FORMAT_VERSION, rest)) => Ok(rest),
+        Some((&v, rest)) if v == FORMAT_VERSION || v == FORMAT_V1 => Ok((v, rest)),
         Some((&v, _)) => Err(CausalityError::UnknownVersion(v)),
     }
 }
@@ -524,15 +555,33 @@ fn key_tag(key: &[u8]) -> [u8; 4] {
 }
 
 /// The opaque causal context a client receives with a read or write and hands back with its next write.
+///
+/// It holds the dots the client has seen and the highest sibling timestamp
+/// it has seen, so the coordinator of the client's next write, whichever
+/// node it is, timestamps that write after everything the client read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Context {
     causal: CausalContext,
+    seen_us: u64,
 }
 
 impl Context {
-    /// Wraps a causal context (usually a clone of [`SiblingSet::context`]).
+    /// Wraps a causal context (usually a clone of [`SiblingSet::context`]),
+    /// with no timestamp seen.
     pub fn new(causal: CausalContext) -> Self {
-        Context { causal }
+        Context { causal, seen_us: 0 }
+    }
+
+    /// The context of everything `state` holds: its dots and its highest
+    /// sibling timestamp.
+    pub fn of_state(state: &SiblingSet) -> Self {
+        Context { causal: state.context().clone(), seen_us: state.max_timestamp() }
+    }
+
+    /// Raises the highest timestamp seen to at least `timestamp_us`.
+    pub fn with_seen(mut self, timestamp_us: u64) -> Self {
+        self.seen_us = self.seen_us.max(timestamp_us);
+        self
     }
 
     /// The dots the client had seen.
@@ -540,21 +589,30 @@ impl Context {
         &self.causal
     }
 
+    /// The highest sibling timestamp the client had seen (hybrid-logical-clock
+    /// microseconds; 0 when unknown).
+    pub fn seen_us(&self) -> u64 {
+        self.seen_us
+    }
+
     /// Whether the client had seen nothing (a blind write).
     pub fn is_empty(&self) -> bool {
         self.causal.is_empty()
     }
 
-    /// Token bound to `key`: version byte 1, then the low 32 bits of
+    /// Token bound to `key`: version byte 2, then the low 32 bits of
     /// xxh3_64(key) (little-endian; same hash as ring::key_hash), then postcard
-    /// of the CausalContext.
+    /// of the CausalContext and of the highest timestamp seen.
     pub fn encode(&self, key: &[u8]) -> Vec<u8> {
         let mut out = vec![FORMAT_VERSION];
         out.extend_from_slice(&key_tag(key));
-        postcard::to_extend(&self.causal, out).expect("postcard into a Vec cannot fail for these types")
+        postcard::to_extend(&(&self.causal, self.seen_us), out)
+            .expect("postcard into a Vec cannot fail for these types")
     }
 
-    /// Decodes a token made by [`encode`](Context::encode) for the same `key`. Never panics.
+    /// Decodes a token made by [`encode`](Context::encode) for the same
+    /// `key` (or by a version-1 encoder, which carried no timestamp). Never
+    /// panics.
     ///
     /// # Errors
     /// [`CausalityError::Malformed`] for empty, truncated or trailing bytes or
@@ -563,16 +621,17 @@ impl Context {
     /// key; [`CausalityError::Invalid`] if the context fails
     /// [`CausalContext::validate`].
     pub fn decode(bytes: &[u8], key: &[u8]) -> Result<Context, CausalityError> {
-        let rest = strip_version(bytes)?;
+        let (version, rest) = strip_version(bytes)?;
         let (tag, body) = rest
             .split_first_chunk::<4>()
             .ok_or_else(|| CausalityError::Malformed("truncated key tag".into()))?;
         if *tag != key_tag(key) {
             return Err(CausalityError::ForeignContext);
         }
-        let causal: CausalContext = decode_exact(body)?;
+        let (causal, seen_us): (CausalContext, u64) =
+            if version == FORMAT_V1 { (decode_exact(body)?, 0) } else { decode_exact(body)? };
         causal.validate()?;
-        Ok(Context { causal })
+        Ok(Context { causal, seen_us })
     }
 }
 
@@ -682,6 +741,23 @@ mod tests {
     }
 
     #[test]
+    fn a_retracted_sibling_is_dropped_by_every_merge() {
+        let mut base = SiblingSet::new();
+        write(&mut base, A, &CausalContext::new(), val("kept"));
+        let mut refused = base.clone();
+        let d = write(&mut refused, B, &CausalContext::new(), val("refused"));
+        // A replica that stored the refused write before it was retracted.
+        let accepted = refused.clone();
+        assert!(refused.retract(&d));
+        assert!(!refused.retract(&d), "already gone");
+        refused.validate().unwrap();
+        assert!(refused.context().contains(&d));
+        for merged in [joined(&refused, &accepted), joined(&accepted, &refused), joined(&base, &refused)] {
+            assert_eq!(values(&merged), vec![val("kept")]);
+        }
+    }
+
+    #[test]
     fn tombstone_is_not_resurrected_by_a_stale_replica() {
         let mut fresh = SiblingSet::new();
         write(&mut fresh, A, &CausalContext::new(), val("v1"));
@@ -763,12 +839,12 @@ mod tests {
         ];
         for c in bad {
             assert!(is_invalid(c.validate()), "{c:?}");
-            let token = Context { causal: c.clone() }.encode(b"k");
+            let token = Context::new(c.clone()).encode(b"k");
             assert!(is_invalid(Context::decode(&token, b"k")), "{c:?}");
             let set = SiblingSet { siblings: vec![], context: c };
             assert!(is_invalid(SiblingSet::decode(&set.encode())));
         }
-        let sib = |n| Sibling { dot: Dot::new(A, n), timestamp_ms: 0, value: None };
+        let sib = |n| Sibling { dot: Dot::new(A, n), timestamp_us: 0, value: None };
         let context = cc(&[(A, 1), (A, 2), (A, 3)]);
         for siblings in [vec![sib(4)], vec![sib(2), sib(1)], vec![sib(1), sib(1)]] {
             let set = SiblingSet { siblings, context: context.clone() };
@@ -782,9 +858,17 @@ mod tests {
         let token = Context::new(ctx.clone()).encode(b"a");
         assert_eq!(Context::decode(&token, b"a"), Ok(Context::new(ctx.clone())));
         assert_eq!(Context::decode(&token, b"b"), Err(CausalityError::ForeignContext));
-        let mut v2 = token.clone();
-        v2[0] = 2;
-        assert_eq!(Context::decode(&v2, b"a"), Err(CausalityError::UnknownVersion(2)));
+        let mut v3 = token.clone();
+        v3[0] = 3;
+        assert_eq!(Context::decode(&v3, b"a"), Err(CausalityError::UnknownVersion(3)));
+        // The highest timestamp seen travels with the token.
+        let stamped = Context::new(ctx.clone()).with_seen(42);
+        assert_eq!(Context::decode(&stamped.encode(b"a"), b"a").unwrap().seen_us(), 42);
+        // A version-1 token (no timestamp) still decodes.
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&key_tag(b"a"));
+        let v1 = postcard::to_extend(&ctx, v1).unwrap();
+        assert_eq!(Context::decode(&v1, b"a"), Ok(Context::new(ctx.clone())));
         let malformed = |r: Result<Context, _>| matches!(r, Err(CausalityError::Malformed(_)));
         assert!(malformed(Context::decode(&[], b"a")));
         assert!(malformed(Context::decode(&[&token[..], &[0]].concat(), b"a")));
@@ -792,8 +876,13 @@ mod tests {
         let mut s = SiblingSet::new();
         write(&mut s, A, &ctx, val("v"));
         let mut enc = s.encode();
-        assert_eq!(enc[0], 1);
-        assert_eq!(SiblingSet::decode(&enc), Ok(s));
+        assert_eq!(enc[0], 2);
+        assert_eq!(SiblingSet::decode(&enc), Ok(s.clone()));
+        // Version 1 stored milliseconds: decoded as microseconds.
+        let mut v1 = enc.clone();
+        v1[0] = FORMAT_V1;
+        let old = SiblingSet::decode(&v1).unwrap();
+        assert_eq!(old.siblings()[0].timestamp_us, s.siblings()[0].timestamp_us * 1000);
         enc[0] = 0;
         assert_eq!(SiblingSet::decode(&enc), Err(CausalityError::UnknownVersion(0)));
         assert!(matches!(SiblingSet::decode(&[]), Err(CausalityError::Malformed(_))));
@@ -849,9 +938,9 @@ mod tests {
                     let dot = Dot::new(actor, before.next_counter(&actor));
                     prop_assert!(issued.iter().all(|s| s.dot != dot), "reissued {:?}", dot);
                     let value = value.map(|v| Bytes::from(vec![v]));
-                    let new = Sibling { dot, timestamp_ms: ts as u64, value };
+                    let new = Sibling { dot, timestamp_us: ts as u64, value };
                     let s = &mut replicas[replica];
-                    s.apply_write(&ctx, dot, new.timestamp_ms, new.value.clone());
+                    s.apply_write(&ctx, dot, new.timestamp_us, new.value.clone());
                     let mut expected = before.siblings().to_vec();
                     expected.retain(|s| !ctx.contains(&s.dot));
                     expected.push(new.clone());
@@ -860,7 +949,7 @@ mod tests {
                     prop_assert!(s.context().includes(&ctx));
                     prop_assert!(s.context().includes(before.context()));
                     let mut delta = SiblingSet::new();
-                    delta.apply_write(&ctx, dot, new.timestamp_ms, new.value.clone());
+                    delta.apply_write(&ctx, dot, new.timestamp_us, new.value.clone());
                     snapshots.push(delta.clone());
                     deltas.push(delta);
                     issued.push(new);

@@ -21,7 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::causality::{CausalContext, SiblingSet};
+use crate::causality::{Context, Dot, SiblingSet};
 use crate::error::{Error, Result};
 use crate::member::NodeId;
 use crate::metrics::bump;
@@ -29,6 +29,7 @@ use crate::node::NodeCore;
 use crate::replica::{Slot, WriteIntent};
 use crate::ring::{key_hash, Ring};
 use crate::transport::protocol::{Request, Response, WriteRequest};
+use crate::transport::TransportError;
 
 /// One replica slot of a request: the node asked, and the owner whose
 /// copy it holds (itself, or an unreachable owner it stands in for).
@@ -59,6 +60,15 @@ struct Plan {
 enum Outcome<T> {
     Answered(T),
     Failed,
+    /// The replica refused the request on its merits (the sibling bound):
+    /// no spare is asked instead, and the error reaches the client.
+    Refused(Error),
+}
+
+/// An instant `timeout` from now, or very far away if that overflows.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 impl NodeCore {
@@ -97,6 +107,13 @@ impl NodeCore {
             return Err(Error::InvalidQuorum { name: name.into(), value, n: self.config.n });
         }
         Ok(value)
+    }
+
+    /// A peer's requested timeout, clamped to this node's
+    /// `request_timeout_ms`: a peer cannot make a node wait longer than its
+    /// own clients may.
+    fn clamp_timeout(&self, timeout_ms: u64) -> Duration {
+        Duration::from_millis(timeout_ms.min(self.config.request_timeout_ms))
     }
 
     /// The targets of a request on `partition`. Without sloppy quorum the
@@ -174,6 +191,9 @@ impl NodeCore {
                     let _ = progress.send(Outcome::Answered(answer.clone()));
                     answers.push((target, answer));
                 }
+                Err(e @ Error::TooManySiblings { .. }) => {
+                    let _ = progress.send(Outcome::Refused(e));
+                }
                 Err(e) => {
                     tracing::debug!(node = %self.id, peer = %target.node, error = %e, "replica call failed");
                     match spares.pop_front() {
@@ -190,24 +210,43 @@ impl NodeCore {
 
     /// Coordinates a client write (put or delete), forwarding it to a
     /// preference-list node when this node is not one.
-    pub(crate) async fn write(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
+    ///
+    /// A delete without a context first reads the key at R and deletes
+    /// what that read saw (as Riak does), so it removes the value even
+    /// through a replica that missed the write.
+    pub(crate) async fn write(self: &Arc<Self>, mut req: WriteRequest, timeout: Duration) -> Result<Context> {
         self.validate_write(&req)?;
-        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
+        let deadline = deadline_after(timeout);
+        if req.value.is_none() && req.context.is_none() {
+            let seen = self.read_until(req.key.clone(), self.config.r, deadline).await?;
+            req.seen_us = req.seen_us.max(seen.max_timestamp());
+            req.context = Some(seen.context().clone());
+        }
         let ring = self.ring();
         let partition = ring.partition_of(&req.key);
         if ring.preference_list(partition).contains(&self.id) {
-            return self.coordinate_write(&ring, partition, req, deadline).await;
+            return self.coordinate_write(&ring, partition, req, deadline, None).await;
         }
         self.forward_write(&ring, partition, req, deadline).await
     }
 
+    /// Sends a write to a preference-list node to coordinate.
+    ///
+    /// Each attempt gives the coordinator one replica timeout (or what is
+    /// left of the client's deadline) to start the write, as an absolute
+    /// deadline it checks itself. A coordinator that certainly did not
+    /// execute the write (connection refused, an answer saying so) is
+    /// replaced by the next; one that may have (no answer in time, a
+    /// connection lost mid-call) is not, because a second coordinator
+    /// would make the one client write two events: the client gets a
+    /// timeout, whose outcome is unknown, instead.
     async fn forward_write(
         self: &Arc<Self>,
         ring: &Ring,
         partition: u32,
         req: WriteRequest,
         deadline: Instant,
-    ) -> Result<CausalContext> {
+    ) -> Result<Context> {
         let mut candidates: Vec<NodeId> = ring.preference_list(partition).to_vec();
         if self.config.sloppy_quorum {
             // Suspected owners are not worth a deadline: stand in for them.
@@ -221,39 +260,63 @@ impl NodeCore {
             if remaining.is_zero() {
                 break;
             }
-            // Keep one replica timeout for standing in if this owner is
-            // unreachable; the coordinator answers a little before we give
-            // up, so its own error (with its ack count) comes back.
-            let attempt = remaining.saturating_sub(self.config.replica_timeout()).max(remaining / 2);
+            let attempt = remaining.min(self.config.replica_timeout());
             let mut fwd = req.clone();
+            // The coordinator answers (with its ack count) a little before
+            // we give up, and never starts the write after we have.
             fwd.timeout_ms = (attempt.as_millis() as u64 * 9 / 10).max(1);
+            fwd.start_by_us = self.clock.physical_us().saturating_add(attempt.as_micros() as u64);
             let frame = Request::Coordinate(fwd).encode();
             match self.call_peer(node, frame, attempt).await {
-                Ok(Response::Written(ctx)) => {
+                Ok(Response::Written { context, seen_us }) => {
                     bump(&self.metrics.forwarded);
-                    return Ok(ctx);
+                    self.clock.observe(seen_us);
+                    return Ok(Context::new(context).with_seen(seen_us));
+                }
+                Ok(Response::Error(e)) if e.not_executed() => {
+                    tracing::debug!(peer = %node, error = %e, "forwarded write not executed; trying the next owner");
                 }
                 Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => tracing::warn!(peer = %node, ?other, "unexpected answer to a forwarded write"),
-                Err(e) => tracing::debug!(peer = %node, error = %e, "forwarding failed"),
+                Ok(other) => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected answer to a forwarded write: {other:?}"
+                    )));
+                }
+                Err(Error::Transport(TransportError::Refused { .. })) | Err(Error::NotAMember(_)) => {
+                    tracing::debug!(peer = %node, "forwarding refused; trying the next owner");
+                }
+                Err(e) => {
+                    // The coordinator may have executed the write: never
+                    // send it elsewhere. The outcome is unknown.
+                    tracing::debug!(peer = %node, error = %e, "forwarded write unanswered; outcome unknown");
+                    bump(&self.metrics.quorum_failures);
+                    return Err(match e {
+                        Error::Transport(TransportError::Timeout { .. }) => {
+                            Error::Timeout { acks: 0, needed: req.w }
+                        }
+                        _ => Error::QuorumFailed { acks: 0, needed: req.w },
+                    });
+                }
             }
         }
         if self.config.sloppy_quorum && Instant::now() < deadline {
             // No owner reachable: coordinate here, as a stand-in.
-            return self.coordinate_write(ring, partition, req, deadline).await;
+            return self.coordinate_write(ring, partition, req, deadline, None).await;
         }
         bump(&self.metrics.quorum_failures);
         Err(Error::QuorumFailed { acks: 0, needed: req.w })
     }
 
     /// Coordinates a write on this node: local write, then replication.
+    /// `start_by_us`: a forwarded write's deadline for starting at all.
     pub(crate) async fn coordinate_write(
         self: &Arc<Self>,
         ring: &Ring,
         partition: u32,
         req: WriteRequest,
         deadline: Instant,
-    ) -> Result<CausalContext> {
+        start_by_us: Option<u64>,
+    ) -> Result<Context> {
         bump(&self.metrics.puts);
         let Plan { mut targets, mut spares } = self.plan(ring, partition);
         if !targets.iter().any(|t| t.node == self.id) {
@@ -279,8 +342,9 @@ impl NodeCore {
                 partition,
                 slot: local.slot(),
                 context: req.context.as_ref(),
+                seen_us: req.seen_us,
                 value: req.value.clone(),
-                timestamp_ms: self.clock.now_ms(),
+                start_by_us,
                 max_siblings: self.config.max_siblings,
             })
             .await?;
@@ -289,8 +353,12 @@ impl NodeCore {
             bump(&self.metrics.fallback_writes);
         }
         let state = Bytes::from(written.state.encode());
-        let replicate = Request::Replicate { key: req.key.clone(), state: state.clone() }.encode();
+        let limit = u32::try_from(self.config.max_siblings).ok();
+        let replicate =
+            Request::Replicate { key: req.key.clone(), state: state.clone(), sibling_limit: limit }.encode();
         let remote: Vec<Target> = targets.into_iter().filter(|t| t.node != self.id).collect();
+        let remote_owners: Vec<NodeId> =
+            remote.iter().filter(|t| t.slot() == Slot::Data).map(|t| t.node).collect();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let core = Arc::clone(self);
         let key = req.key.clone();
@@ -317,15 +385,25 @@ impl NodeCore {
         };
         tokio::spawn(Arc::clone(self).fan_out(remote, spares, call, tx));
         let mut acks = 1;
+        let mut refused = None;
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         while acks < req.w {
             tokio::select! {
+                biased;
                 outcome = rx.recv() => match outcome {
                     Some(Outcome::Answered(())) => acks += 1,
                     Some(Outcome::Failed) => {}
+                    Some(Outcome::Refused(e)) => refused = Some(e),
                     None => {
                         bump(&self.metrics.quorum_failures);
+                        if let Some(e) = refused {
+                            // Every replica answered and too few accepted:
+                            // the write is refused, so it must not take
+                            // effect later through the copies that exist.
+                            self.retract_refused(&req.key, partition, hash, local, &written.dot, &remote_owners).await;
+                            return Err(e);
+                        }
                         return Err(Error::QuorumFailed { acks, needed: req.w });
                     }
                 },
@@ -338,6 +416,36 @@ impl NodeCore {
         Ok(written.context)
     }
 
+    /// Takes back a write every replica answered for but too few accepted
+    /// (the sibling bound): retracts it locally and pushes the retraction
+    /// to the replicas, which drop their copy when they merge it.
+    async fn retract_refused(
+        &self,
+        key: &Bytes,
+        partition: u32,
+        hash: u64,
+        local: Target,
+        dot: &Dot,
+        replicas: &[NodeId],
+    ) {
+        let state = match self.replica.retract(local.slot(), partition, key, hash, dot).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(node = %self.id, error = %e, "cannot retract a refused write");
+                return;
+            }
+        };
+        let frame =
+            Request::Replicate { key: key.clone(), state: Bytes::from(state.encode()), sibling_limit: None }
+                .encode();
+        for &node in replicas {
+            if let Err(e) = self.call_peer(node, frame.clone(), self.config.replica_timeout()).await {
+                tracing::debug!(peer = %node, error = %e, "retraction not delivered; read repair will");
+            }
+        }
+    }
+
     /// Reads `key` from R replicas and merges their answers; stale
     /// replicas are repaired in the background once all have answered.
     pub(crate) async fn read(
@@ -346,10 +454,14 @@ impl NodeCore {
         r: usize,
         timeout: Duration,
     ) -> Result<SiblingSet> {
+        self.read_until(key, r, deadline_after(timeout)).await
+    }
+
+    /// [`read`](Self::read) with an absolute deadline.
+    async fn read_until(self: &Arc<Self>, key: Bytes, r: usize, deadline: Instant) -> Result<SiblingSet> {
         self.validate_key(&key)?;
         self.check_quorum("r", r)?;
         bump(&self.metrics.gets);
-        let deadline = Instant::now() + timeout;
         let ring = self.ring();
         let partition = ring.partition_of(&key);
         let hash = key_hash(&key);
@@ -389,14 +501,16 @@ impl NodeCore {
         tokio::pin!(timer);
         while answered < r {
             tokio::select! {
+                biased;
                 outcome = rx.recv() => match outcome {
                     Some(Outcome::Answered(state)) => {
                         answered += 1;
                         if let Some(s) = state {
+                            self.clock.observe(s.max_timestamp());
                             merged.merge(&s);
                         }
                     }
-                    Some(Outcome::Failed) => {}
+                    Some(Outcome::Failed | Outcome::Refused(_)) => {}
                     None => {
                         bump(&self.metrics.quorum_failures);
                         return Err(Error::QuorumFailed { acks: answered, needed: r });
@@ -437,10 +551,12 @@ impl NodeCore {
         if stale.is_empty() {
             return;
         }
-        let frame = Request::Replicate { key: key.clone(), state: Bytes::from(merged.encode()) }.encode();
+        let frame =
+            Request::Replicate { key: key.clone(), state: Bytes::from(merged.encode()), sibling_limit: None }
+                .encode();
         for node in stale {
             let result = if node == self.id {
-                self.replica.merge(Slot::Data, partition, &key, hash, &merged).await.map(|_| ())
+                self.replica.merge(Slot::Data, partition, &key, hash, &merged, None).await.map(|_| ())
             } else {
                 match self.call_peer(node, frame.clone(), self.config.replica_timeout()).await {
                     Ok(Response::Ack) => Ok(()),
@@ -461,15 +577,20 @@ impl NodeCore {
         let result = match req {
             Request::Ping => Ok(Response::Pong),
             Request::Get { key, hint_for } => self.serve_get(&key, hint_for).await.map(Response::State),
-            Request::Replicate { key, state } => self.serve_merge(Slot::Data, &key, &state).await,
+            Request::Replicate { key, state, sibling_limit } => {
+                self.serve_merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
+            }
             Request::StoreHint { owner, key, state } => {
-                let r = self.serve_merge(Slot::HintFor(owner), &key, &state).await;
+                let r = self.serve_merge(Slot::HintFor(owner), &key, &state, None).await;
                 if r.is_ok() {
                     bump(&self.metrics.hints_stored);
                 }
                 r
             }
-            Request::Coordinate(w) => self.serve_coordinate(w).await.map(Response::Written),
+            Request::Coordinate(w) => self
+                .serve_coordinate(w)
+                .await
+                .map(|c| Response::Written { seen_us: c.seen_us(), context: c.causal().clone() }),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -481,20 +602,37 @@ impl NodeCore {
         self.replica.load_raw(slot, partition, key).await
     }
 
-    async fn serve_merge(&self, slot: Slot, key: &[u8], state: &[u8]) -> Result<Response> {
+    async fn serve_merge(
+        &self,
+        slot: Slot,
+        key: &[u8],
+        state: &[u8],
+        limit: Option<usize>,
+    ) -> Result<Response> {
         self.validate_key(key)?;
         let incoming =
             SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
         let partition = self.ring().partition_of(key);
-        self.replica.merge(slot, partition, key, key_hash(key), &incoming).await?;
+        self.replica.merge(slot, partition, key, key_hash(key), &incoming, limit).await?;
         Ok(Response::Ack)
     }
 
-    async fn serve_coordinate(self: &Arc<Self>, req: WriteRequest) -> Result<CausalContext> {
+    /// Coordinates a write another node forwarded: at most once per
+    /// request id, and never after the sender's deadline.
+    async fn serve_coordinate(self: &Arc<Self>, req: WriteRequest) -> Result<Context> {
         self.validate_write(&req)?;
-        let deadline = Instant::now() + Duration::from_millis(req.timeout_ms);
+        let timeout = self.clamp_timeout(req.timeout_ms);
+        let now = self.clock.physical_us();
+        if now >= req.start_by_us {
+            return Err(Error::Expired { late_ms: (now - req.start_by_us) / 1000 });
+        }
+        // A deadline further out than our own request timeout is clamped.
+        let start_by =
+            req.start_by_us.min(now.saturating_add(self.config.request_timeout_ms.saturating_mul(1000)));
+        self.recent.admit(req.id, start_by, now)?;
+        let deadline = deadline_after(timeout);
         let ring = self.ring();
         let partition = ring.partition_of(&req.key);
-        self.coordinate_write(&ring, partition, req, deadline).await
+        self.coordinate_write(&ring, partition, req, deadline, Some(start_by)).await
     }
 }

@@ -102,6 +102,43 @@ pub enum Error {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// A forwarded request reached its coordinator after the sender's
+    /// deadline for it (the sender had given up), so it was not executed.
+    #[error("the request arrived {late_ms} ms after its deadline and was not executed")]
+    Expired {
+        /// How late it was, in milliseconds.
+        late_ms: u64,
+    },
+    /// The same forwarded request (same id) arrived again, for example
+    /// duplicated by the network; the copy was not executed.
+    #[error("request {0} was already received; the copy was not executed")]
+    DuplicateRequest(String),
+    /// The store's data was written under another ring (partitions, N or
+    /// members) than the one the node was started with.
+    #[error("the store was written under another ring: {differences}; change the topology the supported way, start with a fresh data directory, or adopt the new ring explicitly")]
+    RingMismatch {
+        /// What differs, recorded first and given second.
+        differences: String,
+    },
+    /// The node refused work it has no room for; nothing was executed.
+    #[error("node is overloaded: {0}")]
+    Overloaded(String),
+}
+
+impl Error {
+    /// Whether a node that answered this error for a forwarded write
+    /// certainly did not execute it, so the sender may try another
+    /// coordinator without the write ever becoming two events.
+    pub fn not_executed(&self) -> bool {
+        matches!(
+            self,
+            Error::ShuttingDown
+                | Error::Expired { .. }
+                | Error::Overloaded(_)
+                | Error::Store(_)
+                | Error::NotAMember(_)
+        )
+    }
 }
 
 /// Shorthand for results whose error is [`Error`].

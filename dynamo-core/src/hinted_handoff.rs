@@ -59,13 +59,15 @@ impl NodeCore {
         if hint.owner == self.id {
             // This node owns the key again: merge the hint into its data.
             let state = decode_stored(&hint.state)?;
-            self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state).await?;
+            self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
         } else {
             if self.ring().member(hint.owner).is_none() {
                 // The owner left the ring; ownership handoff moves this data.
                 return Err(Error::NotAMember(hint.owner));
             }
-            let frame = Request::Replicate { key: hint.key.clone(), state: hint.state.clone() }.encode();
+            let frame =
+                Request::Replicate { key: hint.key.clone(), state: hint.state.clone(), sibling_limit: None }
+                    .encode();
             match self.call_peer(hint.owner, frame, self.config.replica_timeout()).await? {
                 Response::Ack => {}
                 Response::Error(e) => return Err(e),

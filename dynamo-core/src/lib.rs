@@ -24,11 +24,13 @@ mod hinted_handoff;
 pub mod member;
 pub mod metrics;
 pub mod node;
+mod recent_requests;
 pub mod reconcile;
 mod replica;
 pub mod ring;
 pub mod store;
 mod store_io;
+mod stored_ring;
 pub mod transport;
 
 pub use error::{Error, Result};
@@ -36,7 +38,7 @@ pub use error::{Error, Result};
 /// The names most users need, for one `use`.
 pub mod prelude {
     pub use crate::causality::{Context, Sibling, SiblingSet};
-    pub use crate::clock::{Clock, SystemClock};
+    pub use crate::clock::{Clock, HybridClock, SystemClock};
     pub use crate::config::Config;
     pub use crate::error::{Error, Result};
     pub use crate::member::{Member, NodeId};

@@ -26,7 +26,7 @@
 //! # let _ = ctx; Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -35,17 +35,20 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::causality::{Context, Sibling, SiblingSet};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, HybridClock, SystemClock};
 use crate::config::Config;
+use crate::epoch::StartKind;
 use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
 use crate::member::NodeId;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::recent_requests::RecentRequests;
 use crate::reconcile::{KeepSiblings, Reconciler, Resolution};
 use crate::replica::{Replica, Slot};
 use crate::ring::Ring;
 use crate::store::Store;
-use crate::transport::protocol::{Request, Response, WriteRequest};
+use crate::stored_ring::{self, RingIdentity};
+use crate::transport::protocol::{Request, RequestId, Response, WriteRequest};
 use crate::transport::{FrameHandler, Transport};
 
 /// Per-request read options.
@@ -113,7 +116,12 @@ pub(crate) struct NodeCore {
     pub(crate) detector: Arc<dyn FailureDetector>,
     pub(crate) reconciler: Arc<dyn Reconciler>,
     pub(crate) metrics: Metrics,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// Timestamps writes; its physical clock checks forwarded deadlines.
+    pub(crate) clock: Arc<HybridClock>,
+    /// Forwarded writes accepted and not yet expired (at most once each).
+    pub(crate) recent: RecentRequests,
+    /// The next client write's sequence number (see [`RequestId`]).
+    next_seq: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -121,6 +129,11 @@ pub(crate) struct NodeCore {
 impl NodeCore {
     pub(crate) fn ring(&self) -> Arc<Ring> {
         Arc::clone(&self.ring.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A fresh identity for a client write received by this node.
+    fn next_request_id(&self) -> RequestId {
+        RequestId { origin: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
     }
 }
 
@@ -156,6 +169,7 @@ pub struct NodeBuilder {
     detector: Option<Arc<dyn FailureDetector>>,
     clock: Arc<dyn Clock>,
     epoch_seed: Option<u64>,
+    adopt_ring: bool,
 }
 
 impl NodeBuilder {
@@ -172,6 +186,7 @@ impl NodeBuilder {
             detector: None,
             clock: Arc::new(SystemClock),
             epoch_seed: None,
+            adopt_ring: false,
         }
     }
 
@@ -212,9 +227,21 @@ impl NodeBuilder {
         self
     }
 
-    /// Replaces the system clock that timestamps siblings.
+    /// Replaces the system clock under the node's
+    /// [`HybridClock`], which timestamps siblings and checks the deadlines
+    /// of forwarded writes.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Starts even if the store's data was written under another ring
+    /// than the one given (partitions, N or members), recording the new
+    /// ring. No data moves: keys whose owners changed are found again
+    /// only through read repair. Without it such a start is refused with
+    /// [`Error::RingMismatch`].
+    pub fn adopt_ring(mut self, adopt: bool) -> Self {
+        self.adopt_ring = adopt;
         self
     }
 
@@ -231,7 +258,9 @@ impl NodeBuilder {
     /// # Errors
     /// [`Error::Config`] for a missing part or a config that contradicts
     /// the ring, [`Error::NotAMember`] when the ring does not list this
-    /// node, and store or transport errors from starting up.
+    /// node, [`Error::RingMismatch`] when the store was written under
+    /// another ring (see [`NodeBuilder::adopt_ring`]), and store or
+    /// transport errors from starting up.
     pub async fn start(self) -> Result<Node> {
         let config = self.config;
         config.validate()?;
@@ -257,15 +286,30 @@ impl NodeBuilder {
                 transport.local_addr()
             )));
         }
+        stored_ring::check(&store, &ring, self.adopt_ring).await?;
+        let clock = Arc::new(HybridClock::new(self.clock));
         let replica = Replica::open(
             self.id,
             store,
             Arc::clone(&self.reconciler),
+            Arc::clone(&clock),
             config.lock_stripes,
             config.max_commit_batch,
             self.epoch_seed,
         )
         .await?;
+        match replica.start_kind() {
+            StartKind::NewStore => tracing::warn!(
+                node = %self.id,
+                "the store is empty (new, or its data was lost): this node starts with no data; \
+                 its replicas bring it up to date through read repair and hinted handoff"
+            ),
+            StartKind::Unclean => tracing::info!(
+                node = %self.id,
+                "the previous run did not shut down cleanly: new writes use fresh actor epochs"
+            ),
+            StartKind::Clean => {}
+        }
         let detector =
             self.detector.unwrap_or_else(|| Arc::new(OutcomeDetector::new(config.suspect_period())));
         let core = Arc::new(NodeCore {
@@ -277,7 +321,9 @@ impl NodeBuilder {
             detector,
             reconciler: self.reconciler,
             metrics: Metrics::default(),
-            clock: self.clock,
+            next_seq: AtomicU64::new(clock.now()),
+            clock,
+            recent: RecentRequests::default(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -380,7 +426,7 @@ impl Node {
         } else {
             live.iter().filter_map(|s| s.value.clone()).collect()
         };
-        GetResult { values, siblings: live, context: Context::new(state.context().clone()) }
+        GetResult { values, siblings: live, context: Context::of_state(&state) }
     }
 
     /// Writes `value` under `key` with W acks.
@@ -405,9 +451,9 @@ impl Node {
 
     /// Deletes `key` by writing a tombstone with W acks.
     ///
-    /// With a context, deletes exactly what it covers; without one, what
-    /// the coordinator currently holds for the key. Deleted keys never come
-    /// back through stale replicas.
+    /// With a context, deletes exactly what it covers; without one, the
+    /// coordinator first reads the key at R and deletes what that read saw
+    /// (as Riak does). Deleted keys never come back through stale replicas.
     ///
     /// # Errors
     /// As [`Node::put`].
@@ -425,13 +471,16 @@ impl Node {
         self.ensure_open()?;
         let timeout = opts.timeout.unwrap_or(self.core.config.request_timeout());
         let req = WriteRequest {
+            id: self.core.next_request_id(),
             key: Bytes::copy_from_slice(key),
             value,
             context: context.map(|c| c.causal().clone()),
+            seen_us: context.map_or(0, Context::seen_us),
             w: opts.w.unwrap_or(self.core.config.w),
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            start_by_us: 0,
         };
-        self.core.write(req).await.map(Context::new)
+        self.core.write(req, timeout).await
     }
 
     /// The preference list of `key`: the N nodes that own it.
@@ -476,11 +525,14 @@ impl Node {
         self.core.pending_hints().await
     }
 
-    /// Replaces the ring this node routes by (same Q and N, listing this node).
+    /// Replaces the ring this node routes by (same Q and N, listing this
+    /// node), and records it in the store as the ring its data follows.
+    /// No data moves.
     ///
     /// # Errors
-    /// [`Error::Config`] when Q or N differ, [`Error::NotAMember`].
-    pub fn set_ring(&self, ring: Ring) -> Result<()> {
+    /// [`Error::Config`] when Q or N differ, [`Error::NotAMember`], store
+    /// errors recording it.
+    pub async fn set_ring(&self, ring: Ring) -> Result<()> {
         let current = self.core.ring();
         if ring.partitions() != current.partitions() || ring.replicas() != current.replicas() {
             return Err(Error::Config("a new ring must keep the partition count and N".into()));
@@ -488,13 +540,36 @@ impl Node {
         if ring.member(self.core.id).is_none() {
             return Err(Error::NotAMember(self.core.id));
         }
+        self.core.replica.commit(RingIdentity::of(&ring).record()).await?;
         *self.core.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(())
     }
 
-    /// Stops the node: refuses new requests, stops background tasks and
-    /// the transport. Data already acknowledged stays in the store.
-    pub async fn shutdown(&self) {
+    /// Stops the node gracefully: refuses new requests, stops background
+    /// tasks and the transport, waits for the writes in flight to be
+    /// stored, then marks the store cleanly shut down and flushes it (so
+    /// even a buffered store keeps every acknowledged write, and the next
+    /// start keeps this run's actor epochs).
+    ///
+    /// # Errors
+    /// Store errors while marking or flushing: the next start then counts
+    /// as unclean (fresh epochs), which is safe; buffered writes not yet
+    /// flushed may be lost from this node's copy.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.stop().await;
+        self.core.replica.close().await
+    }
+
+    /// Stops the node as a crash would, for tests and fail-stop embedders:
+    /// it stops serving and its tasks at once, and leaves the store as it
+    /// is, without the clean-shutdown mark. The next start treats it as a
+    /// crash: it takes fresh actor epochs, so nothing this run wrote, lost
+    /// or not, can have its dots reissued.
+    pub async fn halt(&self) {
+        self.stop().await;
+    }
+
+    async fn stop(&self) {
         if self.core.closed.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -60,6 +60,14 @@ impl Reconciler for KeepSiblings {
 /// The sibling with the latest timestamp wins; ties go to the higher node
 /// id, then epoch, then counter, so every node picks the same winner. A
 /// winning tombstone makes the key read as deleted.
+///
+/// Timestamps come from each coordinator's hybrid logical clock, which
+/// exceeds every timestamp the coordinator has seen (in its replica of
+/// the key, in replicated states, in the client's context): a write wins
+/// over every write its coordinator or its client knew of, even within
+/// one millisecond. Between writes that knew nothing of each other, the
+/// later physical clock wins (Cassandra's rule), so clock skew between
+/// nodes can still reorder such truly concurrent writes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LastWriteWins;
 
@@ -69,7 +77,7 @@ impl Reconciler for LastWriteWins {
     }
 
     fn reconcile(&self, _key: &[u8], siblings: &[Sibling]) -> Resolution {
-        match siblings.iter().max_by_key(|s| (s.timestamp_ms, s.dot)) {
+        match siblings.iter().max_by_key(|s| (s.timestamp_us, s.dot)) {
             Some(winner) => Resolution::Winner(winner.dot),
             None => Resolution::Keep,
         }
@@ -137,7 +145,7 @@ mod tests {
     fn sib(node: u64, counter: u64, ts: u64) -> Sibling {
         Sibling {
             dot: Dot { actor: Actor { node: NodeId(node), epoch: 1 }, counter },
-            timestamp_ms: ts,
+            timestamp_us: ts,
             value: Some(Bytes::from(format!("{node}-{counter}"))),
         }
     }

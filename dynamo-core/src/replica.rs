@@ -11,10 +11,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 
-use crate::causality::{Actor, CausalContext, Dot, SiblingSet};
-use crate::epoch::Epochs;
+use crate::causality::{Actor, CausalContext, Context, Dot, SiblingSet};
+use crate::clock::HybridClock;
+use crate::epoch::{Epochs, StartKind};
 use crate::error::{Error, Result};
 use crate::member::NodeId;
 use crate::reconcile::{Reconciler, Resolution};
@@ -73,8 +74,11 @@ fn parse_hint(storage_key: Bytes, state: Bytes) -> Option<StoredHint> {
 pub(crate) struct LocalWrite {
     /// The key's new local state.
     pub(crate) state: SiblingSet,
-    /// The context to hand the client: its own context plus the new dot.
-    pub(crate) context: CausalContext,
+    /// The context to hand the client: its own context plus the new dot,
+    /// and the write's timestamp as the highest seen.
+    pub(crate) context: Context,
+    /// The write's dot.
+    pub(crate) dot: Dot,
 }
 
 /// What a coordinated write asks for.
@@ -86,9 +90,25 @@ pub(crate) struct WriteIntent<'a> {
     /// `None`: a put with no context is concurrent with everything; a
     /// delete with none uses the local state's context.
     pub(crate) context: Option<&'a CausalContext>,
+    /// The highest timestamp the client had seen (0 if unknown): the
+    /// write's timestamp exceeds it.
+    pub(crate) seen_us: u64,
     pub(crate) value: Option<Bytes>,
-    pub(crate) timestamp_ms: u64,
+    /// Wall-clock deadline (µs) after which the write must not start: a
+    /// forwarded write whose sender has given up is never executed.
+    pub(crate) start_by_us: Option<u64>,
     pub(crate) max_siblings: usize,
+}
+
+/// Whether a state of `after` siblings breaks a bound of `max` that the
+/// state of `before` siblings kept: a write or merge that does not add
+/// siblings is never refused, so a client can always resolve.
+fn exceeds_bound(before: usize, after: usize, max: usize) -> bool {
+    after > max && after > before
+}
+
+fn too_many_siblings(key: &[u8], count: usize, max: usize) -> Error {
+    Error::TooManySiblings { key: String::from_utf8_lossy(key).into_owned(), count, max }
 }
 
 /// The local store of key states and hints.
@@ -98,6 +118,12 @@ pub(crate) struct Replica {
     stripes: Box<[Mutex<()>]>,
     epochs: Epochs,
     reconciler: Arc<dyn Reconciler>,
+    clock: Arc<HybridClock>,
+    /// `true` once closed: every change holds a read guard from its check
+    /// to its commit, so [`Replica::close`] waits for changes in flight
+    /// and none starts after it.
+    closed: RwLock<bool>,
+    start: StartKind,
 }
 
 impl Replica {
@@ -105,11 +131,12 @@ impl Replica {
         node: NodeId,
         store: Arc<dyn Store>,
         reconciler: Arc<dyn Reconciler>,
+        clock: Arc<HybridClock>,
         stripes: usize,
         max_commit_batch: usize,
         epoch_seed: Option<u64>,
     ) -> Result<Replica> {
-        let epochs = Epochs::open(&store, epoch_seed).await?;
+        let (epochs, start) = Epochs::open(&store, epoch_seed).await?;
         let io = StoreIo::start(store, max_commit_batch)?;
         Ok(Replica {
             node,
@@ -117,7 +144,44 @@ impl Replica {
             stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
             epochs,
             reconciler,
+            clock,
+            closed: RwLock::new(false),
+            start,
         })
+    }
+
+    /// How the store was found at start-up.
+    pub(crate) fn start_kind(&self) -> StartKind {
+        self.start
+    }
+
+    /// Stops every later change, waits for those in flight, then marks
+    /// the store cleanly shut down (the last commit) and flushes it, so
+    /// the next start keeps this run's epochs. Idempotent.
+    ///
+    /// # Errors
+    /// Store errors; the next start then counts as unclean, which is safe.
+    pub(crate) async fn close(&self) -> Result<()> {
+        let mut closed = self.closed.write().await;
+        if *closed {
+            return Ok(());
+        }
+        *closed = true;
+        self.io.commit(self.epochs.clean_marker().await).await?;
+        Ok(self.io.flush().await?)
+    }
+
+    /// Commits a node-local record (the meta table) durably, unless closed.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] or a store error.
+    pub(crate) async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(Error::ShuttingDown);
+        }
+        self.io.commit(batch).await?;
+        Ok(self.io.flush().await?)
     }
 
     fn stripe(&self, hash: u64) -> &Mutex<()> {
@@ -153,6 +217,15 @@ impl Replica {
 
     /// Merges `incoming` into the local state of `key`; returns the merged
     /// state and whether anything changed (and was stored).
+    ///
+    /// With `bound`, a merge that would leave more than that many siblings
+    /// (and more than the local state had) is refused and nothing is
+    /// stored: a replica never acknowledges a new write past the sibling
+    /// limit. Repairs and hints merge without a bound, so replicas always
+    /// converge.
+    ///
+    /// # Errors
+    /// [`Error::TooManySiblings`], [`Error::ShuttingDown`] or a store error.
     pub(crate) async fn merge(
         &self,
         slot: Slot,
@@ -160,47 +233,106 @@ impl Replica {
         key: &[u8],
         hash: u64,
         incoming: &SiblingSet,
+        bound: Option<usize>,
     ) -> Result<(SiblingSet, bool)> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(Error::ShuttingDown);
+        }
+        self.clock.observe(incoming.max_timestamp());
         let _guard = self.stripe(hash).lock().await;
         let current = self.load(slot, partition, key).await?;
         let mut merged = current.clone().unwrap_or_default();
         merged.merge(incoming);
         self.prune(key, &mut merged);
+        let before = current.as_ref().map_or(0, |c| c.siblings().len());
+        if let Some(max) = bound {
+            if exceeds_bound(before, merged.siblings().len(), max) {
+                return Err(too_many_siblings(key, merged.siblings().len(), max));
+            }
+        }
         let changed = current.as_ref() != Some(&merged);
         if changed {
             self.store_state(slot, partition, key, &merged).await?;
         }
+        drop(closed);
         Ok((merged, changed))
     }
 
     /// Coordinates a write: picks this node's actor and next dot for the
-    /// key, applies the write to the local state and stores it.
+    /// key, timestamps the write after everything this node and the
+    /// client have seen, applies it to the local state and stores it.
     ///
     /// # Errors
-    /// [`Error::TooManySiblings`] (nothing stored) or a store error.
+    /// [`Error::TooManySiblings`] or [`Error::Expired`] (nothing stored),
+    /// [`Error::ShuttingDown`], or a store error.
     pub(crate) async fn write(&self, intent: WriteIntent<'_>) -> Result<LocalWrite> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(Error::ShuttingDown);
+        }
         let _guard = self.stripe(intent.hash).lock().await;
         let mut state = self.load(intent.slot, intent.partition, intent.key).await?.unwrap_or_default();
-        let actor = self.actor_for(intent.slot, &state).await?;
-        let dot = Dot { actor, counter: state.next_counter(&actor) };
+        if let Some(start_by) = intent.start_by_us {
+            // Checked after the lock and the load, right before the dot is
+            // made: a write that waited past its deadline is dropped.
+            let now = self.clock.physical_us();
+            if now >= start_by {
+                return Err(Error::Expired { late_ms: (now - start_by) / 1000 });
+            }
+        }
         let client_context = match (intent.context, &intent.value) {
             (Some(c), _) => c.clone(),
             (None, Some(_)) => CausalContext::new(),
             (None, None) => state.context().clone(),
         };
-        state.apply_write(&client_context, dot, intent.timestamp_ms, intent.value);
+        let actor = self.actor_for(intent.slot, &state).await?;
+        // The client's context may hold dots of this actor the local state
+        // lacks (it should not, but a dot is never worth reissuing).
+        let counter = state.next_counter(&actor).max(client_context.max_counter(&actor).saturating_add(1));
+        let dot = Dot { actor, counter };
+        self.clock.observe(state.max_timestamp().max(intent.seen_us));
+        let timestamp = self.clock.now();
+        let before = state.siblings().len();
+        state.apply_write(&client_context, dot, timestamp, intent.value);
         self.prune(intent.key, &mut state);
-        if state.siblings().len() > intent.max_siblings {
-            return Err(Error::TooManySiblings {
-                key: String::from_utf8_lossy(intent.key).into_owned(),
-                count: state.siblings().len(),
-                max: intent.max_siblings,
-            });
+        if exceeds_bound(before, state.siblings().len(), intent.max_siblings) {
+            return Err(too_many_siblings(intent.key, state.siblings().len(), intent.max_siblings));
         }
         self.store_state(intent.slot, intent.partition, intent.key, &state).await?;
+        drop(closed);
         let mut context = client_context;
         context.insert(dot);
-        Ok(LocalWrite { state, context })
+        Ok(LocalWrite { state, context: Context::new(context).with_seen(timestamp), dot })
+    }
+
+    /// Takes back a coordinated write that its replicas refused: removes
+    /// its sibling but keeps its dot in the context, so that every replica
+    /// that stored it drops it when it merges this state. Returns the new
+    /// state if the sibling was still there.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] or a store error.
+    pub(crate) async fn retract(
+        &self,
+        slot: Slot,
+        partition: u32,
+        key: &[u8],
+        hash: u64,
+        dot: &Dot,
+    ) -> Result<Option<SiblingSet>> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(Error::ShuttingDown);
+        }
+        let _guard = self.stripe(hash).lock().await;
+        let Some(mut state) = self.load(slot, partition, key).await? else { return Ok(None) };
+        if !state.retract(dot) {
+            return Ok(None);
+        }
+        self.store_state(slot, partition, key, &state).await?;
+        drop(closed);
+        Ok(Some(state))
     }
 
     /// The actor for a new dot on a key whose local state is `state`.
@@ -233,6 +365,10 @@ impl Replica {
     /// Removes a delivered hint, unless it changed since it was read (then
     /// the newer hint stays for the next round). Returns whether it was removed.
     pub(crate) async fn remove_hint_if_unchanged(&self, hint: &StoredHint, hash: u64) -> Result<bool> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(Error::ShuttingDown);
+        }
         let _guard = self.stripe(hash).lock().await;
         let sk = hint.storage_key.clone();
         let current = self.io.read(move |s| s.get(Table::Hints, &sk)).await?;
@@ -242,6 +378,7 @@ impl Replica {
         let mut batch = WriteBatch::new();
         batch.delete(Table::Hints, hint.storage_key.clone());
         self.io.commit(batch).await?;
+        drop(closed);
         Ok(true)
     }
 }

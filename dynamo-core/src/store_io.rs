@@ -148,6 +148,17 @@ impl StoreIo {
     }
 }
 
+impl StoreIo {
+    /// Makes every commit so far durable ([`Store::flush`]), off the async
+    /// workers for a blocking store.
+    ///
+    /// # Errors
+    /// The store's error, or the threads having stopped.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.read(|s| s.flush()).await
+    }
+}
+
 /// Combines `first` with queued batches, up to `max_ops` operations.
 fn gather(
     first: Pending,

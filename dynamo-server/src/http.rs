@@ -342,7 +342,7 @@ async fn admin_hints(State(state): State<Arc<AppState>>) -> Result<Json<Value>, 
 fn sibling_json(s: &Sibling) -> Value {
     json!({
         "dot": { "node": s.dot.actor.node.0, "epoch": s.dot.actor.epoch, "counter": s.dot.counter },
-        "timestamp_ms": s.timestamp_ms,
+        "timestamp_us": s.timestamp_us,
         "value": s.value.as_ref().map(|v| STANDARD.encode(v)),
         "tombstone": s.is_tombstone(),
     })

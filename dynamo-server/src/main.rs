@@ -34,6 +34,12 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: CliOverrides,
+        /// Start even if the store was written under another ring (other
+        /// members, partitions or N), and record the new one. No data
+        /// moves: keys whose owners changed read as missing until read
+        /// repair finds them. Without it, such a start is refused.
+        #[arg(long)]
+        adopt_ring: bool,
     },
     /// Run a local cluster of child processes on 127.0.0.1 until Ctrl-C.
     Dev(dev::DevArgs),
@@ -95,10 +101,10 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, overrides } => {
+        Command::Serve { config, overrides, adopt_ring } => {
             let config = ServerConfig::load(config.as_deref(), &overrides)?;
             serve::init_logging(&config.log);
-            serve::serve(config).await
+            serve::serve(config, adopt_ring).await
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Get { key, url, r } => {

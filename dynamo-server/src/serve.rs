@@ -9,6 +9,7 @@ use dynamo_core::member::NodeId;
 use dynamo_core::node::NodeBuilder;
 use dynamo_core::reconcile::ReconcilerRegistry;
 use dynamo_core::ring::Ring;
+use dynamo_core::Error;
 
 use crate::backends;
 use crate::config::ServerConfig;
@@ -28,11 +29,13 @@ pub fn init_logging(config: &crate::config::LogConfig) {
 }
 
 /// Runs one node until a shutdown signal: stops accepting, finishes
-/// in-flight requests, stops the node and closes the store.
+/// in-flight requests, stops the node and closes the store. With
+/// `adopt_ring`, a store written under another ring is accepted (see
+/// [`NodeBuilder::adopt_ring`]); without it, such a start is refused.
 ///
 /// # Errors
 /// Anything that prevents the node from starting, with context.
-pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(config: ServerConfig, adopt_ring: bool) -> anyhow::Result<()> {
     // Opening may read and verify the whole store file: off the async workers.
     let store = {
         let config = config.clone();
@@ -47,12 +50,17 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let node = NodeBuilder::new(NodeId(config.node_id))
         .config(config.cluster.clone())
         .ring(ring)
-        .store(Arc::clone(&store))
+        .store(store)
         .transport(transport)
         .reconciler(reconciler)
+        .adopt_ring(adopt_ring)
         .start()
         .await
-        .context("cannot start the node")?;
+        .map_err(|e| match e {
+            Error::RingMismatch { .. } => anyhow::anyhow!("{e} (`serve --adopt-ring`)"),
+            e => e.into(),
+        })
+        .with_context(|| format!("cannot start node {} on {}", config.node_id, config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -79,13 +87,15 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .context("HTTP server")?;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
-    node.shutdown().await;
-    drop(node);
-    // Buffered writes reach the disk before the process exits.
-    match tokio::task::spawn_blocking(move || store.flush()).await {
-        Ok(Ok(())) => tracing::info!(node = config.node_id, "store flushed; stopped"),
-        Ok(Err(e)) => tracing::error!(node = config.node_id, error = %e, "store flush failed"),
-        Err(e) => tracing::error!(node = config.node_id, error = %e, "store flush did not complete"),
+    // Waits for writes in flight, marks the store cleanly shut down and
+    // flushes it: buffered writes reach the disk before the process exits.
+    match node.shutdown().await {
+        Ok(()) => tracing::info!(node = config.node_id, "store flushed; stopped"),
+        Err(e) => tracing::error!(
+            node = config.node_id,
+            error = %e,
+            "clean shutdown failed: buffered writes may be lost from this node's copy; the next start counts as a crash"
+        ),
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! What a [`Cluster`](crate::Cluster) runs on: a transport and a store per
 //! node, plus link faults that work over any transport.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use dynamo_core::store::{MemStore, Store};
 use dynamo_core::transport::{FrameHandler, Transport, TransportError};
 use dynamo_core::Result;
 
+use crate::buffered_store::BufferedStore;
 use crate::sim_net::SimNetwork;
 
 /// Supplies each node of a cluster with its transport and store.
@@ -31,6 +32,9 @@ pub trait Backend: Send + Sync + 'static {
     fn store(&self, index: usize) -> Result<Arc<dyn Store>>;
     /// The node at `addr` was killed.
     fn killed(&self, _addr: &str) {}
+    /// Node `index` crashed and has stopped: its store loses what it had
+    /// not made durable (a no-op for stores that lose nothing).
+    fn crash_store(&self, _index: usize) {}
     /// Every fault was healed.
     fn healed(&self) {}
     /// The simulated network, when the backend uses one.
@@ -42,12 +46,31 @@ pub trait Backend: Send + Sync + 'static {
 /// The simulated network and in-memory stores: deterministic per seed.
 pub struct SimBackend {
     net: SimNetwork,
+    buffered: Option<BufferedStores>,
+}
+
+/// The [`BufferedStore`]s of a [`SimBackend`] that uses them.
+struct BufferedStores {
+    /// When a store flushes on its own (`None`: only when asked).
+    flush_every: Option<Duration>,
+    /// Each node's current store, so a crash can roll it back.
+    by_node: Mutex<BTreeMap<usize, Arc<BufferedStore>>>,
 }
 
 impl SimBackend {
-    /// A backend whose network draws its randomness from `seed`.
+    /// A backend whose network draws its randomness from `seed`, with
+    /// [`MemStore`]s (which lose nothing on a crash).
     pub fn new(seed: u64) -> Self {
-        SimBackend { net: SimNetwork::new(seed) }
+        SimBackend { net: SimNetwork::new(seed), buffered: None }
+    }
+
+    /// A backend with [`BufferedStore`]s, which lose their unflushed
+    /// writes when their node crashes, as redb or LMDB in buffered
+    /// durability do; they flush on their own every `flush_every` (on the
+    /// first write after it), or only when asked with `None`.
+    pub fn with_buffered_stores(seed: u64, flush_every: Option<Duration>) -> Self {
+        let stores = BufferedStores { flush_every, by_node: Mutex::new(BTreeMap::new()) };
+        SimBackend { net: SimNetwork::new(seed), buffered: Some(stores) }
     }
 }
 
@@ -62,11 +85,30 @@ impl Backend for SimBackend {
     async fn transport(&self, addr: &str) -> Result<Arc<dyn Transport>> {
         Ok(self.net.endpoint(addr))
     }
-    fn store(&self, _index: usize) -> Result<Arc<dyn Store>> {
-        Ok(Arc::new(MemStore::new()))
+    fn store(&self, index: usize) -> Result<Arc<dyn Store>> {
+        match &self.buffered {
+            None => Ok(Arc::new(MemStore::new())),
+            Some(stores) => {
+                let store = Arc::new(BufferedStore::new(stores.flush_every));
+                stores
+                    .by_node
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(index, Arc::clone(&store));
+                Ok(store)
+            }
+        }
     }
     fn killed(&self, addr: &str) {
         self.net.kill(addr);
+    }
+    fn crash_store(&self, index: usize) {
+        if let Some(stores) = &self.buffered {
+            if let Some(store) = stores.by_node.lock().unwrap_or_else(PoisonError::into_inner).get(&index) {
+                // The in-memory engine cannot fail.
+                let _ = store.crash();
+            }
+        }
     }
     fn healed(&self) {
         self.net.heal();

@@ -41,7 +41,7 @@ pub fn test_seed(default: u64) -> u64 {
     std::env::var("DYNAMO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-/// Wall-clock milliseconds that advance with tokio's (possibly paused)
+/// Wall-clock microseconds that advance with tokio's (possibly paused)
 /// clock, from a fixed origin: timestamps replay exactly in simulation.
 #[derive(Debug)]
 pub struct SimClock {
@@ -62,8 +62,8 @@ impl Default for SimClock {
 }
 
 impl Clock for SimClock {
-    fn now_ms(&self) -> u64 {
-        1_767_225_600_000 + self.origin.elapsed().as_millis() as u64
+    fn now_us(&self) -> u64 {
+        1_767_225_600_000_000 + self.origin.elapsed().as_micros() as u64
     }
 }
 
@@ -75,6 +75,7 @@ pub struct ClusterBuilder {
     reconciler: Arc<dyn Reconciler>,
     zones: Option<usize>,
     backend: Option<Arc<dyn Backend>>,
+    buffered: Option<Option<Duration>>,
 }
 
 impl ClusterBuilder {
@@ -122,6 +123,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs on the simulated network with [`BufferedStore`](crate::BufferedStore)s:
+    /// a killed node's store loses its unflushed writes, as a disk store in
+    /// buffered durability does. They flush every `flush_every` (`None`:
+    /// only when asked, e.g. through [`Cluster::flush`]).
+    pub fn buffered_stores(mut self, flush_every: Option<Duration>) -> Self {
+        self.buffered = Some(flush_every);
+        self
+    }
+
     /// Strict quorum: no fallback nodes, no hints.
     pub fn strict(mut self) -> Self {
         self.config.sloppy_quorum = false;
@@ -147,7 +157,11 @@ impl ClusterBuilder {
     /// # Errors
     /// Invalid configuration, or a node failing to start.
     pub async fn build(self) -> Result<Cluster> {
-        let backend = self.backend.unwrap_or_else(|| Arc::new(SimBackend::new(self.seed)));
+        let seed = self.seed;
+        let backend = self.backend.unwrap_or_else(|| match self.buffered {
+            Some(every) => Arc::new(SimBackend::with_buffered_stores(seed, every)),
+            None => Arc::new(SimBackend::new(seed)),
+        });
         let members: Vec<Member> = (0..self.nodes)
             .map(|i| {
                 let m = Member::new(NodeId(i as u64 + 1), backend.address(i));
@@ -218,6 +232,7 @@ impl Cluster {
             reconciler: Arc::new(KeepSiblings),
             zones: None,
             backend: None,
+            buffered: None,
         }
     }
 
@@ -310,6 +325,18 @@ impl Cluster {
         self.ring.preference_list(p).iter().filter_map(|id| self.index_of(*id)).collect()
     }
 
+    /// The first key `k0`, `k1`, ... whose preference list (as node
+    /// indexes) satisfies `pred`.
+    ///
+    /// # Panics
+    /// When none of the first 10,000 keys does.
+    pub fn key_where(&self, pred: impl Fn(&[usize]) -> bool) -> Vec<u8> {
+        (0..10_000)
+            .map(|i| format!("k{i}").into_bytes())
+            .find(|k| pred(&self.preference_list(k)))
+            .expect("no key among the first 10,000 has such a preference list")
+    }
+
     /// A client that sends its requests to node `i` and records them.
     pub fn client(&self, i: usize) -> Client {
         Client::new(
@@ -339,14 +366,32 @@ impl Cluster {
         self.partition(&[i], &others);
     }
 
+    /// Freezes node `i` as `SIGSTOP` does (simulated network only): requests
+    /// to it wait, unanswered, until [`Cluster::resume`].
+    pub fn pause(&self, i: usize) {
+        self.net().pause(&self.addr(i));
+    }
+
+    /// Lets a paused node run again: it handles what was held for it, late.
+    pub fn resume(&self, i: usize) {
+        self.net().resume(&self.addr(i));
+    }
+
+    /// The nodes' wall clock now, in µs since the Unix epoch (the physical
+    /// clock under every node's hybrid logical clock).
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
     /// Removes every cut (and, on the simulated network, message loss).
     pub fn heal(&self) {
         self.faults.heal();
         self.backend.healed();
     }
 
-    /// Stops node `i` like a crashed process: it stops answering at once.
-    /// Its store is kept for [`Cluster::restart`].
+    /// Stops node `i` like a crashed process: it stops answering at once,
+    /// without a clean shutdown. Its store is kept for [`Cluster::restart`],
+    /// minus what it had not made durable (with buffered stores).
     pub async fn kill(&self, i: usize) {
         let (node, addr) = {
             let mut s = self.slot(i);
@@ -354,16 +399,58 @@ impl Cluster {
         };
         self.backend.killed(&addr);
         if let Some(node) = node {
-            node.shutdown().await;
+            node.halt().await;
         }
+        self.backend.crash_store(i);
     }
 
-    /// Starts node `i` again on the store it had.
+    /// Stops node `i` gracefully: it finishes its writes, marks its store
+    /// cleanly shut down and flushes it.
+    ///
+    /// # Errors
+    /// The node's store failing to flush.
+    pub async fn stop(&self, i: usize) -> Result<()> {
+        let (node, addr) = {
+            let mut s = self.slot(i);
+            (s.node.take(), s.member.addr.clone())
+        };
+        let result = match node {
+            Some(node) => node.shutdown().await,
+            None => Ok(()),
+        };
+        self.backend.killed(&addr);
+        result
+    }
+
+    /// Makes every running node's store durable now ([`Store::flush`]).
+    ///
+    /// # Errors
+    /// The first store that fails to flush.
+    pub fn flush(&self) -> Result<()> {
+        for slot in &self.slots {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Crashes node `i` (see [`Cluster::kill`]) and starts it again on the
+    /// store it had.
     ///
     /// # Errors
     /// The node failing to start.
     pub async fn restart(&self, i: usize) -> Result<()> {
         self.kill(i).await;
+        self.start_node(i).await
+    }
+
+    /// Starts node `i` again after [`Cluster::kill`] or [`Cluster::stop`].
+    ///
+    /// # Errors
+    /// The node failing to start.
+    pub async fn start(&self, i: usize) -> Result<()> {
+        if self.node(i).is_some() {
+            return Ok(());
+        }
         self.start_node(i).await
     }
 

@@ -3,13 +3,15 @@
 //! - [`SimNetwork`](sim_net::SimNetwork): an in-memory [`Transport`](dynamo_core::transport::Transport)
 //!   with seeded drops, delays, partitions and kills.
 //! - [`Cluster`]: starts N nodes on it, kills and restarts them with their
-//!   stores kept (or wiped), and waits for replicas to converge.
+//!   stores kept (or wiped, or rolled back to their last flush with
+//!   [`BufferedStore`]s), and waits for replicas to converge.
 //! - [`conformance`]: the suites every Store and Transport backend runs.
 //! - [`transport_load`]: an echo handler and a closed-loop load for transport benchmarks.
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
 
 pub mod backend;
+pub mod buffered_store;
 pub mod client;
 pub mod cluster;
 pub mod conformance;
@@ -19,6 +21,7 @@ pub mod sim_net;
 pub mod transport_load;
 
 pub use backend::{Backend, SimBackend};
+pub use buffered_store::BufferedStore;
 pub use client::Client;
 pub use cluster::{test_seed, Cluster, ClusterBuilder, SimClock};
 pub use history::History;

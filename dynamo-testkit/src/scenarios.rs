@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::history::{check_no_lost_writes, check_no_resurrection, encode_set, union_of};
-use crate::{test_seed, Cluster, ClusterBuilder};
+use crate::{test_seed, ClusterBuilder};
 
 /// How long a scenario waits for replicas to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -32,15 +32,6 @@ fn v(s: &str) -> Bytes {
 fn sorted(mut values: Vec<Bytes>) -> Vec<Bytes> {
     values.sort();
     values
-}
-
-/// A key whose preference list does not contain node `avoid`... or does:
-/// finds the first `k{i}` whose preference list satisfies `pred`.
-fn key_where(cluster: &Cluster, pred: impl Fn(&[usize]) -> bool) -> Vec<u8> {
-    (0..10_000)
-        .map(|i| format!("k{i}").into_bytes())
-        .find(|k| pred(&cluster.preference_list(k)))
-        .expect("some key matches")
 }
 
 /// 5 nodes, N=3 R=2 W=2: 100 keys written through every node and read through others; writes through non-owners are forwarded.
@@ -138,7 +129,7 @@ pub async fn last_write_wins_resolves_siblings_deterministically(builder: Cluste
 /// A partitioned owner is replaced by a fallback (W=3 still succeeds); the hint is delivered and removed after healing.
 pub async fn partitioned_owner_is_replaced_by_a_fallback_and_gets_its_hint(builder: ClusterBuilder) {
     let cluster = builder.nodes(5).n(3).r(2).w(2).build().await.unwrap();
-    let key = key_where(&cluster, |pl| pl[0] == 0);
+    let key = cluster.key_where(|pl| pl[0] == 0);
     let pl = cluster.preference_list(&key);
     let down = pl[2];
     cluster.isolate(down);
@@ -168,7 +159,7 @@ pub async fn partitioned_owner_is_replaced_by_a_fallback_and_gets_its_hint(build
 /// Hints are durable: a fallback restarted with its store still delivers them.
 pub async fn hints_survive_a_restart_of_the_fallback(builder: ClusterBuilder) {
     let cluster = builder.nodes(4).n(3).build().await.unwrap();
-    let key = key_where(&cluster, |pl| pl[0] == 0);
+    let key = cluster.key_where(|pl| pl[0] == 0);
     let down = cluster.preference_list(&key)[1];
     cluster.kill(down).await;
     let w3 = WriteOptions { w: Some(3), timeout: None };
@@ -218,16 +209,25 @@ pub async fn deleted_key_does_not_come_back_from_a_stale_replica(builder: Cluste
     check_no_resurrection(cluster.history(), &finals).unwrap();
 }
 
-/// A delete without context removes every sibling the coordinator holds.
-pub async fn delete_without_context_removes_what_the_coordinator_holds(builder: ClusterBuilder) {
+/// A delete without context reads at R first and removes what that read saw: every sibling, even through a replica that missed the write.
+pub async fn delete_without_context_removes_what_a_quorum_read_sees(builder: ClusterBuilder) {
     let cluster = builder.nodes(3).build().await.unwrap();
-    let key = key_where(&cluster, |pl| pl.contains(&0));
+    let key = cluster.key_where(|pl| pl.contains(&0));
     let c = cluster.client(0);
     c.put(&key, v("a"), None).await.unwrap();
     c.put(&key, v("b"), None).await.unwrap();
     assert_eq!(c.get(&key).await.unwrap().values.len(), 2);
     c.delete(&key, None).await.unwrap();
     assert!(!c.get(&key).await.unwrap().is_found());
+    // Through a replica that missed the write (it was down).
+    cluster.kill(2).await;
+    c.put(&key, v("keepme"), None).await.unwrap();
+    cluster.start(2).await.unwrap();
+    assert_eq!(cluster.replica_state(2, &key).await.unwrap().map(|s| s.live_count()).unwrap_or(0), 0);
+    cluster.client(2).delete(&key, None).await.unwrap();
+    let all = ReadOptions { r: Some(3), timeout: None };
+    let got = cluster.client(1).get_with(&key, all).await.unwrap();
+    assert!(!got.is_found(), "the delete through node 2 left {:?}", got.values);
 }
 
 /// One read repairs a replica that missed a write.
@@ -257,7 +257,7 @@ pub async fn read_repair_fixes_a_stale_replica_after_one_read(builder: ClusterBu
 /// A replica whose store was wiped does not reissue an old dot (Riak KV679): its new write survives.
 pub async fn wiped_replica_never_reissues_a_dot(builder: ClusterBuilder) {
     let cluster = builder.nodes(3).build().await.unwrap();
-    let key = key_where(&cluster, |pl| pl.contains(&0));
+    let key = cluster.key_where(|pl| pl.contains(&0));
     let c0 = cluster.client(0);
     c0.put(&key, v("before-wipe"), None).await.unwrap();
     cluster.wait_converged(CONVERGE).await.unwrap();
@@ -342,7 +342,7 @@ pub async fn bad_input_is_refused_and_changes_nothing(builder: ClusterBuilder) {
 pub async fn sibling_limit_refuses_the_write_and_names_the_key(builder: ClusterBuilder) {
     let config = Config { max_siblings: 3, ..Config::default() };
     let cluster = builder.nodes(3).config(config).build().await.unwrap();
-    let key = key_where(&cluster, |pl| pl[0] == 0);
+    let key = cluster.key_where(|pl| pl[0] == 0);
     let c = cluster.client(0);
     for i in 0..3 {
         c.put(&key, v(&format!("s{i}")), None).await.unwrap();
@@ -400,8 +400,8 @@ macro_rules! cluster_suite {
             $crate::scenarios::deleted_key_does_not_come_back_from_a_stale_replica($builder).await
         }
         #[$attr]
-        async fn delete_without_context_removes_what_the_coordinator_holds() {
-            $crate::scenarios::delete_without_context_removes_what_the_coordinator_holds($builder).await
+        async fn delete_without_context_removes_what_a_quorum_read_sees() {
+            $crate::scenarios::delete_without_context_removes_what_a_quorum_read_sees($builder).await
         }
         #[$attr]
         async fn read_repair_fixes_a_stale_replica_after_one_read() {

@@ -10,7 +10,7 @@
 //! 1. from a shut-down, killed or replaced endpoint it fails with
 //!    [`TransportError::Closed`] (also if that happens while it is in flight);
 //! 2. to an address where nothing serves it fails at once with
-//!    [`TransportError::Unreachable`] ("connection refused");
+//!    [`TransportError::Refused`] ("connection refused": never delivered);
 //! 3. a leg is lost if it is randomly dropped, or if its link is cut when it
 //!    is sent or when it arrives after its delay; the caller then sees
 //!    [`TransportError::Timeout`] once the deadline passes;
@@ -44,6 +44,8 @@ use tokio::sync::{oneshot, watch};
 #[derive(Clone)]
 pub struct SimNetwork {
     state: Arc<Mutex<State>>,
+    /// Addresses of paused nodes (see [`SimNetwork::pause`]).
+    paused: Arc<watch::Sender<BTreeSet<String>>>,
 }
 
 /// Counters of what the network did since it was created.
@@ -177,7 +179,32 @@ impl SimNetwork {
             max_frame: DEFAULT_MAX_FRAME,
             stats: NetStats::default(),
         };
-        Self { state: Arc::new(Mutex::new(state)) }
+        Self { state: Arc::new(Mutex::new(state)), paused: Arc::new(watch::Sender::new(BTreeSet::new())) }
+    }
+
+    /// Freezes the node at `addr` as `SIGSTOP` does: requests to it are
+    /// held (not lost) and handled only once it is [resumed](SimNetwork::resume),
+    /// and it sends no response meanwhile; callers wait out their deadlines.
+    pub fn pause(&self, addr: &str) {
+        tracing::debug!(addr, "sim_net: pause");
+        self.paused.send_modify(|p| {
+            p.insert(addr.to_owned());
+        });
+    }
+
+    /// Lets a [paused](SimNetwork::pause) node run again: it handles the
+    /// requests held for it, late, and sends their responses.
+    pub fn resume(&self, addr: &str) {
+        tracing::debug!(addr, "sim_net: resume");
+        self.paused.send_modify(|p| {
+            p.remove(addr);
+        });
+    }
+
+    /// Returns once the node at `addr` is not paused.
+    async fn running(&self, addr: &str) {
+        let mut paused = self.paused.subscribe();
+        let _ = paused.wait_for(|p| !p.contains(addr)).await;
     }
 
     /// Sets the largest frame, request or response, the network carries
@@ -262,7 +289,7 @@ impl SimNetwork {
     }
 
     /// Crashes the node at `addr`: it stops serving at once, calls to it fail
-    /// with [`TransportError::Unreachable`], and its own calls, in flight or
+    /// with [`TransportError::Refused`] (in flight: `Unreachable`), and its own calls, in flight or
     /// later, fail with [`TransportError::Closed`]. Requests it was already
     /// handling finish, but their responses are never sent.
     pub fn kill(&self, addr: &str) {
@@ -297,7 +324,7 @@ impl SimNetwork {
         let plan = state.draw();
         let Some((target, _)) = state.serving(to) else {
             state.stats.refused += 1;
-            return Err(unreachable(to, "connection refused"));
+            return Err(TransportError::Refused { peer: to.to_owned(), reason: "connection refused".into() });
         };
         if !state.leg_lost(from, to, plan.request_lost) {
             let (net, from, to) = (self.clone(), from.to_owned(), to.to_owned());
@@ -319,6 +346,7 @@ impl SimNetwork {
         if !plan.request_delay.is_zero() {
             tokio::time::sleep(plan.request_delay).await;
         }
+        self.running(&to).await;
         let handler = {
             let mut state = self.lock();
             if state.leg_lost(&from, &to, false) {
@@ -333,6 +361,7 @@ impl SimNetwork {
             handler
         };
         let response = handler.handle(frame).await;
+        self.running(&to).await;
         {
             let mut state = self.lock();
             if response.len() > state.max_frame {
@@ -487,7 +516,7 @@ mod tests {
         let a = serving(&net, "a").await;
         let start = Instant::now();
         let result = a.call("nowhere", ping(), T).await;
-        assert!(matches!(result, Err(TransportError::Unreachable { peer, .. }) if peer == "nowhere"));
+        assert!(matches!(result, Err(TransportError::Refused { peer, .. }) if peer == "nowhere"));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(net.stats().refused, 1);
     }
@@ -555,7 +584,7 @@ mod tests {
         assert_eq!(net.stats().refused, 1);
         net.set_delay(Duration::ZERO, Duration::ZERO);
         let start = Instant::now();
-        assert!(matches!(a.call("b", ping(), T).await, Err(TransportError::Unreachable { .. })));
+        assert!(matches!(a.call("b", ping(), T).await, Err(TransportError::Refused { .. })));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(b.call("a", ping(), T).await, Err(TransportError::Closed));
         assert!(b.serve(Arc::new(Echo)).await.is_err());

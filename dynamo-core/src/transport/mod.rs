@@ -47,8 +47,13 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`TransportError::Timeout`] when no response arrived within `timeout`,
-    /// [`TransportError::Unreachable`] when the peer cannot be reached, and
-    /// [`TransportError::Closed`] after [`Transport::shutdown`].
+    /// [`TransportError::Refused`] when the frame certainly was not sent
+    /// (no connection could be made), [`TransportError::Unreachable`] when
+    /// the peer cannot be reached and the frame may have been delivered
+    /// (a connection broke mid-call), and [`TransportError::Closed`] after
+    /// [`Transport::shutdown`]. The distinction matters: a request that
+    /// failed with `Refused` can be sent elsewhere without risk of being
+    /// executed twice.
     async fn call(&self, to: &str, frame: Bytes, timeout: Duration) -> Result<Bytes, TransportError>;
 
     /// Stops serving and fails calls in flight with [`TransportError::Closed`].
@@ -66,7 +71,17 @@ pub enum TransportError {
         /// The deadline that elapsed.
         timeout: Duration,
     },
-    /// The peer could not be reached (refused, reset, unknown address).
+    /// The frame was not sent: no connection to the peer could be made
+    /// (connection refused, unknown address). The peer never saw it.
+    #[error("peer {peer} refused the connection: {reason}")]
+    Refused {
+        /// The peer called.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer could not be reached, and the frame may or may not have
+    /// been delivered (reset mid-call, connection lost).
     #[error("peer {peer} unreachable: {reason}")]
     Unreachable {
         /// The peer called.

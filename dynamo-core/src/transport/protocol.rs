@@ -14,8 +14,10 @@ use crate::causality::CausalContext;
 use crate::error::Error;
 use crate::member::NodeId;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 gave forwarded
+/// writes an identity and a deadline, replication a sibling bound, and
+/// timestamps microseconds.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,12 @@ pub enum Request {
         key: Bytes,
         /// Encoded [`SiblingSet`](crate::causality::SiblingSet).
         state: Bytes,
+        /// Set when the state carries a new client write: the replica
+        /// refuses (stores nothing, answers
+        /// [`Error::TooManySiblings`]) if the merge would leave more
+        /// siblings than this and than it held. `None` for repairs and
+        /// hint delivery, which always merge.
+        sibling_limit: Option<u32>,
     },
     /// Keep `state` as a hint for `owner`, who could not be reached, and
     /// deliver it when it answers again. Answered with [`Response::Ack`].
@@ -53,9 +61,36 @@ pub enum Request {
     Coordinate(WriteRequest),
 }
 
+/// The identity of one client write: the node that received it from the
+/// client, and a number that node never gives another write (it starts
+/// from the node's clock at start-up and counts up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The node the client sent the write to.
+    pub origin: NodeId,
+    /// Unique among that node's writes.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.origin, self.seq)
+    }
+}
+
 /// A client write forwarded to a coordinator.
+///
+/// It carries an identity and an absolute deadline (as Cassandra's
+/// `cross_node_timeout`): a coordinator executes it at most once, and
+/// never once its wall clock has passed `start_by_us`, the moment the
+/// sender stops waiting. So a write whose sender gave up, and perhaps
+/// answered the client or asked another coordinator, never becomes a
+/// second, late event (which could undo an acknowledged delete). This
+/// assumes node clocks agree to well within a replica timeout (NTP).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRequest {
+    /// The write's identity.
+    pub id: RequestId,
     /// The user key.
     pub key: Bytes,
     /// The new value, or `None` to delete.
@@ -64,10 +99,18 @@ pub struct WriteRequest {
     /// then concurrent with everything, a delete uses the coordinator's
     /// own context.
     pub context: Option<CausalContext>,
+    /// The highest sibling timestamp the client had seen (µs): the write
+    /// is timestamped after it.
+    pub seen_us: u64,
     /// The write quorum asked for.
     pub w: usize,
-    /// Milliseconds left of the client's deadline.
+    /// Milliseconds the coordinator may wait for its quorum (clamped by
+    /// the coordinator to its `request_timeout_ms`).
     pub timeout_ms: u64,
+    /// Wall-clock deadline, µs since the Unix epoch: a coordinator that
+    /// would start the write at or after it drops it instead, answering
+    /// [`Error::Expired`].
+    pub start_by_us: u64,
 }
 
 /// What a node answers.
@@ -80,7 +123,12 @@ pub enum Response {
     /// The request was applied durably.
     Ack,
     /// Answer to [`Request::Coordinate`]: the context covering the write.
-    Written(CausalContext),
+    Written {
+        /// The dots the write's context covers, its own included.
+        context: CausalContext,
+        /// The write's timestamp (µs), the highest the context has seen.
+        seen_us: u64,
+    },
     /// The request failed.
     Error(Error),
 }
@@ -151,14 +199,21 @@ mod tests {
         let reqs = [
             Request::Ping,
             Request::Get { key: Bytes::from_static(b"k"), hint_for: Some(NodeId(3)) },
-            Request::Replicate { key: Bytes::from_static(b"k"), state: Bytes::from_static(b"\x01abc") },
+            Request::Replicate {
+                key: Bytes::from_static(b"k"),
+                state: Bytes::from_static(b"\x01abc"),
+                sibling_limit: Some(100),
+            },
             Request::StoreHint { owner: NodeId(9), key: Bytes::from_static(b"k"), state: Bytes::new() },
             Request::Coordinate(WriteRequest {
+                id: RequestId { origin: NodeId(2), seq: 7 },
                 key: Bytes::from_static(b"k"),
                 value: None,
                 context: Some(CausalContext::new()),
+                seen_us: 5,
                 w: 2,
                 timeout_ms: 100,
+                start_by_us: 1_000_000,
             }),
         ];
         for r in reqs {

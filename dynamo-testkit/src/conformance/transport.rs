@@ -142,7 +142,12 @@ async fn dead_peer_fails_within_the_deadline<F: TransportFixture>(fixture: &F) {
     let start = Instant::now();
     let err = client.call(&fixture.unused_addr(), Bytes::from_static(b"e"), deadline).await;
     assert!(
-        matches!(err, Err(TransportError::Unreachable { .. } | TransportError::Timeout { .. })),
+        matches!(
+            err,
+            Err(TransportError::Refused { .. }
+                | TransportError::Unreachable { .. }
+                | TransportError::Timeout { .. })
+        ),
         "dead peer: {err:?}"
     );
     assert!(start.elapsed() <= deadline + SLACK, "dead peer: failed after {:?}", start.elapsed());
