@@ -624,6 +624,7 @@ impl NodeCore {
         let timeout = self.clamp_timeout(req.timeout_ms);
         let now = self.clock.physical_us();
         if now >= req.start_by_us {
+            bump(&self.metrics.forwards_expired);
             return Err(Error::Expired { late_ms: (now - req.start_by_us) / 1000 });
         }
         // A deadline further out than our own request timeout is clamped.
@@ -633,6 +634,10 @@ impl NodeCore {
         let deadline = deadline_after(timeout);
         let ring = self.ring();
         let partition = ring.partition_of(&req.key);
-        self.coordinate_write(&ring, partition, req, deadline, Some(start_by)).await
+        let result = self.coordinate_write(&ring, partition, req, deadline, Some(start_by)).await;
+        if let Err(Error::Expired { .. }) = &result {
+            bump(&self.metrics.forwards_expired);
+        }
+        result
     }
 }

@@ -33,6 +33,9 @@ metrics! {
     puts,
     /// Writes this node forwarded to a preference-list coordinator.
     forwarded,
+    /// Forwarded writes this node dropped because they arrived (or would
+    /// have started) after their sender's deadline.
+    forwards_expired,
     /// Requests that failed for want of a quorum or by deadline.
     quorum_failures,
     /// Replicas brought up to date by read repair.

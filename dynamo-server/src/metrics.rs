@@ -28,6 +28,7 @@ struct CoreCounters {
     hints_delivered: Counter,
     read_repairs: Counter,
     forwarded: Counter,
+    forwards_expired: Counter,
     fallback_writes: Counter,
 }
 
@@ -64,6 +65,7 @@ impl ServerMetrics {
             hints_delivered: Counter::default(),
             read_repairs: Counter::default(),
             forwarded: Counter::default(),
+            forwards_expired: Counter::default(),
             fallback_writes: Counter::default(),
         };
         registry.register(
@@ -78,6 +80,11 @@ impl ServerMetrics {
             "forwarded",
             "Writes forwarded to a preference-list coordinator",
             core.forwarded.clone(),
+        );
+        registry.register(
+            "forwards_expired",
+            "Forwarded writes dropped because they arrived after their sender's deadline",
+            core.forwards_expired.clone(),
         );
         registry.register("fallback_writes", "Writes taken by a fallback node", core.fallback_writes.clone());
         let hints_pending = Gauge::default();
@@ -103,6 +110,7 @@ impl ServerMetrics {
             sync(&core.hints_delivered, node.hints_delivered);
             sync(&core.read_repairs, node.read_repairs);
             sync(&core.forwarded, node.forwarded);
+            sync(&core.forwards_expired, node.forwards_expired);
             sync(&core.fallback_writes, node.fallback_writes);
         }
         self.hints_pending.set(hints_pending as i64);

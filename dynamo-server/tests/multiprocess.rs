@@ -322,3 +322,161 @@ async fn graceful_shutdown_flushes_buffered_writes() {
         assert_eq!(read.values, vec![Bytes::from(format!("v{k}"))], "b-{k} after a graceful restart");
     }
 }
+
+/// The probe of a buffered crash: v1..v10 through node 1, a pause longer
+/// than the flush interval (they reach the disk), v11..v30 (still in
+/// memory), SIGKILL of node 1 and a restart: its store is back at v10.
+/// Its next writes, blind or with the context of the v30 write, must not
+/// reuse a dot the other replicas have seen: they are readable at R=3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_crash_of_the_coordinator_loses_no_acknowledged_write() {
+    let mut cluster = ProcCluster::start_with(3, |c| {
+        c.store.durability = dynamo_core::store::Durability::Buffered;
+    })
+    .ready()
+    .await;
+    let c1 = cluster.client(0);
+    let mut ctx: Option<String> = None;
+    for i in 1..=30 {
+        ctx = Some(c1.put("k", Bytes::from(format!("v{i}")), ctx.as_deref(), None).await.unwrap());
+        if i == 10 {
+            // Part of the fault, not a wait for a result: the store's
+            // flusher (every second) makes v1..v10 durable meanwhile.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+    }
+    let ctx30 = ctx.unwrap();
+    for node in 1..3 {
+        let client = cluster.client(node);
+        eventually(&format!("v30 on node {}", node + 1), || {
+            let client = client.clone();
+            async move {
+                let local = client.json("/admin/local/k").await.map_err(|e| format!("{e:#}"))?;
+                let values = local["data"]["siblings"].as_array().cloned().unwrap_or_default();
+                let v30 = serde_json::json!(base64_of("v30"));
+                if values.len() == 1 && values[0]["value"] == v30 {
+                    Ok(())
+                } else {
+                    Err(format!("{local}"))
+                }
+            }
+        })
+        .await;
+    }
+    cluster.kill(0);
+    cluster.restart(0).await;
+    c1.put("k", Bytes::from("after-crash"), None, None).await.unwrap();
+    let mut got = cluster.client(1).get("k", Some(3)).await.unwrap().values;
+    got.sort();
+    assert_eq!(got, vec![Bytes::from("after-crash"), Bytes::from("v30")], "the blind write after the crash");
+    c1.put("k", Bytes::from("after-ctx"), Some(&ctx30), None).await.unwrap();
+    let mut got = cluster.client(2).get("k", Some(3)).await.unwrap().values;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![Bytes::from("after-crash"), Bytes::from("after-ctx")],
+        "the write with v30's context"
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A node restarted with a ring other than the one its data was written
+/// under (here 512 partitions instead of 256) refuses to start, naming the
+/// difference and the way out; its first start, on an empty store, said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_another_ring_refuses_to_start_and_says_why() {
+    let mut cluster = ProcCluster::start(3).ready().await;
+    assert!(cluster.log(2).contains("the store is empty"), "log:\n{}", cluster.log(2));
+    cluster.client(2).put("k", Bytes::from("x"), None, None).await.unwrap();
+    assert!(cluster.terminate(2).success());
+    let path = cluster.nodes[2].config.clone();
+    let mut config: ServerConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config.cluster.partitions = 512;
+    std::fs::write(&path, toml::to_string_pretty(&config).unwrap()).unwrap();
+    cluster.spawn(2);
+    let mut child = cluster.nodes[2].child.take().unwrap();
+    let deadline = Instant::now() + READY;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node started; log:\n{}", cluster.log(2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = cluster.log(2);
+    assert!(log.contains("partitions 256 (now 512)") && log.contains("--adopt-ring"), "log:\n{log}");
+}
+
+/// The probe of a late forwarded write: five nodes, a key whose preference
+/// list leaves out node 1, its first owner stopped (SIGSTOP). A write
+/// through node 1 is forwarded to that owner and gets no answer: node 1
+/// gives up after the replica timeout (504: outcome unknown). After a
+/// read and a delete with its context, the owner resumes (SIGCONT) with
+/// the forwarded write still queued: it must not execute it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_stopped_node_never_undoes_a_later_delete() {
+    let cluster = ProcCluster::start(5).ready().await;
+    let c1 = cluster.client(0);
+    let (key, owner) = (0..1000)
+        .find_map(|i| {
+            let key = format!("k{i}");
+            let ring = futures::executor::block_on(c1.json(&format!("/admin/ring?key={key}"))).unwrap();
+            let pl: Vec<u64> =
+                ring["preference_list"].as_array()?.iter().filter_map(|n| n.as_u64()).collect();
+            (!pl.contains(&1)).then(|| (key, pl[0] as usize - 1))
+        })
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(cluster.nodes[owner].child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let start = Instant::now();
+    let put = c1.put(&key, Bytes::from("stale"), None, None).await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(2500), "the forward gave up after {took:?} (replica timeout 1 s)");
+    let read = c1.get(&key, None).await.unwrap();
+    if put.is_ok() {
+        assert_eq!(read.values, vec![Bytes::from("stale")], "an acknowledged write is readable");
+    }
+    c1.delete(&key, read.context.as_deref(), None).await.unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // The resumed owner handles the write queued for it, and drops it.
+    let owner_client = cluster.client(owner);
+    let metrics = format!("{}/metrics", cluster.url(owner));
+    eventually("the stopped owner drops the late write", || {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(&metrics)
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if text.lines().any(|l| l.starts_with("dynamo_forwards_expired_total 1")) {
+                Ok(())
+            } else {
+                Err("no expired forward counted yet".into())
+            }
+        }
+    })
+    .await;
+    eventually("the delete reaches every replica", || {
+        let c = c1.clone();
+        let key = key.clone();
+        async move {
+            let read = c.get(&key, Some(3)).await.map_err(|e| format!("{e:#}"))?;
+            if read.values.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{key}: {:?}", read.values))
+            }
+        }
+    })
+    .await;
+    let local = owner_client.json(&format!("/admin/local/{key}")).await.unwrap();
+    let live = local["data"]["siblings"].as_array().cloned().unwrap_or_default();
+    assert!(live.iter().all(|s| s["tombstone"] == true), "the late write executed on the owner: {local}");
+}
