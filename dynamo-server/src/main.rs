@@ -77,7 +77,7 @@ enum Command {
         /// Node to ask.
         #[arg(long, default_value = "http://127.0.0.1:8001", env = "DYNAMO_URL")]
         url: String,
-        /// The context of a previous read; without it, what the coordinator holds.
+        /// The context of a previous read; without it, what a read at R sees.
         #[arg(long)]
         context: Option<String>,
         /// Write quorum.
