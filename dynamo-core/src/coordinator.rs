@@ -401,7 +401,7 @@ impl NodeCore {
                             // Every replica answered and too few accepted:
                             // the write is refused, so it must not take
                             // effect later through the copies that exist.
-                            self.retract_refused(&req.key, partition, hash, local, &written.dot, &remote_owners).await;
+                            self.retract_refused(&req.key, partition, hash, local, &written.dot, remote_owners).await;
                             return Err(e);
                         }
                         return Err(Error::QuorumFailed { acks, needed: req.w });
@@ -417,16 +417,18 @@ impl NodeCore {
     }
 
     /// Takes back a write every replica answered for but too few accepted
-    /// (the sibling bound): retracts it locally and pushes the retraction
-    /// to the replicas, which drop their copy when they merge it.
+    /// (the sibling bound): retracts it locally before the client hears of
+    /// the refusal, then pushes the retraction to the replicas in the
+    /// background; they drop their copy when they merge it (read repair
+    /// does, should a push fail).
     async fn retract_refused(
-        &self,
+        self: &Arc<Self>,
         key: &Bytes,
         partition: u32,
         hash: u64,
         local: Target,
         dot: &Dot,
-        replicas: &[NodeId],
+        replicas: Vec<NodeId>,
     ) {
         let state = match self.replica.retract(local.slot(), partition, key, hash, dot).await {
             Ok(Some(state)) => state,
@@ -439,11 +441,14 @@ impl NodeCore {
         let frame =
             Request::Replicate { key: key.clone(), state: Bytes::from(state.encode()), sibling_limit: None }
                 .encode();
-        for &node in replicas {
-            if let Err(e) = self.call_peer(node, frame.clone(), self.config.replica_timeout()).await {
-                tracing::debug!(peer = %node, error = %e, "retraction not delivered; read repair will");
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            for node in replicas {
+                if let Err(e) = core.call_peer(node, frame.clone(), core.config.replica_timeout()).await {
+                    tracing::debug!(peer = %node, error = %e, "retraction not delivered; read repair will");
+                }
             }
-        }
+        });
     }
 
     /// Reads `key` from R replicas and merges their answers; stale
