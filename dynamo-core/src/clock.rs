@@ -42,6 +42,8 @@ impl Clock for SystemClock {
 /// that began after it was acknowledged through the same node's knowledge.
 pub struct HybridClock {
     physical: Arc<dyn Clock>,
+    /// The highest physical reading so far.
+    wall: AtomicU64,
     last: AtomicU64,
 }
 
@@ -54,13 +56,16 @@ impl std::fmt::Debug for HybridClock {
 impl HybridClock {
     /// A clock over `physical` that has seen nothing yet.
     pub fn new(physical: Arc<dyn Clock>) -> Self {
-        HybridClock { physical, last: AtomicU64::new(0) }
+        HybridClock { physical, wall: AtomicU64::new(0), last: AtomicU64::new(0) }
     }
 
-    /// The physical clock's reading, in microseconds since the Unix epoch
-    /// (for deadlines, which are about real time, not causality).
+    /// The physical clock's reading in microseconds since the Unix epoch,
+    /// made monotonic (the highest reading so far): for deadlines, which
+    /// are about real time, not causality, and must not come back to life
+    /// when the clock is stepped back.
     pub fn physical_us(&self) -> u64 {
-        self.physical.now_us()
+        let now = self.physical.now_us();
+        self.wall.fetch_max(now, Ordering::AcqRel).max(now)
     }
 
     /// A new timestamp: greater than every timestamp issued or observed so
@@ -109,6 +114,18 @@ mod tests {
         assert_eq!(hlc.now(), 1_001, "same physical tick: one more");
         *physical.0.lock().unwrap() = 5_000;
         assert_eq!(hlc.now(), 5_000);
+    }
+
+    #[test]
+    fn the_deadline_clock_never_steps_back() {
+        let physical = Arc::new(Manual::default());
+        *physical.0.lock().unwrap() = 1_000;
+        let hlc = HybridClock::new(physical.clone());
+        assert_eq!(hlc.physical_us(), 1_000);
+        *physical.0.lock().unwrap() = 10;
+        assert_eq!(hlc.physical_us(), 1_000);
+        *physical.0.lock().unwrap() = 2_000;
+        assert_eq!(hlc.physical_us(), 2_000);
     }
 
     #[test]

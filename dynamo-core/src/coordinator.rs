@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::causality::{Context, Dot, SiblingSet};
 use crate::error::{Error, Result};
+use crate::fault_point::{Fault, FaultPoint};
 use crate::member::NodeId;
 use crate::metrics::bump;
 use crate::node::NodeCore;
@@ -116,10 +117,10 @@ impl NodeCore {
         Duration::from_millis(timeout_ms.min(self.config.request_timeout_ms))
     }
 
-    /// The targets of a request on `partition`. Without sloppy quorum the
+    /// The targets of a write on `partition`. Without sloppy quorum the
     /// preference list as it is; with it, each suspected owner is replaced
     /// up front by the next available node of the walk.
-    fn plan(&self, ring: &Ring, partition: u32) -> Plan {
+    fn plan_write(&self, ring: &Ring, partition: u32) -> Plan {
         let walk = ring.walk(partition);
         let pl = ring.preference_list(partition);
         let available = |n: NodeId| n == self.id || self.detector.is_available(n);
@@ -138,6 +139,26 @@ impl NodeCore {
         Plan { targets, spares: if self.config.sloppy_quorum { up } else { VecDeque::new() } }
     }
 
+    /// The targets of a read on `partition`: the owners themselves, even
+    /// suspected ones (a read is cheap to try and an owner's answer is the
+    /// only complete one), with the rest of the walk as spares under
+    /// sloppy quorum. A spare stands in with the hint it holds for the
+    /// owner it replaces; without one its answer does not count.
+    fn plan_read(&self, ring: &Ring, partition: u32) -> Plan {
+        let pl = ring.preference_list(partition);
+        let targets = pl.iter().map(|&owner| Target { node: owner, owner }).collect();
+        let spares = if self.config.sloppy_quorum {
+            let walk = &ring.walk(partition)[pl.len()..];
+            let (mut up, mut down): (VecDeque<NodeId>, VecDeque<NodeId>) =
+                walk.iter().copied().partition(|n| self.detector.is_available(*n));
+            up.append(&mut down);
+            up
+        } else {
+            VecDeque::new()
+        };
+        Plan { targets, spares }
+    }
+
     /// Sends a request to `node` and decodes its answer, teaching the
     /// failure detector about the outcome.
     pub(crate) async fn call_peer(&self, node: NodeId, frame: Bytes, timeout: Duration) -> Result<Response> {
@@ -148,7 +169,21 @@ impl NodeCore {
                 None => return Err(Error::NotAMember(node)),
             }
         };
+        match self.faults.at(FaultPoint::BeforeSend) {
+            Some(Fault::Fail) => {
+                self.detector.record_failure(node);
+                let reason = "injected: connection refused".into();
+                return Err(Error::Transport(TransportError::Refused { peer: addr, reason }));
+            }
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
         match self.transport.call(&addr, frame, timeout).await {
+            Ok(_) if self.faults.at(FaultPoint::AfterSend) == Some(Fault::Fail) => {
+                self.detector.record_failure(node);
+                let reason = "injected: connection lost after the request was sent".into();
+                Err(Error::Transport(TransportError::Unreachable { peer: addr, reason }))
+            }
             Ok(bytes) => {
                 self.detector.record_success(node);
                 Response::decode(&bytes)
@@ -162,7 +197,8 @@ impl NodeCore {
 
     /// Calls every target, replacing a failed one by the next spare, and
     /// reports each slot's outcome on `progress` as it happens. Returns the
-    /// answers of every slot that got one.
+    /// answers of every slot that got one. An answer `counts` rejects is
+    /// treated as a failure (the next spare is asked).
     ///
     /// Each call has the replica timeout, not the client's deadline: the
     /// caller stops waiting at its deadline, but replication (and the
@@ -172,6 +208,7 @@ impl NodeCore {
         targets: Vec<Target>,
         mut spares: VecDeque<NodeId>,
         call: F,
+        counts: impl Fn(Target, &T) -> bool,
         progress: mpsc::UnboundedSender<Outcome<T>>,
     ) -> Vec<(Target, T)>
     where
@@ -186,21 +223,30 @@ impl NodeCore {
         let mut pending: FuturesUnordered<_> = targets.into_iter().map(tagged).collect();
         let mut answers = Vec::new();
         while let Some((target, result)) = pending.next().await {
-            match result {
-                Ok(answer) => {
+            let failed = match result {
+                Ok(answer) if counts(target, &answer) => {
                     let _ = progress.send(Outcome::Answered(answer.clone()));
                     answers.push((target, answer));
+                    continue;
+                }
+                Ok(_) => {
+                    tracing::debug!(node = %self.id, peer = %target.node, "answer does not count; asking a spare");
+                    true
                 }
                 Err(e @ Error::TooManySiblings { .. }) => {
                     let _ = progress.send(Outcome::Refused(e));
+                    false
                 }
                 Err(e) => {
                     tracing::debug!(node = %self.id, peer = %target.node, error = %e, "replica call failed");
-                    match spares.pop_front() {
-                        Some(spare) => pending.push(tagged(Target { node: spare, owner: target.owner })),
-                        None => {
-                            let _ = progress.send(Outcome::Failed);
-                        }
+                    true
+                }
+            };
+            if failed {
+                match spares.pop_front() {
+                    Some(spare) => pending.push(tagged(Target { node: spare, owner: target.owner })),
+                    None => {
+                        let _ = progress.send(Outcome::Failed);
                     }
                 }
             }
@@ -318,7 +364,7 @@ impl NodeCore {
         start_by_us: Option<u64>,
     ) -> Result<Context> {
         bump(&self.metrics.puts);
-        let Plan { mut targets, mut spares } = self.plan(ring, partition);
+        let Plan { mut targets, mut spares } = self.plan_write(ring, partition);
         if !targets.iter().any(|t| t.node == self.id) {
             // Coordinating as a stand-in: take the slot of an owner that is
             // down (or the last one) and keep the write as its hint.
@@ -383,7 +429,7 @@ impl NodeCore {
                 }
             }
         };
-        tokio::spawn(Arc::clone(self).fan_out(remote, spares, call, tx));
+        tokio::spawn(Arc::clone(self).fan_out(remote, spares, call, |_, _| true, tx));
         let mut acks = 1;
         let mut refused = None;
         let timer = tokio::time::sleep_until(deadline);
@@ -470,7 +516,7 @@ impl NodeCore {
         let ring = self.ring();
         let partition = ring.partition_of(&key);
         let hash = key_hash(&key);
-        let Plan { targets, spares } = self.plan(&ring, partition);
+        let Plan { targets, spares } = self.plan_read(&ring, partition);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let core = Arc::clone(self);
         let k = key.clone();
@@ -495,7 +541,10 @@ impl NodeCore {
         };
         let core = Arc::clone(self);
         tokio::spawn(async move {
-            let answers = Arc::clone(&core).fan_out(targets, spares, call, tx).await;
+            // A fallback that holds no hint knows nothing of the key: its
+            // empty answer must not pass for a replica's "not found".
+            let informed = |t: Target, state: &Option<SiblingSet>| t.node == t.owner || state.is_some();
+            let answers = Arc::clone(&core).fan_out(targets, spares, call, informed, tx).await;
             if core.config.read_repair {
                 core.repair(key, partition, hash, answers).await;
             }

@@ -20,6 +20,7 @@ mod coordinator;
 mod epoch;
 pub mod error;
 pub mod failure;
+pub mod fault_point;
 mod hinted_handoff;
 pub mod member;
 pub mod metrics;

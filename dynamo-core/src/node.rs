@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::epoch::StartKind;
 use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
+use crate::fault_point::{FaultInjector, Faults};
 use crate::member::NodeId;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::recent_requests::RecentRequests;
@@ -122,6 +123,8 @@ pub(crate) struct NodeCore {
     pub(crate) recent: RecentRequests,
     /// The next client write's sequence number (see [`RequestId`]).
     next_seq: AtomicU64,
+    /// Fault points a simulation may trigger (nothing in production).
+    pub(crate) faults: Faults,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
@@ -170,6 +173,7 @@ pub struct NodeBuilder {
     clock: Arc<dyn Clock>,
     epoch_seed: Option<u64>,
     adopt_ring: bool,
+    fault_injector: Option<Arc<dyn FaultInjector>>,
 }
 
 impl NodeBuilder {
@@ -187,6 +191,7 @@ impl NodeBuilder {
             clock: Arc::new(SystemClock),
             epoch_seed: None,
             adopt_ring: false,
+            fault_injector: None,
         }
     }
 
@@ -232,6 +237,15 @@ impl NodeBuilder {
     /// of forwarded writes.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Lets a simulation inject faults at core's
+    /// [fault points](crate::fault_point) (store write errors and stalls,
+    /// transport errors before and after a request is sent).
+    #[cfg(feature = "simulation")]
+    pub fn fault_injector(mut self, injector: Arc<dyn FaultInjector>) -> Self {
+        self.fault_injector = Some(injector);
         self
     }
 
@@ -293,9 +307,9 @@ impl NodeBuilder {
             store,
             Arc::clone(&self.reconciler),
             Arc::clone(&clock),
-            config.lock_stripes,
-            config.max_commit_batch,
+            &config,
             self.epoch_seed,
+            Faults::new(self.id, self.fault_injector.clone()),
         )
         .await?;
         match replica.start_kind() {
@@ -324,6 +338,7 @@ impl NodeBuilder {
             next_seq: AtomicU64::new(clock.now()),
             clock,
             recent: RecentRequests::default(),
+            faults: Faults::new(self.id, self.fault_injector),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });

@@ -15,8 +15,10 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::causality::{Actor, CausalContext, Context, Dot, SiblingSet};
 use crate::clock::HybridClock;
+use crate::config::Config;
 use crate::epoch::{Epochs, StartKind};
 use crate::error::{Error, Result};
+use crate::fault_point::Faults;
 use crate::member::NodeId;
 use crate::reconcile::{Reconciler, Resolution};
 use crate::store::{Store, Table, WriteBatch};
@@ -132,16 +134,16 @@ impl Replica {
         store: Arc<dyn Store>,
         reconciler: Arc<dyn Reconciler>,
         clock: Arc<HybridClock>,
-        stripes: usize,
-        max_commit_batch: usize,
+        config: &Config,
         epoch_seed: Option<u64>,
+        faults: Faults,
     ) -> Result<Replica> {
         let (epochs, start) = Epochs::open(&store, epoch_seed).await?;
-        let io = StoreIo::start(store, max_commit_batch)?;
+        let io = StoreIo::start(store, config.max_commit_batch, faults)?;
         Ok(Replica {
             node,
             io,
-            stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
+            stripes: (0..config.lock_stripes.max(1)).map(|_| Mutex::new(())).collect(),
             epochs,
             reconciler,
             clock,

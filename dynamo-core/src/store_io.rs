@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fault_point::{Fault, FaultPoint, Faults};
 use crate::store::{Store, StoreError, WriteBatch};
 
 /// Reader threads per blocking store.
@@ -41,6 +42,7 @@ enum Engine {
 pub(crate) struct StoreIo {
     store: Arc<dyn Store>,
     engine: Engine,
+    faults: Faults,
 }
 
 impl Drop for StoreIo {
@@ -64,7 +66,11 @@ impl StoreIo {
     ///
     /// # Errors
     /// The OS refused to start a thread.
-    pub(crate) fn start(store: Arc<dyn Store>, max_ops: usize) -> Result<StoreIo, StoreError> {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        max_ops: usize,
+        faults: Faults,
+    ) -> Result<StoreIo, StoreError> {
         let max_ops = max_ops.max(1);
         let engine = if store.is_blocking() {
             let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
@@ -105,7 +111,7 @@ impl StoreIo {
             let task = tokio::spawn(commit_task(Arc::clone(&store), rx, max_ops));
             Engine::Inline { writes, task }
         };
-        Ok(StoreIo { store, engine })
+        Ok(StoreIo { store, engine, faults })
     }
 
     /// Runs a read (`get`, `scan`) on a reader thread, or inline for a
@@ -138,6 +144,16 @@ impl StoreIo {
     /// # Errors
     /// The store's error, shared by every writer of the combined batch.
     pub(crate) async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        match self.faults.at(FaultPoint::StoreWrite) {
+            Some(Fault::Fail) => {
+                return Err(StoreError::Backend {
+                    backend: "fault-point".into(),
+                    message: "injected store write failure".into(),
+                })
+            }
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
         let (done, wait) = oneshot::channel();
         let pending = Pending { batch, done };
         match &self.engine {
@@ -250,7 +266,7 @@ mod tests {
 
     async fn concurrent_writers_share_batches(blocking: bool) {
         let store = Arc::new(CountingStore { inner: MemStore::new(), writes: AtomicUsize::new(0), blocking });
-        let io = Arc::new(StoreIo::start(store.clone(), 1024).unwrap());
+        let io = Arc::new(StoreIo::start(store.clone(), 1024, Faults::default()).unwrap());
         let mut joins = Vec::new();
         for i in 0..200u32 {
             let io = Arc::clone(&io);

@@ -121,7 +121,15 @@ impl Backend for SimBackend {
 /// Links cut between node addresses, shared by every node of a cluster.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
-    cuts: Mutex<BTreeSet<(String, String)>>,
+    cuts: Mutex<Cuts>,
+}
+
+#[derive(Debug, Default)]
+struct Cuts {
+    /// Both-way cuts, each as an ordered pair.
+    both: BTreeSet<(String, String)>,
+    /// One-way cuts: frames from the first address to the second are lost.
+    one_way: BTreeSet<(String, String)>,
 }
 
 impl Faults {
@@ -133,23 +141,38 @@ impl Faults {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cuts> {
+        self.cuts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn cut(&self, a: &str, b: &str) {
         if a != b {
-            self.cuts.lock().unwrap_or_else(PoisonError::into_inner).insert(Faults::key(a, b));
+            self.lock().both.insert(Faults::key(a, b));
+        }
+    }
+
+    pub(crate) fn cut_one_way(&self, from: &str, to: &str) {
+        if from != to {
+            self.lock().one_way.insert((from.to_owned(), to.to_owned()));
         }
     }
 
     pub(crate) fn heal(&self) {
-        self.cuts.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut cuts = self.lock();
+        cuts.both.clear();
+        cuts.one_way.clear();
     }
 
-    fn is_cut(&self, a: &str, b: &str) -> bool {
-        self.cuts.lock().unwrap_or_else(PoisonError::into_inner).contains(&Faults::key(a, b))
+    /// Whether frames from `from` to `to` are lost.
+    fn is_cut(&self, from: &str, to: &str) -> bool {
+        let cuts = self.lock();
+        cuts.both.contains(&Faults::key(from, to)) || cuts.one_way.contains(&(from.to_owned(), to.to_owned()))
     }
 }
 
 /// A transport whose calls across a cut link are lost: the caller waits
-/// out its deadline, as across a real partition.
+/// out its deadline, as across a real partition. Across a one-way cut the
+/// request may get through and be executed while its answer is lost.
 pub(crate) struct FaultyTransport {
     inner: Arc<dyn Transport>,
     faults: Arc<Faults>,
@@ -177,11 +200,20 @@ impl Transport for FaultyTransport {
         frame: Bytes,
         timeout: Duration,
     ) -> std::result::Result<Bytes, TransportError> {
-        if self.faults.is_cut(self.inner.local_addr(), to) {
+        let me = self.inner.local_addr();
+        let lost = || TransportError::Timeout { peer: to.to_owned(), timeout };
+        if self.faults.is_cut(me, to) {
             tokio::time::sleep(timeout).await;
-            return Err(TransportError::Timeout { peer: to.to_owned(), timeout });
+            return Err(lost());
         }
-        self.inner.call(to, frame, timeout).await
+        if !self.faults.is_cut(to, me) {
+            return self.inner.call(to, frame, timeout).await;
+        }
+        // The request goes through; its answer does not.
+        let start = tokio::time::Instant::now();
+        let _ = self.inner.call(to, frame, timeout).await;
+        tokio::time::sleep_until(start + timeout).await;
+        Err(lost())
     }
 
     async fn shutdown(&self) {

@@ -24,7 +24,7 @@ impl Client {
         self.node.as_ref().ok_or(Error::ShuttingDown)
     }
 
-    fn record(&self, key: &[u8], op: Op, invoked: u64, ok: bool) {
+    fn record<T>(&self, key: &[u8], op: Op, invoked: u64, result: &Result<T>) {
         let completed = self.history.tick();
         self.history.record(Event {
             client: self.id,
@@ -32,7 +32,8 @@ impl Client {
             op,
             invoked,
             completed,
-            ok,
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
         });
     }
 
@@ -55,7 +56,7 @@ impl Client {
             Ok(r) => Op::Get { values: r.values.clone(), context: r.context.encode(key) },
             Err(_) => Op::Get { values: Vec::new(), context: Vec::new() },
         };
-        self.record(key, op, invoked, result.is_ok());
+        self.record(key, op, invoked, &result);
         result
     }
 
@@ -80,7 +81,7 @@ impl Client {
     ) -> Result<Context> {
         let invoked = self.history.tick();
         let result = self.node()?.put(key, value.clone(), context, opts).await;
-        self.record(key, Op::Put { value }, invoked, result.is_ok());
+        self.record(key, Op::Put { value }, invoked, &result);
         result
     }
 
@@ -91,7 +92,7 @@ impl Client {
     pub async fn delete(&self, key: &[u8], context: Option<&Context>) -> Result<Context> {
         let invoked = self.history.tick();
         let result = self.node()?.delete(key, context, WriteOptions::default()).await;
-        self.record(key, Op::Delete { context: context.map(|c| c.encode(key)) }, invoked, result.is_ok());
+        self.record(key, Op::Delete { context: context.map(|c| c.encode(key)) }, invoked, &result);
         result
     }
 }

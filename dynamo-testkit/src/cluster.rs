@@ -17,6 +17,7 @@
 //! virtual time, and one seed replays one run.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use dynamo_core::causality::SiblingSet;
 use dynamo_core::clock::Clock;
 use dynamo_core::config::Config;
+use dynamo_core::fault_point::FaultInjector;
 use dynamo_core::member::{Member, NodeId};
 use dynamo_core::node::{LocalState, Node, NodeBuilder, ReadOptions};
 use dynamo_core::reconcile::{KeepSiblings, Reconciler};
@@ -43,15 +45,47 @@ pub fn test_seed(default: u64) -> u64 {
 
 /// Wall-clock microseconds that advance with tokio's (possibly paused)
 /// clock, from a fixed origin: timestamps replay exactly in simulation.
+/// Each node of a [`Cluster`] has its own, which a test can make jump or
+/// drift.
 #[derive(Debug)]
 pub struct SimClock {
     origin: tokio::time::Instant,
+    /// Added to the reading, in µs (a jump).
+    offset_us: AtomicI64,
+    /// Parts per million the clock runs fast (or slow, negative).
+    drift_ppm: AtomicI64,
 }
+
+/// 2026-01-01T00:00:00Z in µs since the Unix epoch.
+const SIM_EPOCH_US: i64 = 1_767_225_600_000_000;
 
 impl SimClock {
     /// A clock reading 2026-01-01T00:00:00Z now.
     pub fn new() -> Self {
-        SimClock { origin: tokio::time::Instant::now() }
+        SimClock::starting_at(tokio::time::Instant::now())
+    }
+
+    /// A clock that read 2026-01-01T00:00:00Z at `origin`.
+    pub fn starting_at(origin: tokio::time::Instant) -> Self {
+        SimClock { origin, offset_us: AtomicI64::new(0), drift_ppm: AtomicI64::new(0) }
+    }
+
+    /// Steps the clock by `delta_us` (backwards when negative), as an NTP
+    /// step or an operator's `date -s` does.
+    pub fn jump(&self, delta_us: i64) {
+        self.offset_us.fetch_add(delta_us, AtomicOrdering::Relaxed);
+    }
+
+    /// Makes the clock run `ppm` parts per million fast (slow if
+    /// negative), over its whole life.
+    pub fn set_drift_ppm(&self, ppm: i64) {
+        self.drift_ppm.store(ppm, AtomicOrdering::Relaxed);
+    }
+
+    /// Removes every jump and drift.
+    pub fn reset(&self) {
+        self.offset_us.store(0, AtomicOrdering::Relaxed);
+        self.drift_ppm.store(0, AtomicOrdering::Relaxed);
     }
 }
 
@@ -63,7 +97,10 @@ impl Default for SimClock {
 
 impl Clock for SimClock {
     fn now_us(&self) -> u64 {
-        1_767_225_600_000_000 + self.origin.elapsed().as_micros() as u64
+        let elapsed = i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX);
+        let drift = elapsed.saturating_mul(self.drift_ppm.load(AtomicOrdering::Relaxed)) / 1_000_000;
+        let offset = self.offset_us.load(AtomicOrdering::Relaxed);
+        SIM_EPOCH_US.saturating_add(elapsed).saturating_add(drift).saturating_add(offset).max(0) as u64
     }
 }
 
@@ -76,6 +113,7 @@ pub struct ClusterBuilder {
     zones: Option<usize>,
     backend: Option<Arc<dyn Backend>>,
     buffered: Option<Option<Duration>>,
+    fault_injector: Option<Arc<dyn FaultInjector>>,
 }
 
 impl ClusterBuilder {
@@ -132,6 +170,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Lets `injector` trigger faults at core's fault points on every node.
+    pub fn fault_injector(mut self, injector: Arc<dyn FaultInjector>) -> Self {
+        self.fault_injector = Some(injector);
+        self
+    }
+
     /// Strict quorum: no fallback nodes, no hints.
     pub fn strict(mut self) -> Self {
         self.config.sloppy_quorum = false;
@@ -172,9 +216,16 @@ impl ClusterBuilder {
             })
             .collect();
         let ring = Ring::new(self.config.partitions, self.config.n, members.clone())?;
+        let origin = tokio::time::Instant::now();
         let mut slots = Vec::with_capacity(members.len());
         for (i, member) in members.into_iter().enumerate() {
-            slots.push(Mutex::new(Slot { member, store: backend.store(i)?, node: None, starts: 0 }));
+            slots.push(Mutex::new(Slot {
+                member,
+                store: backend.store(i)?,
+                node: None,
+                starts: 0,
+                clock: Arc::new(SimClock::starting_at(origin)),
+            }));
         }
         let cluster = Cluster {
             backend,
@@ -183,9 +234,10 @@ impl ClusterBuilder {
             config: self.config,
             ring,
             reconciler: self.reconciler,
-            clock: Arc::new(SimClock::new()),
+            clock: Arc::new(SimClock::starting_at(origin)),
             history: History::new(),
             slots,
+            fault_injector: self.fault_injector,
         };
         for i in 0..cluster.len() {
             cluster.start_node(i).await?;
@@ -199,6 +251,7 @@ struct Slot {
     store: Arc<dyn Store>,
     node: Option<Node>,
     starts: u64,
+    clock: Arc<SimClock>,
 }
 
 /// A running in-process cluster. Nodes are addressed by index
@@ -213,6 +266,7 @@ pub struct Cluster {
     clock: Arc<SimClock>,
     history: History,
     slots: Vec<Mutex<Slot>>,
+    fault_injector: Option<Arc<dyn FaultInjector>>,
 }
 
 impl Cluster {
@@ -233,6 +287,7 @@ impl Cluster {
             zones: None,
             backend: None,
             buffered: None,
+            fault_injector: None,
         }
     }
 
@@ -241,12 +296,16 @@ impl Cluster {
     }
 
     async fn start_node(&self, i: usize) -> Result<()> {
-        let (member, store, starts) = {
+        let (member, store, starts, clock) = {
             let mut s = self.slot(i);
             s.starts += 1;
-            (s.member.clone(), s.store.clone(), s.starts)
+            (s.member.clone(), s.store.clone(), s.starts, Arc::clone(&s.clock))
         };
-        let node = NodeBuilder::new(member.id)
+        let mut builder = NodeBuilder::new(member.id);
+        if let Some(injector) = &self.fault_injector {
+            builder = builder.fault_injector(Arc::clone(injector));
+        }
+        let node = builder
             .config(self.config.clone())
             .ring(self.ring.clone())
             .store(store)
@@ -255,7 +314,7 @@ impl Cluster {
                 Arc::clone(&self.faults),
             ))
             .reconciler(Arc::clone(&self.reconciler))
-            .clock(self.clock.clone())
+            .clock(clock)
             .epoch_seed(self.seed ^ (member.id.0 << 32) ^ starts)
             .start()
             .await?;
@@ -360,6 +419,13 @@ impl Cluster {
         }
     }
 
+    /// Loses every frame from node `from` to node `to` (its requests, and
+    /// its answers to `to`'s requests), while frames the other way arrive:
+    /// a one-way partition.
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        self.faults.cut_one_way(&self.addr(from), &self.addr(to));
+    }
+
     /// Cuts node `i` from every other node.
     pub fn isolate(&self, i: usize) {
         let others: Vec<usize> = (0..self.len()).filter(|&j| j != i).collect();
@@ -377,10 +443,16 @@ impl Cluster {
         self.net().resume(&self.addr(i));
     }
 
-    /// The nodes' wall clock now, in µs since the Unix epoch (the physical
-    /// clock under every node's hybrid logical clock).
+    /// The true wall-clock time now, in µs since the Unix epoch: what every
+    /// node's clock reads unless a test made it jump or drift.
     pub fn now_us(&self) -> u64 {
         self.clock.now_us()
+    }
+
+    /// Node `i`'s own clock (the physical clock under its hybrid logical
+    /// clock), to make it jump or drift.
+    pub fn clock(&self, i: usize) -> Arc<SimClock> {
+        Arc::clone(&self.slot(i).clock)
     }
 
     /// Removes every cut (and, on the simulated network, message loss).

@@ -49,6 +49,71 @@ pub struct Event {
     pub completed: u64,
     /// Whether the store acknowledged it (`Ok`).
     pub ok: bool,
+    /// The error it failed with, if it did.
+    pub error: Option<dynamo_core::Error>,
+}
+
+impl Event {
+    /// Whether the operation is a write (put or delete) whose outcome is
+    /// unknown: it failed, but not with an error that says nothing was
+    /// stored (a quorum failure or a timeout may have stored it somewhere).
+    pub fn outcome_unknown(&self) -> bool {
+        use dynamo_core::Error as E;
+        matches!(self.op, Op::Put { .. } | Op::Delete { .. })
+            && !self.ok
+            && !matches!(
+                self.error,
+                Some(
+                    E::EmptyKey
+                        | E::KeyTooLong { .. }
+                        | E::ValueTooLarge { .. }
+                        | E::InvalidContext(_)
+                        | E::InvalidQuorum { .. }
+                        | E::TooManySiblings { .. }
+                        | E::ShuttingDown
+                )
+            )
+    }
+}
+
+impl std::fmt::Display for Event {
+    /// One line: logical times, client, operation, outcome.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "t={}..{} client {} key {:?} ",
+            self.invoked,
+            self.completed,
+            self.client,
+            show(&self.key)
+        )?;
+        match &self.op {
+            Op::Get { values, .. } => {
+                let shown: Vec<String> = values.iter().map(|v| show_value(v)).collect();
+                write!(f, "get -> {shown:?}")?
+            }
+            Op::Put { value } => write!(f, "put {}", show_value(value))?,
+            Op::Delete { context } => {
+                write!(f, "delete{}", if context.is_some() { " with context" } else { " without context" })?
+            }
+        }
+        match &self.error {
+            None if self.ok => write!(f, ": ok"),
+            None => write!(f, ": failed"),
+            Some(e) => write!(f, ": {e}"),
+        }
+    }
+}
+
+/// A value for a person: a set-union value as its elements, text as text.
+fn show_value(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.is_empty() && text.chars().all(|c| !c.is_control()) => format!("{text:?}"),
+        _ => match decode_set(value) {
+            Some(set) => format!("{set:?}"),
+            None => format!("{} bytes", value.len()),
+        },
+    }
 }
 
 /// A shared, append-only record of operations.
@@ -82,6 +147,11 @@ impl History {
     /// Every key an operation touched.
     pub fn keys(&self) -> BTreeSet<Bytes> {
         self.events().into_iter().map(|e| e.key).collect()
+    }
+
+    /// The events on `key`, one line each, in completion order.
+    pub fn excerpt(&self, key: &[u8]) -> Vec<String> {
+        self.events().iter().filter(|e| e.key == key).map(ToString::to_string).collect()
     }
 }
 
@@ -200,6 +270,46 @@ pub fn check_no_resurrection(
     Ok(())
 }
 
+/// Checks that no value a delete removed ever came back: for each
+/// acknowledged delete that carried the context of an acknowledged read,
+/// none of the values that read returned may be in the final state. Holds
+/// whatever R and W are, with sloppy quorums and across crashes: the
+/// delete's context covers the dots of what the read saw. Values must be
+/// unique per key.
+///
+/// # Errors
+/// The first value back after its delete.
+pub fn check_no_undone_delete(
+    history: &History,
+    final_values: &BTreeMap<Bytes, Vec<Bytes>>,
+) -> Result<(), Violation> {
+    let events = history.events();
+    let seen: BTreeMap<(&Bytes, &Vec<u8>), &Vec<Bytes>> = events
+        .iter()
+        .filter(|e| e.ok)
+        .filter_map(|e| match &e.op {
+            Op::Get { values, context } => Some(((&e.key, context), values)),
+            _ => None,
+        })
+        .collect();
+    for delete in events.iter().filter(|e| e.ok) {
+        let Op::Delete { context: Some(ctx) } = &delete.op else { continue };
+        let Some(values) = seen.get(&(&delete.key, ctx)) else { continue };
+        let Some(now) = final_values.get(&delete.key) else { continue };
+        if let Some(back) = values.iter().find(|v| now.contains(v)) {
+            return Err(Violation {
+                key: show(&delete.key),
+                problem: format!(
+                    "value {} was deleted by the delete acknowledged at t={} (with the context of a read that saw it) and is back",
+                    show_value(back),
+                    delete.completed
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,7 +317,15 @@ mod tests {
     fn ev(h: &History, key: &str, op: Op, ok: bool) {
         let invoked = h.tick();
         let completed = h.tick();
-        h.record(Event { client: 0, key: Bytes::from(key.to_string()), op, invoked, completed, ok });
+        h.record(Event {
+            client: 0,
+            key: Bytes::from(key.to_string()),
+            op,
+            invoked,
+            completed,
+            ok,
+            error: None,
+        });
     }
 
     #[test]
@@ -221,6 +339,22 @@ mod tests {
         assert!(err.problem.contains("element 2"), "{err}");
         fin.insert(Bytes::from("k"), vec![encode_set(&[1].into()), encode_set(&[2, 3].into())]);
         check_no_lost_writes(&h, &fin).unwrap();
+    }
+
+    #[test]
+    fn an_undone_delete_is_reported_whatever_the_quorums() {
+        let h = History::new();
+        ev(&h, "k", Op::Put { value: Bytes::from("v1") }, true);
+        ev(&h, "k", Op::Put { value: Bytes::from("v2") }, true);
+        // A read at R=1 saw v2 only; the delete covers v2, not v1.
+        ev(&h, "k", Op::Get { values: vec![Bytes::from("v2")], context: vec![7] }, true);
+        ev(&h, "k", Op::Delete { context: Some(vec![7]) }, true);
+        let mut fin = BTreeMap::new();
+        fin.insert(Bytes::from("k"), vec![Bytes::from("v1")]);
+        check_no_undone_delete(&h, &fin).unwrap();
+        fin.insert(Bytes::from("k"), vec![Bytes::from("v2")]);
+        let err = check_no_undone_delete(&h, &fin).unwrap_err();
+        assert!(err.problem.contains("\"v2\""), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`transport_load`]: an echo handler and a closed-loop load for transport benchmarks.
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
+//! - [`simulation`]: seeded runs that draw the cluster, the workload and
+//!   the faults from one `u64`, checked by invariants, swept by the thousand.
 
 pub mod backend;
 pub mod buffered_store;
@@ -18,6 +20,7 @@ pub mod conformance;
 pub mod history;
 pub mod scenarios;
 pub mod sim_net;
+pub mod simulation;
 pub mod transport_load;
 
 pub use backend::{Backend, SimBackend};

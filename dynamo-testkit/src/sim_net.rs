@@ -11,9 +11,11 @@
 //!    [`TransportError::Closed`] (also if that happens while it is in flight);
 //! 2. to an address where nothing serves it fails at once with
 //!    [`TransportError::Refused`] ("connection refused": never delivered);
-//! 3. a leg is lost if it is randomly dropped, or if its link is cut when it
-//!    is sent or when it arrives after its delay; the caller then sees
-//!    [`TransportError::Timeout`] once the deadline passes;
+//! 3. a leg is lost if it is randomly dropped, or if its link is cut (both
+//!    ways, or one way in its direction) when it is sent or when it arrives
+//!    after its delay; the caller then sees [`TransportError::Timeout`] once
+//!    the deadline passes. With a duplicate rate, a request may also be
+//!    delivered a second time, after its own delay (its response is lost);
 //! 4. if the target stops serving before the request arrives or before it
 //!    answers, the call fails with `Unreachable` ("connection reset").
 //!
@@ -21,7 +23,7 @@
 //! is delivered and handled to completion even if its caller gave up or its
 //! response is lost, as with a real server.
 //!
-//! Runs are reproducible from the seed: every call makes exactly four draws
+//! Runs are reproducible from the seed: every call makes exactly six draws
 //! from one ChaCha8 generator when it starts, whatever the configuration, so
 //! the draws depend only on the order in which calls start (deterministic on
 //! tokio's current-thread runtime, which `#[tokio::test]` uses). Delays use
@@ -90,8 +92,11 @@ struct State {
     slots: BTreeMap<String, Slot>,
     /// Cut links, each stored once as an ordered pair: cuts are symmetric.
     cuts: BTreeSet<(String, String)>,
+    /// One-way cuts: frames from the first address to the second are lost.
+    one_way: BTreeSet<(String, String)>,
     isolated: BTreeSet<String>,
     drop_rate: f64,
+    duplicate_rate: f64,
     delay: (Duration, Duration),
     max_frame: usize,
     stats: NetStats,
@@ -103,24 +108,39 @@ struct Plan {
     request_delay: Duration,
     response_lost: bool,
     response_delay: Duration,
+    /// A second copy of the request is delivered after this delay (its
+    /// response goes nowhere), as a network that duplicates frames does.
+    duplicate: Option<Duration>,
 }
 
 impl State {
-    /// Always four draws, so the draw sequence depends only on the calls made.
+    /// Always six draws, so the draw sequence depends only on the calls made.
     fn draw(&mut self) -> Plan {
         let (min, max) = self.delay;
         let delay = |rng: &mut ChaCha8Rng| min + (max - min).mul_f64(rng.random::<f64>());
+        let request_lost = self.rng.random::<f64>() < self.drop_rate;
+        let request_delay = delay(&mut self.rng);
+        let response_lost = self.rng.random::<f64>() < self.drop_rate;
+        let response_delay = delay(&mut self.rng);
+        let duplicated = self.rng.random::<f64>() < self.duplicate_rate;
+        let duplicate_delay = delay(&mut self.rng);
         Plan {
-            request_lost: self.rng.random::<f64>() < self.drop_rate,
-            request_delay: delay(&mut self.rng),
-            response_lost: self.rng.random::<f64>() < self.drop_rate,
-            response_delay: delay(&mut self.rng),
+            request_lost,
+            request_delay,
+            response_lost,
+            response_delay,
+            duplicate: duplicated.then_some(duplicate_delay),
         }
     }
 
-    /// A node can always reach itself; otherwise isolation or a cut blocks the link.
+    /// A node can always reach itself; otherwise isolation or a cut
+    /// (both ways, or one way from `a` to `b`) blocks frames from `a` to `b`.
     fn is_cut(&self, a: &str, b: &str) -> bool {
-        a != b && (self.isolated.contains(a) || self.isolated.contains(b) || self.cuts.contains(&link(a, b)))
+        a != b
+            && (self.isolated.contains(a)
+                || self.isolated.contains(b)
+                || self.cuts.contains(&link(a, b))
+                || self.one_way.contains(&(a.to_owned(), b.to_owned())))
     }
 
     /// Whether a leg from `from` to `to` is lost now; counts it as dropped if so.
@@ -173,8 +193,10 @@ impl SimNetwork {
             next_id: 0,
             slots: BTreeMap::new(),
             cuts: BTreeSet::new(),
+            one_way: BTreeSet::new(),
             isolated: BTreeSet::new(),
             drop_rate: 0.0,
+            duplicate_rate: 0.0,
             delay: (Duration::ZERO, Duration::ZERO),
             max_frame: DEFAULT_MAX_FRAME,
             stats: NetStats::default(),
@@ -249,6 +271,27 @@ impl SimNetwork {
         self.lock().drop_rate = p;
     }
 
+    /// Makes each later request delivered twice with probability `p`: the
+    /// copy arrives after its own delay, is handled like the original, and
+    /// its response goes nowhere.
+    ///
+    /// # Panics
+    /// If `p` is not within `0.0..=1.0`.
+    pub fn set_duplicate_rate(&self, p: f64) {
+        assert!((0.0..=1.0).contains(&p), "duplicate rate {p} not in [0, 1]");
+        self.lock().duplicate_rate = p;
+    }
+
+    /// Loses every frame from `from` to `to` (requests it sends, responses
+    /// it returns), while frames from `to` to `from` still arrive: a
+    /// one-way partition.
+    pub fn cut_one_way(&self, from: &str, to: &str) {
+        tracing::debug!(from, to, "sim_net: one-way cut");
+        if from != to {
+            self.lock().one_way.insert((from.to_owned(), to.to_owned()));
+        }
+    }
+
     /// Makes each delivered leg of each later call wait a uniformly drawn
     /// time in `[min, max]` (on tokio's clock), so a round trip takes at
     /// least `2 * min` and at most `2 * max` plus the handler's time.
@@ -278,14 +321,17 @@ impl SimNetwork {
         self.lock().isolated.insert(addr.to_owned());
     }
 
-    /// Removes every cut and isolation and sets the drop rate back to 0.
-    /// Delays and killed nodes are left as they are.
+    /// Removes every cut (both-way and one-way) and isolation and sets the
+    /// drop and duplicate rates back to 0. Delays, paused and killed nodes
+    /// are left as they are.
     pub fn heal(&self) {
         tracing::debug!("sim_net: heal");
         let mut state = self.lock();
         state.cuts.clear();
+        state.one_way.clear();
         state.isolated.clear();
         state.drop_rate = 0.0;
+        state.duplicate_rate = 0.0;
     }
 
     /// Crashes the node at `addr`: it stops serving at once, calls to it fail
@@ -326,6 +372,19 @@ impl SimNetwork {
             state.stats.refused += 1;
             return Err(TransportError::Refused { peer: to.to_owned(), reason: "connection refused".into() });
         };
+        if let Some(delay) = plan.duplicate {
+            let copy = Plan {
+                request_lost: false,
+                request_delay: delay,
+                response_lost: true,
+                response_delay: Duration::ZERO,
+                duplicate: None,
+            };
+            let (net, from, to, frame) = (self.clone(), from.to_owned(), to.to_owned(), frame.clone());
+            // Nobody waits for the copy's response.
+            let (nowhere, _) = oneshot::channel();
+            tokio::spawn(net.deliver(from, to, target, frame, copy, nowhere));
+        }
         if !state.leg_lost(from, to, plan.request_lost) {
             let (net, from, to) = (self.clone(), from.to_owned(), to.to_owned());
             tokio::spawn(net.deliver(from, to, target, frame, plan, reply));
@@ -430,6 +489,7 @@ impl Transport for SimTransport {
         };
         let outcome = async {
             tokio::select! {
+                biased;
                 reply = reply => reply,
                 _ = closed.wait_for(|closed| *closed) => Err(TransportError::Closed),
             }
@@ -497,6 +557,45 @@ mod tests {
 
     fn is_timeout(result: &Result<Bytes, TransportError>, peer: &str) -> bool {
         matches!(result, Err(TransportError::Timeout { peer: p, timeout }) if p == peer && *timeout == T)
+    }
+
+    async fn counting(net: &SimNetwork, addr: &str) -> (Arc<SimTransport>, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let endpoint = net.endpoint(addr);
+        endpoint.serve(Arc::new(Counting { hits: Arc::clone(&hits), isolate: None })).await.unwrap();
+        (endpoint, hits)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_duplicated_request_is_handled_twice_and_answered_once() {
+        let net = SimNetwork::new(4);
+        let (a, a_hits) = counting(&net, "a").await;
+        let (b, b_hits) = counting(&net, "b").await;
+        net.set_duplicate_rate(1.0);
+        net.set_delay(Duration::from_millis(1), Duration::from_millis(5));
+        assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
+        let deadline = Instant::now() + T;
+        while b_hits.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "the copy was never handled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        net.heal();
+        b.call("a", ping(), T).await.unwrap();
+        assert_eq!(a_hits.load(Ordering::SeqCst), 1, "healing stops duplication");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_way_cut_loses_frames_in_its_direction_only() {
+        let net = SimNetwork::new(5);
+        let (a, a_hits) = counting(&net, "a").await;
+        let (b, b_hits) = counting(&net, "b").await;
+        net.cut_one_way("a", "b");
+        assert!(is_timeout(&a.call("b", ping(), T).await, "b"));
+        assert_eq!(b_hits.load(Ordering::SeqCst), 0, "a's request never reached b");
+        assert!(is_timeout(&b.call("a", ping(), T).await, "a"), "a's response to b is lost");
+        assert_eq!(a_hits.load(Ordering::SeqCst), 1, "b's request reached a");
+        net.heal();
+        assert_eq!(a.call("b", ping(), T).await.unwrap(), ping());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,423 @@
+//! Deterministic simulation with seed sweeps, after FoundationDB and
+//! turmoil: one `u64` seed draws a whole run, a failing seed replays it
+//! bit for bit, and a sweep runs thousands of seeds.
+//!
+//! From its seed a run draws ([`SimPlan`]) a cluster (3 to 7 nodes, N/R/W
+//! with R + W > N and sometimes not, sloppy or strict quorums, a
+//! reconciler, durable or buffered stores, the sibling limit), a workload
+//! size, and a fault schedule over simulated time ([`FaultKind`]): message
+//! drops, delays (past the senders' deadlines too), duplicates and the
+//! reordering random delays cause; both-way and one-way partitions; node
+//! crashes and restarts with the store kept (losing unflushed writes with
+//! buffered stores) or wiped; frozen nodes (SIGSTOP) that resume late;
+//! clocks that jump or drift per node; failing or slow store writes and
+//! transport errors after a request was sent (core's fault points). The
+//! clients of the [`Workload`] run concurrently with the schedule. Then the
+//! faults stop, the cluster heals, and the checks run:
+//!
+//! - no acknowledged set-union add is lost;
+//! - no acknowledged delete is undone (a value the deleting read saw never
+//!   reads back);
+//! - every key converges to one state on all its replicas;
+//! - a write refused for the sibling bound never takes effect;
+//! - no panic, and no error log unless store failures were injected;
+//! - the application's own [`Invariant`]s.
+//!
+//! Everything runs on one thread, on tokio's paused clock, with every
+//! random choice drawn from the seed, so a run is a function of its seed.
+//! A failure prints the seed, the check, the key, that key's history and
+//! the command that replays it.
+//!
+//! ```
+//! use dynamo_testkit::simulation::Simulation;
+//!
+//! let report = Simulation::new().sweep(0..20);
+//! assert!(report.failures.is_empty(), "{report}");
+//! ```
+
+mod checks;
+mod faults;
+mod observe;
+mod plan;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dynamo_core::causality::SiblingSet;
+use dynamo_core::config::Config;
+use dynamo_core::reconcile::{KeepSiblings, LastWriteWins, Reconciler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use checks::{Invariant, RunOutcome};
+pub use plan::{FaultKind, ReconcilerChoice, ScheduledFault, SimPlan};
+pub use workload::{BoxFuture, MixedWorkload, Workload};
+
+use crate::history::Violation;
+use crate::Cluster;
+use faults::SeededFaults;
+
+/// How long the fault schedule of a run spans, in simulated time; the
+/// workload's clients spread their operations over it.
+pub const HORIZON: Duration = Duration::from_secs(2);
+
+/// How long, in simulated time, a healed cluster gets to converge.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// How often buffered stores flush on their own, in simulated time.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// A configured simulation: what every seed's run shares.
+pub struct Simulation {
+    reconciler: Option<Arc<dyn Reconciler>>,
+    workload: Arc<dyn Workload>,
+    invariants: Vec<Arc<dyn Invariant>>,
+}
+
+impl Default for Simulation {
+    fn default() -> Self {
+        Simulation::new()
+    }
+}
+
+/// How one seed's run went, when it passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The seed.
+    pub seed: u64,
+    /// Client operations made, and how many were acknowledged.
+    pub operations: usize,
+    /// Of which acknowledged.
+    pub acknowledged: usize,
+    /// A hash of the whole history and of every key's final state: equal
+    /// for two runs of one seed.
+    pub fingerprint: u64,
+}
+
+/// A seed whose run broke a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed; [`Failure::replay`] is the command that replays it.
+    pub seed: u64,
+    /// The check that failed.
+    pub check: String,
+    /// The key it failed on, if it is about one.
+    pub key: Option<String>,
+    /// What went wrong.
+    pub detail: String,
+    /// What the seed drew.
+    pub plan: String,
+    /// The history of the failing key (every operation on it, in order).
+    pub excerpt: Vec<String>,
+    /// What each node stores for the failing key after the heal: its
+    /// replica's siblings (value and dot) and any hints.
+    pub replicas: Vec<String>,
+}
+
+impl Failure {
+    /// The shell command that replays this seed.
+    pub fn replay(&self) -> String {
+        format!("cargo run --release -p dynamo-testkit --bin simulate -- --seeds 1 --from {}", self.seed)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed {}: {}", self.seed, self.check, self.detail)?;
+        writeln!(f, "  plan: {}", self.plan)?;
+        if let Some(key) = &self.key {
+            writeln!(f, "  history of key {key:?}:")?;
+            for line in &self.excerpt {
+                writeln!(f, "    {line}")?;
+            }
+            writeln!(f, "  what each node stores for it:")?;
+            for line in &self.replicas {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        write!(f, "  replay: {}", self.replay())
+    }
+}
+
+/// The result of a sweep.
+#[derive(Debug, Clone)]
+pub struct SweepReport {
+    /// Seeds run.
+    pub seeds: u64,
+    /// The seeds that failed, in seed order.
+    pub failures: Vec<Failure>,
+    /// Wall-clock time the sweep took.
+    pub elapsed: Duration,
+}
+
+impl SweepReport {
+    /// Seeds per second of wall-clock time.
+    pub fn rate(&self) -> f64 {
+        self.seeds as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for SweepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for failure in &self.failures {
+            writeln!(f, "{failure}")?;
+        }
+        write!(f, "{} seeds, {} failed", self.seeds, self.failures.len())
+    }
+}
+
+impl Simulation {
+    /// The built-in [`MixedWorkload`] and checks, with the reconciler each
+    /// seed draws.
+    pub fn new() -> Self {
+        Simulation { reconciler: None, workload: Arc::new(MixedWorkload), invariants: Vec::new() }
+    }
+
+    /// Every run uses `reconciler` instead of drawing one.
+    pub fn reconciler(mut self, reconciler: Arc<dyn Reconciler>) -> Self {
+        self.reconciler = Some(reconciler);
+        self
+    }
+
+    /// The clients run `workload` instead of the [`MixedWorkload`].
+    pub fn workload(mut self, workload: Arc<dyn Workload>) -> Self {
+        self.workload = workload;
+        self
+    }
+
+    /// Adds an invariant checked after every run, besides the built-in ones.
+    pub fn invariant(mut self, invariant: Arc<dyn Invariant>) -> Self {
+        self.invariants.push(invariant);
+        self
+    }
+
+    /// The plan seed `seed` draws, with this simulation's reconciler.
+    pub fn plan(&self, seed: u64) -> SimPlan {
+        let mut plan = SimPlan::draw(seed);
+        if self.reconciler.is_some() {
+            plan.reconciler = ReconcilerChoice::Custom;
+        }
+        plan
+    }
+
+    /// Runs the seeds of `seeds`, one after the other, on this thread.
+    pub fn sweep(&self, seeds: Range<u64>) -> SweepReport {
+        let started = Instant::now();
+        let failures = seeds.clone().filter_map(|seed| self.run(seed).err().map(|f| *f)).collect();
+        SweepReport { seeds: seeds.end.saturating_sub(seeds.start), failures, elapsed: started.elapsed() }
+    }
+
+    /// Runs one seed on this thread, on a fresh single-threaded runtime
+    /// with tokio's clock paused.
+    ///
+    /// # Errors
+    /// The first check the run broke, with everything needed to replay it.
+    pub fn run(&self, seed: u64) -> Result<RunSummary, Box<Failure>> {
+        let plan = self.plan(seed);
+        let fail = |check: &str, key: Option<String>, detail: String, excerpt: Vec<String>| {
+            Box::new(Failure {
+                seed,
+                check: check.to_owned(),
+                key,
+                detail,
+                plan: plan.to_string(),
+                excerpt,
+                replicas: Vec::new(),
+            })
+        };
+        let runtime =
+            match tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    return Err(fail("setup", None, format!("cannot build a runtime: {e}"), Vec::new()))
+                }
+            };
+        let (result, observed) = observe::observe(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(self.run_plan(&plan))))
+        });
+        drop(runtime);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(fail(
+                    "no-panic",
+                    None,
+                    format!("the run panicked: {:?}", observed.panics),
+                    vec![],
+                ))
+            }
+        };
+        let (summary, store_failures) = outcome?;
+        if let Some(panic) = observed.panics.first() {
+            return Err(fail("no-panic", None, format!("a task panicked: {panic}"), Vec::new()));
+        }
+        if !store_failures {
+            if let Some(error) = observed.errors.first() {
+                return Err(fail("no-error-log", None, format!("an error was logged: {error}"), Vec::new()));
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The run itself: cluster, workload and faults, heal, checks. Returns
+    /// the summary and whether store failures were injected.
+    async fn run_plan(&self, plan: &SimPlan) -> Result<(RunSummary, bool), Box<Failure>> {
+        let fail = |check: &str, key: Option<String>, detail: String, excerpt: Vec<String>| {
+            Box::new(Failure {
+                seed: plan.seed,
+                check: check.to_owned(),
+                key,
+                detail,
+                plan: plan.to_string(),
+                excerpt,
+                replicas: Vec::new(),
+            })
+        };
+        let faults = Arc::new(SeededFaults::new(plan.seed));
+        let cluster = self
+            .cluster(plan, Arc::clone(&faults))
+            .await
+            .map_err(|e| fail("setup", None, format!("the cluster did not start: {e}"), Vec::new()))?;
+
+        // Every message takes a little time, so operations interleave.
+        cluster.net().set_delay(Duration::from_micros(50), Duration::from_millis(2));
+        let schedule = async {
+            let start = tokio::time::Instant::now();
+            for fault in &plan.faults {
+                tokio::time::sleep_until(start + fault.at).await;
+                faults::apply(&cluster, &faults, &fault.kind).await;
+            }
+        };
+        let clients = futures::future::join_all((0..plan.clients).map(|client| {
+            let rng =
+                ChaCha8Rng::seed_from_u64(plan.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ client as u64);
+            self.workload.run_client(&cluster, client, plan.ops_per_client, rng)
+        }));
+        tokio::join!(schedule, clients);
+
+        faults::heal(&cluster, &faults).await.map_err(|e| fail("heal", None, e, Vec::new()))?;
+        let history = cluster.history().clone();
+        if let Err(e) = cluster.wait_converged(CONVERGE).await {
+            return Err(fail("convergence", None, e, Vec::new()));
+        }
+        let finals = cluster.read_all(0).await.map_err(|e| {
+            fail("final-read", None, format!("a read at R = N failed after the heal: {e}"), vec![])
+        })?;
+        let mut states: BTreeMap<Bytes, Option<SiblingSet>> = BTreeMap::new();
+        for key in history.keys() {
+            let owner = cluster.preference_list(&key)[0];
+            let state = cluster
+                .replica_state(owner, &key)
+                .await
+                .map_err(|e| fail("final-read", None, format!("node {owner} cannot be read: {e}"), vec![]))?;
+            states.insert(key, state);
+        }
+        let outcome = RunOutcome { plan, history: &history, finals: &finals, states: &states };
+        if let Err((check, v)) = self.check(&outcome) {
+            let mut failure = fail(&check, Some(v.key.clone()), v.problem, history.excerpt(v.key.as_bytes()));
+            failure.replicas = stored_everywhere(&cluster, v.key.as_bytes()).await;
+            return Err(failure);
+        }
+        let events = history.events();
+        let summary = RunSummary {
+            seed: plan.seed,
+            operations: events.len(),
+            acknowledged: events.iter().filter(|e| e.ok).count(),
+            fingerprint: fingerprint(&events, &states),
+        };
+        cluster.shutdown().await;
+        Ok((summary, faults.injected_store_failure()))
+    }
+
+    /// The built-in checks, then the application's invariants.
+    fn check(&self, outcome: &RunOutcome<'_>) -> Result<(), (String, Violation)> {
+        fn named(name: &str) -> impl FnOnce(Violation) -> (String, Violation) + '_ {
+            move |v| (name.to_owned(), v)
+        }
+        if outcome.plan.reconciler != ReconcilerChoice::LastWriteWins {
+            checks::no_lost_adds(outcome, &|k| self.workload.set_union(k)).map_err(named("no-lost-add"))?;
+        }
+        checks::no_undone_delete(outcome).map_err(named("no-undone-delete"))?;
+        checks::refused_writes_never_take_effect(outcome).map_err(named("sibling-bound"))?;
+        for invariant in &self.invariants {
+            invariant.check(outcome).map_err(named(invariant.name()))?;
+        }
+        Ok(())
+    }
+
+    async fn cluster(&self, plan: &SimPlan, faults: Arc<SeededFaults>) -> dynamo_core::Result<Cluster> {
+        let reconciler: Arc<dyn Reconciler> = match (plan.reconciler, &self.reconciler) {
+            (ReconcilerChoice::Custom, Some(r)) => Arc::clone(r),
+            (ReconcilerChoice::LastWriteWins, _) => Arc::new(LastWriteWins),
+            _ => Arc::new(KeepSiblings),
+        };
+        let config = Config {
+            max_siblings: plan.max_siblings,
+            request_timeout_ms: 2_000,
+            replica_timeout_ms: 400,
+            hint_delivery_interval_ms: 200,
+            suspect_period_ms: 300,
+            ..Config::default()
+        };
+        let mut builder = Cluster::builder()
+            .config(config)
+            .nodes(plan.nodes)
+            .n(plan.n)
+            .r(plan.r)
+            .w(plan.w)
+            .seed(plan.seed)
+            .reconciler(reconciler)
+            .fault_injector(faults);
+        if !plan.sloppy {
+            builder = builder.strict();
+        }
+        if plan.buffered {
+            builder = builder.buffered_stores(Some(FLUSH_EVERY));
+        }
+        builder.build().await
+    }
+}
+
+/// What every node stores for `key`: its replica's siblings and its hints.
+async fn stored_everywhere(cluster: &Cluster, key: &[u8]) -> Vec<String> {
+    let show = |s: &SiblingSet| {
+        let siblings: Vec<String> = s
+            .siblings()
+            .iter()
+            .map(|sib| {
+                let value =
+                    sib.value.as_ref().map_or("tombstone".to_owned(), |v| format!("{} bytes", v.len()));
+                format!("{value} @ n{}/{}:{}", sib.dot.actor.node.0, sib.dot.actor.epoch, sib.dot.counter)
+            })
+            .collect();
+        format!("{siblings:?}")
+    };
+    let owners = cluster.preference_list(key);
+    let mut out = Vec::new();
+    for i in 0..cluster.len() {
+        let line = match cluster.local_state(i, key).await {
+            Ok(local) => {
+                let data = local.data.as_ref().map_or("nothing".to_owned(), show);
+                let hints: Vec<String> =
+                    local.hints.iter().map(|(o, s)| format!("for {o}: {}", show(s))).collect();
+                let role = if owners.contains(&i) { "owner" } else { "non-owner" };
+                format!("node {i} ({role}): {data}; hints {hints:?}")
+            }
+            Err(e) => format!("node {i}: cannot be read: {e}"),
+        };
+        out.push(line);
+    }
+    out
+}
+
+/// A hash of a run's history and final states: two runs of one seed must
+/// agree on it.
+fn fingerprint(events: &[crate::history::Event], states: &BTreeMap<Bytes, Option<SiblingSet>>) -> u64 {
+    let text = format!("{events:?}{states:?}");
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}

@@ -1,0 +1,292 @@
+//! What one seed draws: the cluster, the workload's size and the faults.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The reconciler a run uses, when the simulation does not impose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcilerChoice {
+    /// Dynamo's default: every concurrent sibling is kept.
+    KeepSiblings,
+    /// Last-write-wins on hybrid-logical-clock timestamps.
+    LastWriteWins,
+    /// The one given to [`Simulation::reconciler`](super::Simulation::reconciler).
+    Custom,
+}
+
+/// One fault, applied at a moment of the run (simulated time since the
+/// workload started). Node numbers are indexes into the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Each message leg is lost with this probability.
+    Drop(f64),
+    /// Each leg waits a uniform time in `[min, max]` (may exceed the
+    /// replica timeout: answers arrive after the sender gave up).
+    Delay(Duration, Duration),
+    /// Each request is delivered twice with this probability.
+    Duplicate(f64),
+    /// Both-way cut between two groups of nodes.
+    Partition(Vec<usize>, Vec<usize>),
+    /// Frames from the first node to the second are lost.
+    OneWay(usize, usize),
+    /// The node is cut from every other.
+    Isolate(usize),
+    /// Cuts, drops and duplication stop (delays stay).
+    HealNetwork,
+    /// The node crashes (with buffered stores it loses its unflushed writes).
+    Crash(usize),
+    /// A crashed node starts again on its store.
+    Restart(usize),
+    /// The node crashes and restarts on an empty store (a lost disk).
+    Wipe(usize),
+    /// The node freezes (SIGSTOP): requests to it wait.
+    Pause(usize),
+    /// A paused node runs again and handles what waited.
+    Resume(usize),
+    /// The node's clock steps by this many µs (negative: backwards).
+    ClockJump(usize, i64),
+    /// The node's clock runs this many parts per million fast (or slow).
+    ClockDrift(usize, i64),
+    /// Store writes on every node fail with the first probability and
+    /// stall (a slow fsync) with the second.
+    StoreFaults(f64, f64),
+    /// Calls fail before the request is sent with the first probability,
+    /// and after it was executed with the second.
+    SendFaults(f64, f64),
+}
+
+/// A fault and when it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledFault {
+    /// Simulated time after the workload starts.
+    pub at: Duration,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// Everything one seed decides before the run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimPlan {
+    /// The seed it was drawn from.
+    pub seed: u64,
+    /// Cluster size, 3 to 7.
+    pub nodes: usize,
+    /// Replication factor.
+    pub n: usize,
+    /// Default read quorum (reads also draw their own R).
+    pub r: usize,
+    /// Write quorum.
+    pub w: usize,
+    /// Sloppy quorum with hinted handoff, or strict.
+    pub sloppy: bool,
+    /// The reconciler.
+    pub reconciler: ReconcilerChoice,
+    /// Stores in buffered durability, which lose unflushed writes on a
+    /// crash (flushing every 50 ms of simulated time).
+    pub buffered: bool,
+    /// The configured sibling limit.
+    pub max_siblings: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Operations per client.
+    pub ops_per_client: usize,
+    /// The fault schedule, in time order.
+    pub faults: Vec<ScheduledFault>,
+}
+
+/// How long the fault schedule spans, in simulated time.
+const HORIZON_MS: u64 = super::HORIZON.as_millis() as u64;
+
+impl SimPlan {
+    /// Draws a plan from `seed`.
+    pub fn draw(seed: u64) -> SimPlan {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_9a17_0000_0001);
+        let nodes = *pick(&mut rng, &[3, 3, 3, 4, 4, 5, 5, 6, 7]);
+        let n = if nodes >= 5 && rng.random_bool(0.2) {
+            5
+        } else if rng.random_bool(0.15) {
+            2
+        } else {
+            3
+        };
+        // Mostly R + W > N; one run in four reads or writes weakly.
+        let (r, w) = if rng.random_bool(0.75) {
+            let w = rng.random_range(n / 2 + 1..=n);
+            (n + 1 - w, w)
+        } else {
+            (1, rng.random_range(1..=n / 2 + 1).min(n))
+        };
+        let reconciler = if rng.random_bool(0.75) {
+            ReconcilerChoice::KeepSiblings
+        } else {
+            ReconcilerChoice::LastWriteWins
+        };
+        let mut plan = SimPlan {
+            seed,
+            nodes,
+            n,
+            r,
+            w,
+            sloppy: rng.random_bool(0.8),
+            reconciler,
+            buffered: rng.random_bool(0.3),
+            max_siblings: if rng.random_bool(0.2) { rng.random_range(3..=6) } else { 100 },
+            clients: rng.random_range(2..=4),
+            ops_per_client: rng.random_range(6..=14),
+            faults: Vec::new(),
+        };
+        plan.faults = draw_faults(&mut rng, &plan);
+        plan
+    }
+
+    /// Whether a fault that destroys a node's acknowledged copy (a wipe, or
+    /// a crash with buffered stores) may happen: only if another copy
+    /// outlives it, with W at least 2, and then once per run.
+    fn destructive_allowed(&self) -> bool {
+        self.w >= 2
+    }
+}
+
+fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+/// Draws 0 to 8 faults over the horizon. A crashed or paused node comes
+/// back later in the schedule (or at the heal); at most one destructive
+/// fault per run.
+fn draw_faults(rng: &mut ChaCha8Rng, plan: &SimPlan) -> Vec<ScheduledFault> {
+    let count = *pick(rng, &[0, 1, 2, 2, 3, 3, 4, 5, 6, 8]);
+    let mut faults = Vec::new();
+    let mut destructive_used = !plan.destructive_allowed();
+    let mut down: Vec<usize> = Vec::new();
+    let node = |rng: &mut ChaCha8Rng| rng.random_range(0..plan.nodes);
+    for _ in 0..count {
+        let at = Duration::from_millis(rng.random_range(0..HORIZON_MS));
+        let kind = match rng.random_range(0..15) {
+            0 => FaultKind::Drop(*pick(rng, &[0.05, 0.2, 0.5])),
+            1 => {
+                let max = Duration::from_millis(*pick(rng, &[5, 50, 400, 1_500]));
+                FaultKind::Delay(max / 10, max)
+            }
+            2 => FaultKind::Duplicate(*pick(rng, &[0.1, 0.5])),
+            3 => {
+                let mut all: Vec<usize> = (0..plan.nodes).collect();
+                let split = rng.random_range(1..plan.nodes);
+                for i in (1..all.len()).rev() {
+                    all.swap(i, rng.random_range(0..=i));
+                }
+                let b = all.split_off(split);
+                FaultKind::Partition(all, b)
+            }
+            4 => {
+                let (a, b) = (node(rng), node(rng));
+                FaultKind::OneWay(a, b)
+            }
+            5 => FaultKind::Isolate(node(rng)),
+            6 => FaultKind::HealNetwork,
+            7 | 8 => {
+                let i = node(rng);
+                if down.contains(&i) {
+                    down.retain(|d| *d != i);
+                    FaultKind::Restart(i)
+                } else if plan.buffered && destructive_used {
+                    // Another crash with buffered stores could lose a second copy.
+                    FaultKind::Pause(i)
+                } else {
+                    destructive_used |= plan.buffered;
+                    down.push(i);
+                    FaultKind::Crash(i)
+                }
+            }
+            9 if !destructive_used => {
+                destructive_used = true;
+                FaultKind::Wipe(node(rng))
+            }
+            9 | 10 => FaultKind::Pause(node(rng)),
+            11 => FaultKind::ClockJump(node(rng), *pick(rng, &[-2_000_000, -300_000, 300_000, 5_000_000])),
+            12 => FaultKind::ClockDrift(node(rng), *pick(rng, &[-50_000, -500, 500, 50_000])),
+            13 => FaultKind::StoreFaults(*pick(rng, &[0.0, 0.02, 0.1]), *pick(rng, &[0.0, 0.05, 0.3])),
+            _ => FaultKind::SendFaults(*pick(rng, &[0.0, 0.02, 0.1]), *pick(rng, &[0.0, 0.02, 0.1])),
+        };
+        faults.push(ScheduledFault { at, kind });
+    }
+    // A paused node resumes at a random later moment (or at the heal).
+    let mut resumes = Vec::new();
+    for f in &faults {
+        if let FaultKind::Pause(i) = f.kind {
+            if rng.random_bool(0.7) {
+                let later = f.at + Duration::from_millis(rng.random_range(50..1_500));
+                resumes.push(ScheduledFault { at: later, kind: FaultKind::Resume(i) });
+            }
+        }
+    }
+    faults.extend(resumes);
+    faults.sort_by_key(|f| f.at);
+    faults
+}
+
+impl fmt::Display for SimPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} nodes, N={} R={} W={}, {}, {:?}, {} stores, max_siblings {}, {} clients x {} ops",
+            self.nodes,
+            self.n,
+            self.r,
+            self.w,
+            if self.sloppy { "sloppy" } else { "strict" },
+            self.reconciler,
+            if self.buffered { "buffered" } else { "durable" },
+            self.max_siblings,
+            self.clients,
+            self.ops_per_client
+        )?;
+        if self.faults.is_empty() {
+            return write!(f, "; no faults");
+        }
+        write!(f, "; faults:")?;
+        for fault in &self.faults {
+            write!(f, " {}ms {:?};", fault.at.as_millis(), fault.kind)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_a_function_of_the_seed_and_cover_every_fault_kind() {
+        assert_eq!(SimPlan::draw(7), SimPlan::draw(7));
+        let mut kinds = std::collections::HashSet::new();
+        let mut shapes = std::collections::BTreeSet::new();
+        for seed in 0..3_000 {
+            let plan = SimPlan::draw(seed);
+            assert!((3..=7).contains(&plan.nodes) && plan.n <= plan.nodes);
+            assert!(plan.r >= 1 && plan.r <= plan.n && plan.w >= 1 && plan.w <= plan.n, "{plan}");
+            shapes.insert((
+                plan.r + plan.w > plan.n,
+                plan.sloppy,
+                plan.reconciler == ReconcilerChoice::KeepSiblings,
+            ));
+            let destructive = plan
+                .faults
+                .iter()
+                .filter(|f| {
+                    matches!(f.kind, FaultKind::Wipe(_))
+                        || plan.buffered && matches!(f.kind, FaultKind::Crash(_))
+                })
+                .count();
+            assert!(destructive <= usize::from(plan.w >= 2), "seed {seed}: {plan}");
+            for f in &plan.faults {
+                kinds.insert(std::mem::discriminant(&f.kind));
+            }
+        }
+        assert_eq!(kinds.len(), 16, "every fault kind is drawn");
+        assert_eq!(shapes.len(), 8, "strong and weak quorums, sloppy and strict, both reconcilers");
+    }
+}
