@@ -39,12 +39,46 @@ pub struct ServerConfig {
     pub log: LogConfig,
 }
 
-/// Where the HTTP client API listens.
+/// Where the HTTP client API listens, and the limits that protect it from
+/// slow or abusive clients. Every limit applies before a request reaches
+/// the API: a refused request never touches the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Socket address to bind, e.g. `0.0.0.0:8000`.
     pub listen: String,
+    /// Deadline for a request's head (request line and header fields), in
+    /// milliseconds: from the accepted connection for its first request,
+    /// from the first byte for later ones. A connection that sends nothing
+    /// is closed; half a head gets `408`. Default 10 s: a client sends its
+    /// head in one packet, so even a slow mobile link needs well under a
+    /// second, while a slowloris client can hold a connection only this long.
+    pub header_timeout_ms: u64,
+    /// Deadline for a request's whole body, in milliseconds from the moment
+    /// the API starts reading it (when `100 Continue` is sent). A body that
+    /// stalls gets `408` and the connection is closed; nothing is stored.
+    /// Default 30 s: a value of the default `max_value_size` (1 MiB) then
+    /// needs about 35 KB/s, which any real link sustains.
+    pub body_timeout_ms: u64,
+    /// How long a keep-alive connection may wait for its next request, in
+    /// milliseconds, before it is closed. Default 60 s: long enough for a
+    /// client's pooled connection to outlive pauses between bursts, short
+    /// enough that forgotten connections give their slot back (clients'
+    /// pools notice the close and reconnect).
+    pub idle_timeout_ms: u64,
+    /// Most connections served at once; beyond it a new connection gets
+    /// `503` and is closed, and the open ones keep working. Default 1024:
+    /// far above what a node needs (the load generator uses 64), small
+    /// enough that open connections and their header buffers stay bounded
+    /// (at most `max_connections` × `max_header_bytes` of buffered heads).
+    /// The process's open-file limit (`ulimit -n`) must leave room for it
+    /// plus the peer connections and the store.
+    pub max_connections: usize,
+    /// Largest request head (request line and header fields), in bytes,
+    /// inclusive; a larger one gets `431`. Default 32 KiB, like common
+    /// proxies: room for a fully percent-encoded key of `max_key_len` bytes
+    /// and a large `X-Dynamo-Context`.
+    pub max_header_bytes: usize,
 }
 
 /// The node-to-node transport.
@@ -139,7 +173,56 @@ impl Default for ServerConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8000".into() }
+        HttpConfig {
+            listen: "127.0.0.1:8000".into(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Upper bound of the HTTP timeouts: a day, far beyond any sensible value.
+const MAX_HTTP_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Upper bound of `http.max_connections`.
+const MAX_HTTP_CONNECTIONS: usize = 1_000_000;
+/// Upper bound of `http.max_header_bytes`: 16 MiB.
+const MAX_HTTP_HEADER_BYTES: usize = 16 * 1024 * 1024;
+
+impl HttpConfig {
+    /// Checks the limits, and that a request for the longest key fits in
+    /// `max_header_bytes`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self, cluster: &CoreConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, v) in [
+            ("http.header_timeout_ms", self.header_timeout_ms),
+            ("http.body_timeout_ms", self.body_timeout_ms),
+            ("http.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if v == 0 || v > MAX_HTTP_TIMEOUT_MS {
+                return bad(format!("{name} = {v} must be between 1 and {MAX_HTTP_TIMEOUT_MS} (a day)"));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_HTTP_CONNECTIONS {
+            return bad(format!(
+                "http.max_connections = {} must be between 1 and {MAX_HTTP_CONNECTIONS}",
+                self.max_connections
+            ));
+        }
+        // A key percent-encoded byte by byte takes three times its length.
+        let needed = cluster.max_key_len.saturating_mul(3).saturating_add(1024);
+        if self.max_header_bytes < needed || self.max_header_bytes > MAX_HTTP_HEADER_BYTES {
+            return bad(format!(
+                "http.max_header_bytes = {} must be between {needed} (a fully percent-encoded key of cluster.max_key_len = {} bytes, plus 1 KiB) and {MAX_HTTP_HEADER_BYTES}",
+                self.max_header_bytes, cluster.max_key_len
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +296,7 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         self.cluster.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.http.validate(&self.cluster)?;
         let mut ids = BTreeSet::new();
         for m in &self.members {
             if !ids.insert(m.id) {
@@ -376,6 +460,54 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_out_of_range_are_refused_with_their_key() {
+        let valid = || {
+            let mut c = ServerConfig::default();
+            (c.cluster.n, c.cluster.r, c.cluster.w) = (1, 1, 1);
+            c
+        };
+        valid().validate().unwrap();
+        type Breaks = fn(&mut HttpConfig);
+        let cases: [(&str, Breaks); 6] = [
+            ("http.header_timeout_ms", |h| h.header_timeout_ms = 0),
+            ("http.body_timeout_ms", |h| h.body_timeout_ms = 0),
+            ("http.idle_timeout_ms", |h| h.idle_timeout_ms = 0),
+            ("http.max_connections", |h| h.max_connections = 0),
+            ("http.max_header_bytes", |h| h.max_header_bytes = 0),
+            ("http.idle_timeout_ms", |h| h.idle_timeout_ms = u64::MAX),
+        ];
+        for (key, break_it) in cases {
+            let mut c = valid();
+            break_it(&mut c.http);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // The longest key, percent-encoded, must fit in a request head.
+        let mut c = valid();
+        c.cluster.max_key_len = 16 * 1024;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("http.max_header_bytes") && err.contains("cluster.max_key_len"), "{err}");
+    }
+
+    /// The README's configuration table lists every `[http]` key with its default.
+    #[test]
+    fn readme_documents_every_http_key_with_its_default() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let defaults = serde_json::to_value(HttpConfig::default()).unwrap();
+        for (name, default) in defaults.as_object().unwrap() {
+            let default = default.as_str().map_or_else(|| default.to_string(), str::to_string);
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `http.{name}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table has no row for `http.{name}`"));
+            assert!(
+                row.contains(&format!("| `{default}` |")),
+                "README row for `http.{name}` must show `{default}`: {row}"
+            );
+        }
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn unknown_keys_and_bad_types_are_refused_with_their_name() {
         figment::Jail::expect_with(|jail| {
@@ -409,6 +541,8 @@ mod example_file {
                 ServerConfig::load(Some(path), &CliOverrides::default()).map_err(|e| e.to_string())?;
             let defaults = ServerConfig::default();
             assert_eq!(loaded.cluster, defaults.cluster, "[cluster] in dynamo.toml must show the defaults");
+            let http = HttpConfig { listen: defaults.http.listen.clone(), ..loaded.http.clone() };
+            assert_eq!(http, defaults.http, "[http] in dynamo.toml must show the defaults");
             assert_eq!(loaded.peer.max_frame_bytes, defaults.peer.max_frame_bytes);
             assert_eq!(loaded.store, defaults.store);
             assert_eq!(loaded.log, defaults.log);

@@ -8,18 +8,25 @@
 //!   context, 300 with the JSON form when there are siblings, 404 when
 //!   missing or deleted.
 //! - `DELETE /kv/{key}`: optional `X-Dynamo-Context`. 204.
-//! - Errors are JSON `{"error": "...", ...}`: 400 bad key, context or
-//!   parameter; 409 too many siblings; 413 value too large; 503 quorum
-//!   failed (with `acks` and `required`); 504 deadline passed.
+//! - Errors are JSON `{"error": "...", ...}`, whatever the route: 400 bad
+//!   key (empty, or with an unencoded `/`), context or parameter; 404
+//!   unknown route; 405 method not allowed (with `Allow`); 408 body not
+//!   received in time; 409 too many siblings; 413 value too large
+//!   (refused from `Content-Length` before the body is read); 503 quorum
+//!   failed (with `acks` and `required`); 504 deadline passed. What hyper
+//!   refuses before a request reaches the router (408 head timeout, 431
+//!   head too large, 400 malformed) and 503 too many connections are
+//!   answered in the same form by [`crate::http_listener`].
 //! - `GET /health`, `/metrics`, `/admin/ring[?key=]`, `/admin/members`,
 //!   `/admin/hints`, `/admin/local/{key}` (what this node itself stores).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::{Body, HttpBody as _};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,10 +36,12 @@ use bytes::Bytes;
 use dynamo_core::causality::{Context, Sibling, SiblingSet};
 use dynamo_core::node::{Node, ReadOptions, WriteOptions};
 use dynamo_core::Error;
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::MemberConfig;
+use crate::http_listener::BodyTimeout;
 use crate::metrics::ServerMetrics;
 
 /// The header carrying the opaque causal context.
@@ -48,19 +57,30 @@ pub struct AppState {
     pub members: Vec<MemberConfig>,
 }
 
-/// The API's routes.
+/// The API's routes. Every answer that is an error carries a JSON body,
+/// unknown routes and methods included.
 pub fn router(state: Arc<AppState>) -> Router {
-    // Room for the largest value; a larger body is refused before it is
-    // read whole (Content-Length is checked first).
+    // PUT reads its body itself (see `read_value`); any extractor that
+    // buffers a body is held to the value limit too.
     let body_limit = state.node.config().max_value_size;
     Router::new()
         .route("/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        // A key is one path segment: `/kv/` has none, `/kv/a/b` has two.
+        .route("/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route("/kv/{key}/", get(key_with_slash).put(key_with_slash).delete(key_with_slash))
+        .route("/kv/{key}/{*rest}", get(key_with_slash).put(key_with_slash).delete(key_with_slash))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/admin/ring", get(admin_ring))
         .route("/admin/members", get(admin_members))
         .route("/admin/hints", get(admin_hints))
         .route("/admin/local/{key}", get(admin_local))
+        .route("/admin/local/", get(empty_key))
+        .route("/admin/local/{key}/", get(key_with_slash))
+        .route("/admin/local/{key}/{*rest}", get(key_with_slash))
+        // After the routes: it applies to those registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -70,17 +90,27 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    /// Ask the client to close the connection (the request was not read whole).
+    close: bool,
 }
 
 impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, body: json!({ "error": message.into() }), close: false }
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, body: json!({ "error": message.into() }) }
+        ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -108,7 +138,7 @@ impl From<Error> for ApiError {
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message })),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": message })),
         };
-        ApiError { status, body }
+        ApiError { status, body, close: false }
     }
 }
 
@@ -124,16 +154,68 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        let status = e.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body exceeds the value size limit".to_string()
-        } else {
-            format!("cannot read the request body: {}", e.body_text())
+impl From<axum::Error> for ApiError {
+    /// A request body that could not be read: 408 when it did not arrive
+    /// in time, else 400 (cut short, malformed chunks). The connection is
+    /// closed either way: the rest of the body is not read.
+    fn from(e: axum::Error) -> Self {
+        let e = e.into_inner();
+        let mut error = match e.downcast_ref::<BodyTimeout>() {
+            Some(timeout) => ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string()),
+            None => ApiError::bad_request(format!("cannot read the request body: {e}")),
         };
-        ApiError { status, body: json!({ "error": message }) }
+        error.close = true;
+        error
     }
+}
+
+/// Fails like the node would for an empty or overlong key or a W outside
+/// `1..=N`, before a body is read (so no `100 Continue` is sent for a
+/// write that will fail). The context is checked as it is decoded.
+fn check_write(node: &Node, key: &[u8], w: Option<usize>) -> Result<(), ApiError> {
+    let config = node.config();
+    if key.is_empty() {
+        return Err(Error::EmptyKey.into());
+    }
+    if key.len() > config.max_key_len {
+        return Err(Error::KeyTooLong { len: key.len(), max: config.max_key_len }.into());
+    }
+    if let Some(w) = w.filter(|&w| w == 0 || w > config.n) {
+        return Err(Error::InvalidQuorum { name: "w".into(), value: w, n: config.n }.into());
+    }
+    Ok(())
+}
+
+/// Reads a value of at most `max` bytes. A `Content-Length` over the limit
+/// is refused before the first read (so no `100 Continue` is sent), a
+/// chunked body as soon as it crosses it. Memory grows as bytes arrive.
+async fn read_value(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    if announced > max {
+        let mut error = ApiError::from(Error::ValueTooLarge { size: announced, max });
+        error.close = true;
+        return Err(error);
+    }
+    let mut stream = body.into_data_stream();
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        len = len.saturating_add(chunk.len());
+        if len > max {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                body: json!({ "error": format!("value exceeds the limit of {max} bytes"), "max": max }),
+                close: true,
+            });
+        }
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Encodes a context for the header and JSON bodies.
@@ -227,7 +309,7 @@ async fn put_kv(
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     write_kv(&state, key, params, &headers, Some(body)).await
 }
@@ -242,22 +324,27 @@ async fn delete_kv(
 }
 
 /// A put (`body` given) or a delete (none): 204 with the new context.
+/// Everything about the request is checked before its body is read.
 async fn write_kv(
     state: &AppState,
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: &HeaderMap,
-    body: Option<Result<Bytes, BytesRejection>>,
+    body: Option<Body>,
 ) -> Response {
     let start = Instant::now();
     let op = if body.is_some() { "put" } else { "delete" };
     let result = async {
         let Path(key) = key?;
         let Query(params) = params?;
+        check_write(&state.node, key.as_bytes(), params.w)?;
         let context = decode_context(headers, key.as_bytes())?;
         let opts = WriteOptions { w: params.w, timeout: None };
         let new_context = match body {
-            Some(body) => state.node.put(key.as_bytes(), body?, context.as_ref(), opts).await?,
+            Some(body) => {
+                let value = read_value(body, state.node.config().max_value_size).await?;
+                state.node.put(key.as_bytes(), value, context.as_ref(), opts).await?
+            }
             None => state.node.delete(key.as_bytes(), context.as_ref(), opts).await?,
         };
         Ok::<_, ApiError>(
@@ -267,6 +354,41 @@ async fn write_kv(
     .await;
     state.metrics.observe(op, outcome(&result), start.elapsed());
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn empty_key(uri: Uri) -> ApiError {
+    ApiError::bad_request(format!("the key is empty: the path must be {}{{key}}", uri.path()))
+}
+
+/// A path with more segments after `/kv/` or `/admin/local/`: a key with
+/// an unencoded `/`. 400 rather than 404, which a client reads as "no
+/// such key" (and a PUT could never fix).
+async fn key_with_slash(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let prefix = if path.starts_with("/admin/local/") { "/admin/local/" } else { "/kv/" };
+    let key = path.strip_prefix(prefix).unwrap_or(path);
+    ApiError::bad_request(format!(
+        "a key is one path segment: percent-encode '/' in a key as %2F ({prefix}{})",
+        key.replace('/', "%2F")
+    ))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such resource: {}; the API serves /kv/{{key}}, /health, /metrics and /admin/ring, /admin/members, /admin/hints, /admin/local/{{key}}",
+            uri.path()
+        ),
+    )
+}
+
+/// Answers 405; the router adds the `Allow` header.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}; the Allow header lists those that are", uri.path()),
+    )
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -8,5 +8,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod http;
+mod http_conn_io;
+pub mod http_listener;
 pub mod metrics;
 pub mod serve;

@@ -2,9 +2,9 @@
 //! or SIGTERM, then a graceful stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
 use dynamo_core::member::NodeId;
 use dynamo_core::node::NodeBuilder;
 use dynamo_core::reconcile::ReconcilerRegistry;
@@ -14,6 +14,7 @@ use dynamo_core::Error;
 use crate::backends;
 use crate::config::ServerConfig;
 use crate::http::{router, AppState};
+use crate::http_listener::HttpLimits;
 use crate::metrics::ServerMetrics;
 
 /// Sets up `tracing` output: `RUST_LOG` if set, else the config's filter;
@@ -65,9 +66,6 @@ pub async fn serve(config: ServerConfig, adopt_ring: bool) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let state = Arc::new(AppState {
         node: node.clone(),
         metrics: ServerMetrics::new(),
@@ -82,10 +80,8 @@ pub async fn serve(config: ServerConfig, adopt_ring: bool) -> anyhow::Result<()>
         data_dir = %config.data_dir.display(),
         "node ready"
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    let limits = HttpLimits::new(&config.http, Duration::from_millis(config.cluster.request_timeout_ms));
+    crate::http_listener::serve(listener, router(state), limits, shutdown_signal()).await;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
     // Waits for writes in flight, marks the store cleanly shut down and
     // flushes it: buffered writes reach the disk before the process exits.
