@@ -125,6 +125,10 @@ pub async fn open_transport(config: &ServerConfig) -> anyhow::Result<Arc<dyn Tra
                 max_frame_bytes: config.peer.max_frame_bytes,
                 connections_per_peer: config.peer.connections_per_peer,
                 connect_timeout_ms: config.peer.connect_timeout_ms,
+                read_timeout_ms: config.peer.read_timeout_ms,
+                idle_timeout_ms: config.peer.idle_timeout_ms,
+                pool_idle_timeout_ms: config.peer.pool_idle_timeout_ms,
+                max_connections: config.peer.max_connections,
                 ..dynamo_transport_tcp::TcpConfig::default()
             };
             let transport = dynamo_transport_tcp::TcpTransport::bind(tcp)

@@ -13,6 +13,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// Longest `[peer]` timeout accepted, in milliseconds (one day).
+const MAX_PEER_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Everything a `dynamo-server serve` process is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,6 +101,19 @@ pub struct PeerConfig {
     pub connections_per_peer: usize,
     /// Deadline to establish a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// tcp only: longest a frame may take to arrive once its first byte
+    /// has, in milliseconds; a connection stalling mid-frame is closed.
+    pub read_timeout_ms: u64,
+    /// tcp only: an inbound connection with nothing in flight and no frame
+    /// either way for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// tcp only: a pooled outbound connection with no call in flight for
+    /// this long is closed by this node, in milliseconds. At most half of
+    /// `idle_timeout_ms` (of every node), so callers close first.
+    pub pool_idle_timeout_ms: u64,
+    /// tcp only: most inbound peer connections open at once; over it a new
+    /// connection is closed at once.
+    pub max_connections: usize,
     /// libp2p only: 64 hex digits fixing this node's identity. Its peer id
     /// is part of its address (`/ip4/…/tcp/…/p2p/<peer id>`), so a node
     /// must keep the same seed across restarts. Unset: a new identity at
@@ -235,6 +251,10 @@ impl Default for PeerConfig {
             max_frame_bytes: 16 * 1024 * 1024,
             connections_per_peer: 2,
             connect_timeout_ms: 1_000,
+            read_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            pool_idle_timeout_ms: 60_000,
+            max_connections: 1024,
             identity_seed_hex: None,
         }
     }
@@ -332,8 +352,35 @@ impl ServerConfig {
                 self.peer.max_frame_bytes, self.cluster.max_value_size
             ));
         }
+        self.validate_peer_limits()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad(format!("log.format = {:?}: use \"text\" or \"json\"", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// Checks the `[peer]` timeouts and connection limit.
+    fn validate_peer_limits(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let p = &self.peer;
+        for (key, value) in [
+            ("peer.connect_timeout_ms", p.connect_timeout_ms),
+            ("peer.read_timeout_ms", p.read_timeout_ms),
+            ("peer.idle_timeout_ms", p.idle_timeout_ms),
+            ("peer.pool_idle_timeout_ms", p.pool_idle_timeout_ms),
+        ] {
+            if !(1..=MAX_PEER_TIMEOUT_MS).contains(&value) {
+                return bad(format!("{key} = {value}: use 1..={MAX_PEER_TIMEOUT_MS} (one day)"));
+            }
+        }
+        if p.pool_idle_timeout_ms > p.idle_timeout_ms / 2 {
+            return bad(format!(
+                "peer.pool_idle_timeout_ms = {} must be at most half of peer.idle_timeout_ms = {}, so a node closes its idle connections before its peers do",
+                p.pool_idle_timeout_ms, p.idle_timeout_ms
+            ));
+        }
+        if p.max_connections == 0 {
+            return bad("peer.max_connections = 0: allow at least 1".into());
         }
         Ok(())
     }
@@ -508,6 +555,24 @@ mod tests {
     }
 
     #[test]
+    fn peer_limits_are_checked_by_key() {
+        let check = |edit: fn(&mut PeerConfig), key: &str| {
+            let mut c = ServerConfig::default();
+            (c.cluster.n, c.cluster.r, c.cluster.w) = (1, 1, 1);
+            c.validate().unwrap();
+            edit(&mut c.peer);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        };
+        check(|p| p.read_timeout_ms = 0, "peer.read_timeout_ms");
+        check(|p| p.idle_timeout_ms = u64::MAX, "peer.idle_timeout_ms");
+        check(|p| p.connect_timeout_ms = 0, "peer.connect_timeout_ms");
+        check(|p| p.pool_idle_timeout_ms = 0, "peer.pool_idle_timeout_ms");
+        check(|p| p.pool_idle_timeout_ms = p.idle_timeout_ms, "peer.pool_idle_timeout_ms");
+        check(|p| p.max_connections = 0, "peer.max_connections");
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn unknown_keys_and_bad_types_are_refused_with_their_name() {
         figment::Jail::expect_with(|jail| {
@@ -543,11 +608,35 @@ mod example_file {
             assert_eq!(loaded.cluster, defaults.cluster, "[cluster] in dynamo.toml must show the defaults");
             let http = HttpConfig { listen: defaults.http.listen.clone(), ..loaded.http.clone() };
             assert_eq!(http, defaults.http, "[http] in dynamo.toml must show the defaults");
-            assert_eq!(loaded.peer.max_frame_bytes, defaults.peer.max_frame_bytes);
+            // Every [peer] key but the addresses shows its default.
+            let peer = PeerConfig { listen: defaults.peer.listen.clone(), ..loaded.peer.clone() };
+            assert_eq!(peer, defaults.peer, "[peer] in dynamo.toml must show the defaults");
             assert_eq!(loaded.store, defaults.store);
             assert_eq!(loaded.log, defaults.log);
             assert_eq!(loaded.members.len(), 3);
             Ok(())
         });
+    }
+
+    /// The README's configuration table shows every numeric `[peer]` key
+    /// with its default.
+    #[test]
+    fn readme_shows_the_peer_defaults() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let defaults = serde_json::to_value(PeerConfig::default()).unwrap();
+        let numeric = defaults.as_object().unwrap().iter().filter(|(_, v)| v.is_number());
+        let mut checked = 0;
+        for (key, default) in numeric {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `peer.{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table has no row for `peer.{key}`"));
+            assert!(
+                row.contains(&format!("| `{default}` |")),
+                "README row for `peer.{key}` must show `{default}`: {row}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 7, "checked {checked} keys");
     }
 }

@@ -6,6 +6,9 @@
 //! - `transport/1_in_flight`: `Transport::call` latency, one call at a time.
 //! - `transport/64_in_flight`: throughput with 64 callers each calling in a
 //!   loop (one iteration = 64 calls, so criterion reports calls per second).
+//! - `echo_1MiB/transport/1_in_flight`: one 1 MiB frame each way at a time,
+//!   the path of frames larger than the read buffer (assembled as their
+//!   bytes arrive).
 //!
 //! Everything runs on one tokio runtime with 2 worker threads, client and
 //! server alike, as a node does. Before criterion starts, a short run prints
@@ -28,6 +31,7 @@ use tokio::runtime::Runtime;
 
 const FRAME: usize = 100;
 const IN_FLIGHT: usize = 64;
+const LARGE_FRAME: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn runtime() -> Runtime {
@@ -161,6 +165,23 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let mut large = c.benchmark_group("echo_1MiB");
+    large.throughput(Throughput::Bytes(LARGE_FRAME as u64));
+    let frame = Bytes::from(vec![7u8; LARGE_FRAME]);
+    large.bench_function("transport/1_in_flight", |b| {
+        b.iter_custom(|iters| {
+            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
+            on_worker(&rt, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    large.finish();
     rt.block_on(async {
         client.shutdown().await;
         server.shutdown().await;

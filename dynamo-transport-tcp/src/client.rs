@@ -12,6 +12,12 @@
 //! Connecting is the cold path: one dial at a time per peer, in its own task
 //! so that callers giving up do not abandon it, with jittered exponential
 //! backoff after failures.
+//!
+//! A connection with no call in flight for `pool_idle_timeout_ms` retires:
+//! it closes itself, under the lock calls register with, so a call either
+//! registers first (and the connection stays) or finds it retired before
+//! sending anything and moves to another connection or a new one. Callers
+//! never see an error for it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -22,17 +28,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use dynamo_core::transport::TransportError;
 use futures::future::{FutureExt, Shared};
-use futures::StreamExt;
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::TcpConfig;
-use crate::wire::{write_frames, FrameCodec, Outgoing, ERROR_FLAG, READ_BUFFER};
+use crate::reader::{FrameReader, ReadError, Traffic};
+use crate::watchdog::Timeouts;
+use crate::wire::{write_frames, Outgoing, ERROR_FLAG};
 
 /// What a call waits for.
 type Reply = Result<Bytes, TransportError>;
@@ -63,12 +69,26 @@ impl Hasher for IdHasher {
 
 type PendingMap = HashMap<u64, oneshot::Sender<Reply>, BuildHasherDefault<IdHasher>>;
 
+/// Why a connection closed.
+#[derive(Debug, Clone)]
+enum Closed {
+    /// Idle, it closed itself with no call in flight: calls that find it so
+    /// go to another connection.
+    Retired,
+    /// Broken or shut down: calls that find it so fail with this.
+    Failed(TransportError),
+}
+
 /// Calls waiting on one connection, or why it closed.
 struct Pending {
     waiting: PendingMap,
-    /// Set once when the connection closes; later registrations fail with it.
-    closed: Option<TransportError>,
+    /// Set once when the connection closes; later registrations see it.
+    closed: Option<Closed>,
 }
+
+/// A call found its connection retired before sending anything; it hands
+/// its frame back to be sent on another.
+pub(crate) struct Retired(Bytes);
 
 /// One persistent connection to a peer.
 pub(crate) struct Conn {
@@ -81,6 +101,8 @@ pub(crate) struct Conn {
     waiting: AtomicUsize,
     /// Response frames read so far.
     received: AtomicU64,
+    /// Write batches so far (the idle timer's view of outgoing traffic).
+    written: AtomicU64,
     /// A call at least this long that saw no response frame at all on its
     /// connection while it waited closes the connection as dead.
     silence_limit: Duration,
@@ -91,6 +113,7 @@ impl Conn {
     /// Starts the connection's task on `stream`.
     fn start(stream: TcpStream, peer: Arc<str>, config: &TcpConfig, parent: &CancellationToken) -> Arc<Conn> {
         let max_frame = config.max_frame_bytes;
+        let timeouts = Timeouts { read: config.read_timeout(), idle: config.pool_idle_timeout() };
         let (queue, mut rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             peer,
@@ -100,6 +123,7 @@ impl Conn {
             pending: Mutex::new(Pending { waiting: PendingMap::default(), closed: None }),
             waiting: AtomicUsize::new(0),
             received: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             silence_limit: config.connect_timeout(),
             cancel: parent.child_token(),
         });
@@ -107,26 +131,44 @@ impl Conn {
         tokio::spawn(async move {
             let conn = task_conn;
             let (read, write) = stream.into_split();
-            let mut frames = FramedRead::with_capacity(read, FrameCodec::new(max_frame), READ_BUFFER);
+            let mut frames = FrameReader::new(read, max_frame, timeouts);
+            // Why the connection closed; `None` when it retired.
             let reader = async {
                 loop {
-                    match frames.next().await {
-                        Some(Ok((id, body))) => {
+                    match frames.next(&*conn).await {
+                        Ok(Some((id, body))) => {
                             conn.received.fetch_add(1, Ordering::Relaxed);
                             conn.complete(id, body);
                         }
-                        Some(Err(e)) => {
-                            warn!(peer = %conn.peer, error = %e, "closing connection: bad response frame");
-                            break format!("connection lost: bad response frame: {e}");
+                        Ok(None) => break Some("connection lost: closed by peer".to_owned()),
+                        Err(ReadError::Idle(_)) => {
+                            if conn.retire() {
+                                break None;
+                            }
+                            // A call registered meanwhile: keep serving it.
                         }
-                        None => break "connection lost: closed by peer".to_owned(),
+                        Err(e @ ReadError::Frame(_)) => {
+                            warn!(peer = %conn.peer, error = %e, "closing connection: bad response frame");
+                            break Some(format!("connection lost: bad response frame: {e}"));
+                        }
+                        Err(e @ ReadError::Stalled(_)) => {
+                            warn!(peer = %conn.peer, error = %e, "closing connection: response frame stalled");
+                            break Some(format!("connection lost: {e}"));
+                        }
+                        Err(e) => break Some(format!("connection lost: {e}")),
                     }
                 }
             };
             let reason = tokio::select! {
-                reason = reader => reason,
+                reason = reader => match reason {
+                    Some(reason) => reason,
+                    None => {
+                        debug!(peer = %conn.peer, "idle connection closed");
+                        return;
+                    }
+                },
                 // Other calls waiting: their callers will soon call again.
-                written = write_frames(write, &mut rx, || conn.waiting.load(Ordering::Relaxed) > 1) => match written {
+                written = write_frames(write, &mut rx, || conn.waiting.load(Ordering::Relaxed) > 1, &conn.written) => match written {
                     Err(e) => format!("connection lost: write failed: {e}"),
                     Ok(()) => "connection lost: queue closed".to_owned(),
                 },
@@ -156,7 +198,7 @@ impl Conn {
             if pending.closed.is_some() {
                 return;
             }
-            pending.closed = Some(error.clone());
+            pending.closed = Some(Closed::Failed(error.clone()));
             self.waiting.store(0, Ordering::Relaxed);
             std::mem::take(&mut pending.waiting)
         };
@@ -164,6 +206,18 @@ impl Conn {
         for (_, tx) in waiting {
             let _ = tx.send(Err(error.clone()));
         }
+    }
+
+    /// Closes the connection for idleness unless a call is in flight on it;
+    /// whether it did. Calls registering later find it retired.
+    fn retire(&self) -> bool {
+        let mut pending = lock(&self.pending);
+        if pending.closed.is_some() || !pending.waiting.is_empty() {
+            return false;
+        }
+        pending.closed = Some(Closed::Retired);
+        self.open.store(false, Ordering::Release);
+        true
     }
 
     /// Hands a response to the call that waits for it, if it still does.
@@ -186,15 +240,23 @@ impl Conn {
         let _ = tx.send(reply);
     }
 
-    /// Sends `frame` and waits for its response until `deadline`.
-    pub(crate) async fn request(&self, frame: Bytes, deadline: Instant, timeout: Duration) -> Reply {
+    /// Sends `frame` and waits for its response until `deadline`; hands the
+    /// frame back unsent if the connection has retired.
+    pub(crate) async fn request(
+        &self,
+        frame: Bytes,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Reply, Retired> {
         // Ids stay below the error flag; 2^63 calls do not happen.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !ERROR_FLAG;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
-            if let Some(e) = &pending.closed {
-                return Err(e.clone());
+            match &pending.closed {
+                None => {}
+                Some(Closed::Retired) => return Err(Retired(frame)),
+                Some(Closed::Failed(e)) => return Ok(Err(e.clone())),
             }
             pending.waiting.insert(id, tx);
             self.waiting.store(pending.waiting.len(), Ordering::Relaxed);
@@ -203,9 +265,9 @@ impl Conn {
         let received = self.received.load(Ordering::Relaxed);
         if self.queue.send(Outgoing { id, body: frame }).is_err() {
             // The task ended, and closed the connection as it did.
-            return self.closed_reason();
+            return Ok(self.closed_reason());
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        Ok(match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => {
                 guard.disarm();
                 reply
@@ -225,15 +287,27 @@ impl Conn {
                 }
                 Err(TransportError::Timeout { peer: self.peer.to_string(), timeout })
             }
-        }
+        })
     }
 
     fn closed_reason(&self) -> Reply {
         let pending = lock(&self.pending);
-        Err(pending.closed.clone().unwrap_or_else(|| TransportError::Unreachable {
-            peer: self.peer.to_string(),
-            reason: "connection lost".into(),
-        }))
+        Err(match &pending.closed {
+            Some(Closed::Failed(e)) => e.clone(),
+            // A call registered before a retirement keeps it from happening.
+            Some(Closed::Retired) | None => {
+                TransportError::Unreachable { peer: self.peer.to_string(), reason: "connection lost".into() }
+            }
+        })
+    }
+}
+
+impl Traffic for Conn {
+    fn busy(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 }
 
@@ -305,21 +379,28 @@ impl Pool {
     /// before `timeout`.
     pub(crate) async fn call(&self, to: &str, frame: Bytes, timeout: Duration) -> Reply {
         let deadline = deadline_after(timeout);
-        let found = {
-            let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner);
-            match peers.get(to) {
-                Some(peer) => peer.pick(&self.shared).ok_or_else(|| Some(Arc::clone(peer))),
-                None => Err(None),
+        let mut frame = frame;
+        loop {
+            let found = {
+                let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+                match peers.get(to) {
+                    Some(peer) => peer.pick(&self.shared).ok_or_else(|| Some(Arc::clone(peer))),
+                    None => Err(None),
+                }
+            };
+            let conn = match found {
+                Ok(conn) => conn,
+                Err(peer) => {
+                    let peer = peer.unwrap_or_else(|| self.peer(to));
+                    peer.connect(&self.shared, deadline, timeout).await?
+                }
+            };
+            match conn.request(frame, deadline, timeout).await {
+                Ok(reply) => return reply,
+                // Retired since it was picked; it will not be picked again.
+                Err(Retired(unsent)) => frame = unsent,
             }
-        };
-        let conn = match found {
-            Ok(conn) => conn,
-            Err(peer) => {
-                let peer = peer.unwrap_or_else(|| self.peer(to));
-                peer.connect(&self.shared, deadline, timeout).await?
-            }
-        };
-        conn.request(frame, deadline, timeout).await
+        }
     }
 
     fn peer(&self, addr: &str) -> Arc<Peer> {

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// prefix also counts the 8-byte request id.
 pub const MAX_FRAME_LIMIT: usize = u32::MAX as usize - crate::wire::ID_LEN;
 
+/// Longest timeout accepted, in milliseconds (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Options of a [`TcpTransport`](crate::TcpTransport).
 ///
 /// Plain data, read from a file like the core's `Config`: every field has a
@@ -49,6 +52,38 @@ pub struct TcpConfig {
     /// Longest pause between connect attempts to a peer, in milliseconds.
     /// Default 2000.
     pub backoff_max_ms: u64,
+    /// Longest a frame may take to arrive once its first byte has, in
+    /// milliseconds, on either side of a connection; past it the connection
+    /// is closed. Default 10 000: a frame of the default 16 MiB limit then
+    /// needs only 1.7 MB/s, far below any link between nodes, while a peer
+    /// that stalls mid-frame (or trickles bytes) holds its connection and
+    /// buffer at most this long.
+    pub read_timeout_ms: u64,
+    /// How long an inbound connection may sit with nothing in flight (no
+    /// request being handled, no frame partly received) and no frame either
+    /// way before the server closes it, in milliseconds. Requests in flight
+    /// keep it open however long their handlers take. Default 300 000
+    /// (5 minutes): live peers close or reuse their pooled connections well
+    /// within it (see `pool_idle_timeout_ms`), while the connections of
+    /// vanished or hostile clients are reclaimed. An idle connection closes
+    /// between one and 1.25 times this after its last frame.
+    pub idle_timeout_ms: u64,
+    /// How long a pooled outbound connection may sit with no call in flight
+    /// before this node closes it itself, in milliseconds; the next call to
+    /// that peer dials anew. Default 60 000 (1 minute). Must be at most half
+    /// of `idle_timeout_ms`, and the same must hold against every peer's
+    /// `idle_timeout_ms`: the caller then always closes an idle connection
+    /// before the server would, so no call is sent on a connection being
+    /// closed under it.
+    pub pool_idle_timeout_ms: u64,
+    /// Most inbound connections open at once; over it a new connection is
+    /// closed as soon as it is accepted (with a warning at most every 10 s)
+    /// and existing ones carry on. Default 1024: a cluster needs about
+    /// `connections_per_peer` per other node (2 × 100 nodes = 200), and
+    /// 1024 idle connections cost a few MiB (each holds a 4 KiB read buffer
+    /// until it receives traffic). Keep it below the process's file
+    /// descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for TcpConfig {
@@ -61,6 +96,10 @@ impl Default for TcpConfig {
             connect_timeout_ms: 1_000,
             backoff_min_ms: 50,
             backoff_max_ms: 2_000,
+            read_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            pool_idle_timeout_ms: 60_000,
+            max_connections: 1024,
         }
     }
 }
@@ -106,6 +145,24 @@ impl TcpConfig {
                 self.backoff_min_ms, self.backoff_max_ms
             ));
         }
+        for (name, value) in [
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("pool_idle_timeout_ms", self.pool_idle_timeout_ms),
+        ] {
+            if !(1..=MAX_TIMEOUT_MS).contains(&value) {
+                return bad(format!("{name} must be in 1..={MAX_TIMEOUT_MS}, not {value}"));
+            }
+        }
+        if self.pool_idle_timeout_ms > self.idle_timeout_ms / 2 {
+            return bad(format!(
+                "pool_idle_timeout_ms = {} must be at most half of idle_timeout_ms = {}, so callers close idle connections before servers do",
+                self.pool_idle_timeout_ms, self.idle_timeout_ms
+            ));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be positive".into());
+        }
         Ok(())
     }
 
@@ -122,6 +179,21 @@ impl TcpConfig {
     /// [`backoff_max_ms`](Self::backoff_max_ms) as a duration.
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.backoff_max_ms)
+    }
+
+    /// [`read_timeout_ms`](Self::read_timeout_ms) as a duration.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+
+    /// [`idle_timeout_ms`](Self::idle_timeout_ms) as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`pool_idle_timeout_ms`](Self::pool_idle_timeout_ms) as a duration.
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_timeout_ms)
     }
 }
 
@@ -156,5 +228,13 @@ mod tests {
         check(TcpConfig { backoff_min_ms: 10, backoff_max_ms: 5, ..TcpConfig::default() }, "backoff");
         check(TcpConfig { listen_addr: String::new(), ..TcpConfig::default() }, "listen_addr");
         check(TcpConfig { advertise_addr: Some(String::new()), ..TcpConfig::default() }, "advertise_addr");
+        check(TcpConfig { read_timeout_ms: 0, ..TcpConfig::default() }, "read_timeout_ms");
+        check(TcpConfig { idle_timeout_ms: MAX_TIMEOUT_MS + 1, ..TcpConfig::default() }, "idle_timeout_ms");
+        check(TcpConfig { pool_idle_timeout_ms: 0, ..TcpConfig::default() }, "pool_idle_timeout_ms");
+        check(
+            TcpConfig { pool_idle_timeout_ms: 150_001, idle_timeout_ms: 300_000, ..TcpConfig::default() },
+            "pool_idle_timeout_ms",
+        );
+        check(TcpConfig { max_connections: 0, ..TcpConfig::default() }, "max_connections");
     }
 }

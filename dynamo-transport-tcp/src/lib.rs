@@ -49,7 +49,22 @@
 //!
 //! Frames are checked against `max_frame_bytes` on both sides. An oversized
 //! length prefix is refused before anything is allocated for it, and a frame
-//! that breaks the format closes that one connection with a warning.
+//! that breaks the format closes that one connection with a warning. Memory
+//! grows with the bytes that arrive, never with the length a prefix
+//! announces: a connection holds what it received plus one 64 KiB read
+//! buffer (4 KiB until traffic flows), and a large frame is assembled as its
+//! bytes come in.
+//!
+//! # Limits on inbound connections
+//!
+//! - A frame whose first byte has arrived must be whole within
+//!   `read_timeout_ms`, or its connection is closed (either side).
+//! - A connection with no request in flight and no frame either way for
+//!   `idle_timeout_ms` is closed by the server. Requests in flight keep it
+//!   open however long their handlers take.
+//! - Past `max_connections` open inbound connections, a new one is closed
+//!   as soon as it is accepted, with a warning at most every 10 s; the
+//!   others carry on.
 //!
 //! # Connections
 //!
@@ -58,6 +73,12 @@
 //! connection's task writes whatever is queued in one batch, then reads
 //! responses and wakes their callers. On the serving side each request runs
 //! in its own task, so a slow one delays no other.
+//!
+//! A pooled connection with no call in flight for `pool_idle_timeout_ms`
+//! (at most half the server's `idle_timeout_ms`) is closed by the caller,
+//! so the server's idle timeout never closes one under a call; a call that
+//! picks a connection just as it retires moves to another or dials, without
+//! an error.
 //!
 //! # Failures and deadlines
 //!
@@ -88,9 +109,13 @@
 
 mod client;
 mod config;
+mod decode;
+mod reader;
+mod refusals;
 mod server;
 mod transport;
+mod watchdog;
 mod wire;
 
-pub use config::{ConfigError, TcpConfig, MAX_FRAME_LIMIT};
+pub use config::{ConfigError, TcpConfig, MAX_FRAME_LIMIT, MAX_TIMEOUT_MS};
 pub use transport::TcpTransport;

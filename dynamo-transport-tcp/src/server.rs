@@ -6,25 +6,34 @@
 //! batches as they complete, in whatever order that is.
 //!
 //! A frame that breaks the format (length prefix over the limit, a body too
-//! short to hold the id, a stream ending mid-frame) closes that connection
-//! alone, with a warning; the listener and other connections go on.
+//! short to hold the id, a stream ending mid-frame), a frame not whole within
+//! the read timeout, and a connection idle for the idle timeout each close
+//! that connection alone; the listener and other connections go on. Past
+//! `max_connections` open connections a new one is closed as soon as it is
+//! accepted.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::transport::FrameHandler;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::wire::{write_frames, FrameCodec, Outgoing, ERROR_FLAG, READ_BUFFER};
+use crate::config::TcpConfig;
+use crate::reader::{FrameReader, ReadError, Traffic};
+use crate::refusals::RefusalLog;
+use crate::watchdog::Timeouts;
+use crate::wire::{write_frames, Outgoing, ERROR_FLAG};
 
 /// Most requests of one connection handled at once; past it the connection
 /// is not read until one completes (backpressure on a flooding client).
@@ -33,23 +42,50 @@ pub(crate) const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 /// Pause after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
+/// What the serving side takes from the transport's config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeOptions {
+    /// Largest request or response body.
+    pub(crate) max_frame: usize,
+    /// Read and idle timeouts of each connection.
+    pub(crate) timeouts: Timeouts,
+    /// Most connections open at once.
+    pub(crate) max_connections: usize,
+}
+
+impl ServeOptions {
+    pub(crate) fn new(config: &TcpConfig) -> Self {
+        ServeOptions {
+            max_frame: config.max_frame_bytes,
+            timeouts: Timeouts { read: config.read_timeout(), idle: config.idle_timeout() },
+            max_connections: config.max_connections,
+        }
+    }
+}
+
 /// Accepts connections until `cancel`, then closes the listener and every
 /// connection it accepted before returning.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn FrameHandler>,
-    max_frame: usize,
+    options: ServeOptions,
     cancel: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
+    let mut refusals = RefusalLog::default();
     loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
+            // Reaped before the next accept, so the count below is current.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
+                Ok((stream, from)) if conns.len() >= options.max_connections => {
+                    drop(stream);
+                    refusals.refused(Instant::now(), from, options.max_connections);
+                }
                 Ok((stream, from)) => {
-                    conns.spawn(serve_connection(stream, from, Arc::clone(&handler), max_frame));
+                    conns.spawn(serve_connection(stream, from, Arc::clone(&handler), options));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -65,35 +101,62 @@ pub(crate) async fn accept_loop(
     conns.shutdown().await;
 }
 
-/// Serves one connection until the client closes it, sends a bad frame, or
-/// the task is aborted by shutdown.
+/// What the reader of a connection learns from its handlers and writer.
+struct Inbound {
+    /// One permit per request in flight, up to the limit.
+    permits: Arc<Semaphore>,
+    /// Write batches so far.
+    written: AtomicU64,
+}
+
+impl Inbound {
+    fn in_flight(&self) -> usize {
+        MAX_IN_FLIGHT_PER_CONNECTION - self.permits.available_permits()
+    }
+}
+
+impl Traffic for Inbound {
+    fn busy(&self) -> bool {
+        self.in_flight() > 0
+    }
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves one connection until the client closes it, sends a bad frame,
+/// stalls mid-frame or idles past the timeouts, or the task is aborted by
+/// shutdown.
 async fn serve_connection(
     stream: TcpStream,
     from: SocketAddr,
     handler: Arc<dyn FrameHandler>,
-    max_frame: usize,
+    options: ServeOptions,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         warn!(%from, error = %e, "cannot set TCP_NODELAY; closing connection");
         return;
     }
+    let max_frame = options.max_frame;
     let (read, write) = stream.into_split();
     let (responses, mut queue) = mpsc::unbounded_channel();
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    // More than one request being handled: more responses are coming.
-    let busy = {
-        let permits = Arc::clone(&permits);
-        move || permits.available_permits() + 1 < MAX_IN_FLIGHT_PER_CONNECTION
+    let inbound = Inbound {
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION)),
+        written: AtomicU64::new(0),
     };
+    let inbound = &inbound;
+    // More than one request being handled: more responses are coming.
+    let busy = || inbound.in_flight() > 1;
     let reader = async move {
-        let mut frames = FramedRead::with_capacity(read, FrameCodec::new(max_frame), READ_BUFFER);
+        let mut frames = FrameReader::new(read, max_frame, options.timeouts);
         loop {
-            match frames.next().await {
-                Some(Ok((id, request))) => {
-                    let permit = match Arc::clone(&permits).try_acquire_owned() {
+            match frames.next(inbound).await {
+                Ok(Some((id, request))) => {
+                    let permits = &inbound.permits;
+                    let permit = match Arc::clone(permits).try_acquire_owned() {
                         Ok(permit) => permit,
                         // Never closed, so this only waits.
-                        Err(_) => match Arc::clone(&permits).acquire_owned().await {
+                        Err(_) => match Arc::clone(permits).acquire_owned().await {
                             Ok(permit) => permit,
                             Err(_) => return,
                         },
@@ -117,12 +180,20 @@ async fn serve_connection(
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => {
-                    warn!(%from, error = %e, "closing connection: bad request frame");
+                Ok(None) => {
+                    debug!(%from, "connection closed by client");
                     return;
                 }
-                None => {
-                    debug!(%from, "connection closed by client");
+                Err(e @ ReadError::Idle(_)) => {
+                    debug!(%from, reason = %e, "closing idle connection");
+                    return;
+                }
+                Err(e @ ReadError::Stalled(_)) => {
+                    warn!(%from, reason = %e, "closing connection: request frame stalled");
+                    return;
+                }
+                Err(e) => {
+                    warn!(%from, error = %e, "closing connection: bad request frame");
                     return;
                 }
             }
@@ -130,7 +201,7 @@ async fn serve_connection(
     };
     tokio::select! {
         () = reader => {}
-        written = write_frames(write, &mut queue, busy) => {
+        written = write_frames(write, &mut queue, busy, &inbound.written) => {
             if let Err(e) = written {
                 debug!(%from, error = %e, "connection lost while writing");
             }

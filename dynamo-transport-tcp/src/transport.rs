@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::client::{lock, Pool, PoolShared};
 use crate::config::TcpConfig;
-use crate::server::accept_loop;
+use crate::server::{accept_loop, ServeOptions};
 
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -116,8 +116,8 @@ impl Transport for TcpTransport {
             let reason = if self.is_closed() { "transport was shut down" } else { "already serving" };
             return Err(TransportError::Listen { addr: self.local_addr.clone(), reason: reason.into() });
         };
-        let max_frame = self.shared.config.max_frame_bytes;
-        *task = Some(tokio::spawn(accept_loop(listener, handler, max_frame, self.shared.cancel.clone())));
+        let options = ServeOptions::new(&self.shared.config);
+        *task = Some(tokio::spawn(accept_loop(listener, handler, options, self.shared.cancel.clone())));
         Ok(())
     }
 

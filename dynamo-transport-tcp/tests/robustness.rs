@@ -1,5 +1,7 @@
 //! Behaviour beyond the shared suite: hostile bytes on the wire, ordering,
-//! failure detection, backoff, shutdown, and the pool's connection count.
+//! failure detection, backoff, shutdown, the pool's connection count, and
+//! the limits on inbound connections (read and idle timeouts, connection
+//! limit) with the pool's own idle timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +24,11 @@ fn config() -> TcpConfig {
     TcpConfig { max_frame_bytes: MAX, ..TcpConfig::new("127.0.0.1:0") }
 }
 
+/// How long a `slow` request takes: several times the idle timeouts below.
+const SLOW: Duration = Duration::from_millis(1200);
+
 /// Echoes, except: `h…` never answers, `big` answers one byte over [`MAX`],
-/// `panic` panics. Counts what it received.
+/// `panic` panics, `slow` answers after [`SLOW`]. Counts what it received.
 #[derive(Default)]
 struct Handler {
     received: AtomicUsize,
@@ -44,12 +49,19 @@ impl FrameHandler for Handler {
         if frame == "panic" {
             panic!("handler bug");
         }
+        if frame == "slow" {
+            tokio::time::sleep(SLOW).await;
+        }
         frame
     }
 }
 
 async fn server() -> (Arc<TcpTransport>, Arc<Handler>) {
-    let t = Arc::new(TcpTransport::bind(config()).await.unwrap());
+    server_with(config()).await
+}
+
+async fn server_with(config: TcpConfig) -> (Arc<TcpTransport>, Arc<Handler>) {
+    let t = Arc::new(TcpTransport::bind(config).await.unwrap());
     let h = Arc::new(Handler::default());
     t.serve(h.clone()).await.unwrap();
     (t, h)
@@ -90,6 +102,18 @@ async fn assert_still_serving(server: &TcpTransport, existing: &TcpTransport) {
     let fresh = client(config()).await;
     assert_eq!(fresh.call(addr, Bytes::from_static(b"e-new"), T).await.unwrap(), "e-new");
     fresh.shutdown().await;
+}
+
+/// Sends one request on a raw connection and reads its response.
+async fn raw_call(stream: &mut TcpStream, id: u64, body: &[u8]) -> std::io::Result<Bytes> {
+    stream.write_all(&raw_frame(id, body)).await?;
+    let mut header = [0u8; 12];
+    stream.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize - 8;
+    assert_eq!(u64::from_be_bytes(header[4..].try_into().unwrap()), id, "the response echoes the id");
+    let mut response = vec![0u8; len];
+    stream.read_exact(&mut response).await?;
+    Ok(Bytes::from(response))
 }
 
 fn raw_frame(id: u64, body: &[u8]) -> BytesMut {
@@ -450,4 +474,210 @@ async fn a_connection_silent_for_a_long_call_is_replaced() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2, "the silent connection was replaced");
     caller.shutdown().await;
     server.abort();
+}
+
+/// Short limits for the tests of inbound connections.
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(300);
+const POOL_IDLE: Duration = Duration::from_millis(100);
+
+fn short_timeouts() -> TcpConfig {
+    TcpConfig {
+        read_timeout_ms: READ_TIMEOUT.as_millis() as u64,
+        idle_timeout_ms: IDLE_TIMEOUT.as_millis() as u64,
+        pool_idle_timeout_ms: POOL_IDLE.as_millis() as u64,
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_stalled_midway_is_closed_after_the_read_timeout() {
+    // The idle timeout stays long: only the read timeout can close these.
+    let (server, handler) =
+        server_with(TcpConfig { read_timeout_ms: READ_TIMEOUT.as_millis() as u64, ..config() }).await;
+    let existing = client(config()).await;
+    assert_eq!(existing.call(server.local_addr(), Bytes::from_static(b"e"), T).await.unwrap(), "e");
+
+    let whole = raw_frame(1, &[7; 1000]);
+    let announced_large = raw_frame(2, &[7; MAX]);
+    for (what, sent) in [
+        ("part of a length prefix", &whole[..2]),
+        ("a header alone", &whole[..12]),
+        ("a header and part of the body", &whole[..500]),
+        ("a header announcing the largest frame", &announced_large[..20]),
+    ] {
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let start = Instant::now();
+        raw.write_all(sent).await.unwrap();
+        assert_closed_by_server(&mut raw).await;
+        assert!(start.elapsed() >= READ_TIMEOUT, "{what}: closed after {:?}", start.elapsed());
+    }
+    assert_still_serving(&server, &existing).await;
+    assert_eq!(handler.received.load(Ordering::SeqCst), 3, "no stalled frame reached the handler");
+    existing.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_not_those_with_a_slow_call() {
+    let (server, _) = server_with(short_timeouts()).await;
+    let addr = server.local_addr();
+
+    // Connected, never a byte.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    assert_closed_by_server(&mut silent).await;
+    assert!(start.elapsed() >= IDLE_TIMEOUT, "closed after {:?}", start.elapsed());
+
+    // One call, then nothing: idle counts from the response.
+    let mut used = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut used, 1, b"e").await.unwrap(), "e");
+    let answered = Instant::now();
+    assert_closed_by_server(&mut used).await;
+    assert!(answered.elapsed() >= IDLE_TIMEOUT, "closed after {:?}", answered.elapsed());
+
+    // A call whose handler takes four idle timeouts, with no other frame
+    // meanwhile: in flight, so not idle.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(raw_call(&mut slow, 2, b"slow").await.unwrap(), "slow");
+    assert!(start.elapsed() >= SLOW);
+    // The transport's own client (default pool timeout) sees the same.
+    let caller = client(TcpConfig { connections_per_peer: 1, ..config() }).await;
+    assert_eq!(caller.call(addr, Bytes::from_static(b"slow"), T).await.unwrap(), "slow");
+    assert_eq!(caller.call(addr, Bytes::from_static(b"e-after"), T).await.unwrap(), "e-after");
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_while_the_others_work() {
+    let (server, _) = server_with(TcpConfig { max_connections: 3, ..config() }).await;
+    let addr = server.local_addr();
+    let caller = client(TcpConfig { connections_per_peer: 1, ..config() }).await;
+    assert_eq!(caller.call(addr, Bytes::from_static(b"e"), T).await.unwrap(), "e");
+    // Two more: each answered, so each is accepted and counted.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut first, 1, b"e1").await.unwrap(), "e1");
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut second, 2, b"e2").await.unwrap(), "e2");
+
+    // Over the limit: closed at once (the timeouts are the long defaults).
+    for _ in 0..5 {
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let start = Instant::now();
+        assert_closed_by_server(&mut over).await;
+        assert!(start.elapsed() < Duration::from_secs(3), "closed after {:?}", start.elapsed());
+    }
+
+    // The others carry on.
+    assert_eq!(caller.call(addr, Bytes::from_static(b"e-again"), T).await.unwrap(), "e-again");
+    assert_eq!(raw_call(&mut first, 3, b"e3").await.unwrap(), "e3");
+    assert_eq!(raw_call(&mut second, 4, b"e4").await.unwrap(), "e4");
+
+    // One leaves; a newcomer gets its place.
+    drop(first);
+    let deadline = Instant::now() + T;
+    loop {
+        let mut newcomer = TcpStream::connect(addr).await.unwrap();
+        if let Ok(answer) = raw_call(&mut newcomer, 5, b"e5").await {
+            assert_eq!(answer, "e5");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connection accepted after one closed");
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A listener written against the wire format: echoes, and reports each
+/// connection the client closes.
+async fn recording_echo_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut header = [0u8; 12];
+                while stream.read_exact(&mut header).await.is_ok() {
+                    let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize - 8;
+                    let mut body = vec![0u8; len];
+                    stream.read_exact(&mut body).await.unwrap();
+                    let id = u64::from_be_bytes(header[4..].try_into().unwrap());
+                    stream.write_all(&raw_frame(id, &body)).await.unwrap();
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, closed, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_close_themselves_after_the_pool_idle_timeout() {
+    let (addr, accepted, closed, server) = recording_echo_server().await;
+    let caller = client(TcpConfig { connections_per_peer: 1, ..short_timeouts() }).await;
+    assert_eq!(caller.call(&addr, Bytes::from_static(b"e"), T).await.unwrap(), "e");
+    let answered = Instant::now();
+    wait_until("the caller closes its idle connection", || closed.load(Ordering::SeqCst) == 1).await;
+    assert!(answered.elapsed() >= POOL_IDLE, "closed after {:?}", answered.elapsed());
+    // The next call dials a new one, without an error.
+    assert_eq!(caller.call(&addr, Bytes::from_static(b"e-new"), T).await.unwrap(), "e-new");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    caller.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_the_server_idle_timeout() {
+    let (server, _) = server_with(short_timeouts()).await;
+    let addr = server.local_addr();
+    let caller = client(short_timeouts()).await;
+    // Pauses around the server's idle timeout, when it would close a
+    // connection the caller kept.
+    for tenths in [5, 9, 10, 11, 12, 13, 15] {
+        assert_eq!(caller.call(addr, Bytes::from_static(b"e"), T).await.unwrap(), "e");
+        tokio::time::sleep(IDLE_TIMEOUT * tenths / 10).await;
+        assert_eq!(caller.call(addr, Bytes::from_static(b"e-after"), T).await.unwrap(), "e-after");
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_a_retiring_connection_never_fail() {
+    let (server, _) = server().await;
+    let addr = server.local_addr().to_owned();
+    // Connections retire after 4 ms of quiet; callers pause about that long.
+    let caller = client(TcpConfig {
+        connections_per_peer: 1,
+        idle_timeout_ms: 8,
+        pool_idle_timeout_ms: 4,
+        ..config()
+    })
+    .await;
+    let callers: Vec<_> = (0..2u64)
+        .map(|seed| {
+            let (caller, addr) = (caller.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                for i in 0..100u32 {
+                    let frame = Bytes::from(format!("e{seed}-{i}"));
+                    assert_eq!(caller.call(&addr, frame.clone(), T).await.unwrap(), frame);
+                    tokio::time::sleep(Duration::from_micros(rng.random_range(2000..8000))).await;
+                }
+            })
+        })
+        .collect();
+    for call in callers {
+        call.await.unwrap();
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
 }
