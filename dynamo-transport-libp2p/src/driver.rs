@@ -39,7 +39,11 @@ type Event = request_response::Event<Bytes, Reply>;
 /// (it knows the address text and its timeout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// The peer could not be reached, or broke off the exchange.
+    /// The request was not sent: no connection could be made, or the peer
+    /// does not speak the protocol.
+    Refused(String),
+    /// The peer could not be reached, or broke off the exchange (the
+    /// request may have been handled).
     Unreachable(String),
     /// libp2p's request timeout elapsed before the response.
     TimedOut,
@@ -349,7 +353,7 @@ impl Driver {
 
     fn explain(&mut self, peer: PeerId, error: OutboundFailure) -> Failure {
         match error {
-            OutboundFailure::DialFailure => Failure::Unreachable(match self.dial_errors.get(&peer) {
+            OutboundFailure::DialFailure => Failure::Refused(match self.dial_errors.get(&peer) {
                 Some(reason) => format!("dial failed: {reason}"),
                 None => "dial failed".to_owned(),
             }),
@@ -358,7 +362,7 @@ impl Driver {
                 Failure::Unreachable("connection closed before the response".to_owned())
             }
             OutboundFailure::UnsupportedProtocols => {
-                Failure::Unreachable(format!("peer does not speak {PROTOCOL}"))
+                Failure::Refused(format!("peer does not speak {PROTOCOL}"))
             }
             OutboundFailure::Io(e) => Failure::Unreachable(format!("stream failed: {e}")),
         }

@@ -59,7 +59,7 @@
 //! The peer id derives from the Ed25519 key, which derives from
 //! [`Libp2pConfig::identity_seed_hex`]. **A node that restarts must keep its
 //! seed** (and its port): with a new seed it has a new address, and peers
-//! dialling the old one fail with `Unreachable` (wrong peer id).
+//! dialling the old one fail with `Refused` (wrong peer id).
 //! [`Libp2pConfig::peer_id`] gives a seed's peer id without binding, so the
 //! member list can be written before the nodes start. Without a seed the
 //! identity is random, for this run only.
@@ -94,7 +94,8 @@
 //! - A frame over the limit fails with `FrameTooLarge` before anything is
 //!   sent.
 //! - A failed dial (refused, wrong peer id, handshake error) fails with
-//!   `Unreachable` as soon as libp2p reports it; the next call dials again.
+//!   `Refused` (the request was not sent) as soon as libp2p reports it; the
+//!   next call dials again.
 //! - A broken connection fails its calls with `Unreachable`.
 //! - At most [`max_in_flight_per_peer`](Libp2pConfig::max_in_flight_per_peer)
 //!   calls to one peer are on the wire; the others queue, within their own

@@ -228,8 +228,10 @@ impl Transport for Libp2pTransport {
     ///   `max_frame_bytes`; nothing is sent.
     /// - [`TransportError::Timeout`] when no response came within
     ///   `timeout` (or within `request_timeout_ms`, if shorter).
-    /// - [`TransportError::Unreachable`] when `to` is no peer address, the
-    ///   dial failed (refused, wrong peer id), the connection or stream
+    /// - [`TransportError::Refused`] when `to` is no peer address, the dial
+    ///   failed (refused, wrong peer id) or the peer does not speak the
+    ///   protocol: the request was not sent.
+    /// - [`TransportError::Unreachable`] when the connection or stream
     ///   broke, the response was over the limit, or the peer refused the
     ///   request (not serving yet, its response over its limit).
     /// - [`TransportError::Closed`] after [`shutdown`](Transport::shutdown),
@@ -241,8 +243,8 @@ impl Transport for Libp2pTransport {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
-        let target = parse_peer_addr(to)
-            .map_err(|reason| TransportError::Unreachable { peer: to.to_owned(), reason })?;
+        let target =
+            parse_peer_addr(to).map_err(|reason| TransportError::Refused { peer: to.to_owned(), reason })?;
         if target.peer == self.peer_id {
             return self.call_self(to, frame, timeout).await;
         }
@@ -255,6 +257,7 @@ impl Transport for Libp2pTransport {
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(Failure::Closed)) => Err(TransportError::Closed),
+            Ok(Err(Failure::Refused(reason))) => Err(TransportError::Refused { peer: to.to_owned(), reason }),
             Ok(Err(Failure::Unreachable(reason))) => {
                 Err(TransportError::Unreachable { peer: to.to_owned(), reason })
             }

@@ -71,6 +71,14 @@ fn unreachable_reason(result: Result<Bytes, TransportError>) -> String {
     }
 }
 
+/// The reason of a call refused before its request was sent.
+fn refused_reason(result: Result<Bytes, TransportError>) -> String {
+    match result {
+        Err(TransportError::Refused { reason, .. }) => reason,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_before_serve_are_refused_at_once() {
     let server = bind(Libp2pConfig::default()).await;
@@ -88,14 +96,14 @@ async fn requests_before_serve_are_refused_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_peer_id_at_a_live_address_is_unreachable() {
+async fn a_wrong_peer_id_at_a_live_address_is_refused() {
     let (server, handler) = serving(Libp2pConfig::default(), Handler::default()).await;
     let client = bind(Libp2pConfig::default()).await;
     let impostor = Libp2pConfig::default().with_identity_seed(&[3; 32]).peer_id().unwrap().unwrap();
     let (listen, _) = server.local_addr().split_once("/p2p/").unwrap();
     let wrong = format!("{listen}/p2p/{impostor}");
     let start = Instant::now();
-    let reason = unreachable_reason(client.call(&wrong, Bytes::from_static(b"e"), 5 * SECOND).await);
+    let reason = refused_reason(client.call(&wrong, Bytes::from_static(b"e"), 5 * SECOND).await);
     assert!(reason.contains("dial failed"), "{reason}");
     assert!(start.elapsed() < PROMPT, "{:?}", start.elapsed());
     assert_eq!(handler.received.load(Ordering::SeqCst), 0, "nothing reached the handler");
@@ -104,10 +112,10 @@ async fn a_wrong_peer_id_at_a_live_address_is_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_addresses_are_unreachable_with_a_reason() {
+async fn malformed_addresses_are_refused_with_a_reason() {
     let client = bind(Libp2pConfig::default()).await;
     for addr in ["127.0.0.1:7000", "/ip4/127.0.0.1/tcp/7000", ""] {
-        let reason = unreachable_reason(client.call(addr, Bytes::from_static(b"e"), SECOND).await);
+        let reason = refused_reason(client.call(addr, Bytes::from_static(b"e"), SECOND).await);
         assert!(reason.contains("multiaddr") || reason.contains("/p2p/"), "{addr:?}: {reason}");
     }
     client.shutdown().await;

@@ -501,7 +501,7 @@ impl Peer {
                     if let Some(retry_at) = state.retry_at {
                         let now = Instant::now();
                         if now < retry_at {
-                            return Err(TransportError::Unreachable {
+                            return Err(TransportError::Refused {
                                 peer: self.addr.to_string(),
                                 reason: format!(
                                     "{}; next attempt in {} ms",
@@ -521,7 +521,11 @@ impl Peer {
             outcome = tokio::time::timeout_at(deadline, dial) => match outcome {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(TransportError::Closed), // the runtime dropped the dial
-                Err(_) => Err(TransportError::Timeout { peer: self.addr.to_string(), timeout }),
+                // Still connecting: the frame was never sent.
+                Err(_) => Err(TransportError::Refused {
+                    peer: self.addr.to_string(),
+                    reason: format!("not connected within the call's deadline of {} ms", timeout.as_millis()),
+                }),
             },
             () = shared.cancel.cancelled() => Err(TransportError::Closed),
         }
@@ -544,7 +548,7 @@ impl Peer {
                     state.failures = 0;
                     state.retry_at = None;
                 }
-                Err(TransportError::Unreachable { reason, .. }) => {
+                Err(TransportError::Refused { reason, .. }) => {
                     state.failures = state.failures.saturating_add(1);
                     let pause = backoff(&shared.config, state.failures);
                     debug!(peer = %peer.addr, %reason, ?pause, "connect failed");
@@ -562,8 +566,8 @@ impl Peer {
     /// One connect attempt; on success the connection takes a free slot.
     async fn dial_once(&self, shared: &PoolShared) -> Result<Arc<Conn>, TransportError> {
         let config = &shared.config;
-        let unreachable =
-            |reason: String| TransportError::Unreachable { peer: self.addr.to_string(), reason };
+        // Nothing is sent before the connection is up: every failure here is a refusal.
+        let unreachable = |reason: String| TransportError::Refused { peer: self.addr.to_string(), reason };
         let stream = match tokio::time::timeout(config.connect_timeout(), TcpStream::connect(&*self.addr))
             .await
         {

@@ -83,9 +83,9 @@
 //! # Failures and deadlines
 //!
 //! - `timeout` bounds the whole call: connect, send and response.
-//! - A peer that refuses connections gives
-//!   [`TransportError::Unreachable`](dynamo_core::transport::TransportError::Unreachable)
-//!   at once; later connect attempts wait a jittered, doubling backoff
+//! - A peer that refuses connections (or does not accept one in time) gives
+//!   [`TransportError::Refused`](dynamo_core::transport::TransportError::Refused)
+//!   at once: the frame was not sent. Later connect attempts wait a jittered, doubling backoff
 //!   (`backoff_min_ms` to `backoff_max_ms`), and calls during it fail at once
 //!   rather than wait. The first call after it tries again.
 //! - A connection that breaks fails its calls in flight with `Unreachable`

@@ -127,9 +127,11 @@ impl Transport for TcpTransport {
     /// # Errors
     /// - [`TransportError::FrameTooLarge`] for a frame over `max_frame_bytes`
     ///   (nothing is sent);
-    /// - [`TransportError::Unreachable`] when the connect fails or times out,
-    ///   while the peer is in reconnect backoff (at once), when the
-    ///   connection breaks with the call in flight, and when the peer's
+    /// - [`TransportError::Refused`] when the connect fails or times out, or
+    ///   while the peer is in reconnect backoff (at once): the frame was not
+    ///   sent;
+    /// - [`TransportError::Unreachable`] when the connection breaks with the
+    ///   call in flight (the peer may have executed it), and when the peer's
     ///   response exceeded its frame limit or its handler panicked (the
     ///   server sends a short error frame instead, so this is prompt);
     /// - [`TransportError::Timeout`] when no response came within `timeout`;

@@ -299,10 +299,7 @@ async fn backoff_fails_fast_then_the_first_call_after_it_retries() {
     let called_at = Instant::now();
     let err = caller.call(&addr, Bytes::from_static(b"e"), T).await.unwrap_err();
     let failed_at = Instant::now();
-    assert!(
-        matches!(&err, TransportError::Unreachable { reason, .. } if reason.contains("connect")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, TransportError::Refused { reason, .. } if reason.contains("connect")), "{err:?}");
 
     // The peer comes up, but the caller is in backoff: calls fail at once
     // instead of dialing or waiting for their deadline.
@@ -316,7 +313,7 @@ async fn backoff_fails_fast_then_the_first_call_after_it_retries() {
         let err = during.unwrap_err();
         assert!(start.elapsed() < Duration::from_millis(500), "took {:?}", start.elapsed());
         assert!(
-            matches!(&err, TransportError::Unreachable { reason, .. } if reason.contains("next attempt")),
+            matches!(&err, TransportError::Refused { reason, .. } if reason.contains("next attempt")),
             "{err:?}"
         );
     }
