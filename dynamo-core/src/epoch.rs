@@ -143,7 +143,9 @@ impl Epochs {
         epoch >= self.base && epoch < self.allocated.load(Ordering::Acquire)
     }
 
-    /// A fresh epoch, durable before it is returned.
+    /// A fresh epoch, durable before it is returned: the reservation is
+    /// flushed even in buffered durability, or a crash could roll the
+    /// counter back and hand the same epoch out again.
     pub(crate) async fn allocate(&self, io: &StoreIo) -> Result<u64> {
         let mut c = self.counter.lock().await;
         if c.next == c.reserved {
@@ -151,6 +153,7 @@ impl Epochs {
             let mut batch = WriteBatch::new();
             batch.put(Table::Meta, RESERVED_KEY, reserved.to_be_bytes().to_vec());
             io.commit(batch).await?;
+            io.flush().await?;
             c.reserved = reserved;
         }
         let epoch = c.next;

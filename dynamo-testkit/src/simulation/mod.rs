@@ -70,7 +70,7 @@ pub const HORIZON: Duration = Duration::from_secs(2);
 /// How long, in simulated time, a healed cluster gets to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
 /// How often buffered stores flush on their own, in simulated time.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_EVERY: Duration = Duration::from_millis(300);
 
 /// A configured simulation: what every seed's run shares.
 pub struct Simulation {

@@ -85,7 +85,7 @@ pub struct SimPlan {
     /// The reconciler.
     pub reconciler: ReconcilerChoice,
     /// Stores in buffered durability, which lose unflushed writes on a
-    /// crash (flushing every 50 ms of simulated time).
+    /// crash (flushing every 300 ms of simulated time).
     pub buffered: bool,
     /// The configured sibling limit.
     pub max_siblings: usize,
@@ -213,17 +213,28 @@ fn draw_faults(rng: &mut ChaCha8Rng, plan: &SimPlan) -> Vec<ScheduledFault> {
         };
         faults.push(ScheduledFault { at, kind });
     }
-    // A paused node resumes at a random later moment (or at the heal).
-    let mut resumes = Vec::new();
+    // Buffered stores are there to be crashed: most such runs get one
+    // crash (losing the unflushed writes) in the middle of the workload.
+    if plan.buffered && !destructive_used && rng.random_bool(0.7) {
+        let at = Duration::from_millis(rng.random_range(HORIZON_MS / 4..HORIZON_MS * 3 / 4));
+        faults.push(ScheduledFault { at, kind: FaultKind::Crash(node(rng)) });
+    }
+    // A paused node resumes, and a crashed one restarts, at a random later
+    // moment (or at the heal), so clients meet it again with whatever its
+    // store kept.
+    let mut comebacks = Vec::new();
     for f in &faults {
-        if let FaultKind::Pause(i) = f.kind {
-            if rng.random_bool(0.7) {
-                let later = f.at + Duration::from_millis(rng.random_range(50..1_500));
-                resumes.push(ScheduledFault { at: later, kind: FaultKind::Resume(i) });
-            }
+        let comeback = match f.kind {
+            FaultKind::Pause(i) => FaultKind::Resume(i),
+            FaultKind::Crash(i) => FaultKind::Restart(i),
+            _ => continue,
+        };
+        if rng.random_bool(0.7) {
+            let later = f.at + Duration::from_millis(rng.random_range(20..1_000));
+            comebacks.push(ScheduledFault { at: later, kind: comeback });
         }
     }
-    faults.extend(resumes);
+    faults.extend(comebacks);
     faults.sort_by_key(|f| f.at);
     faults
 }
