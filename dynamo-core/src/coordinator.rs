@@ -29,7 +29,7 @@ use crate::metrics::bump;
 use crate::node::NodeCore;
 use crate::replica::{Slot, WriteIntent};
 use crate::ring::{key_hash, Ring};
-use crate::transport::protocol::{Request, Response, WriteRequest};
+use crate::transport::protocol::{frame_version, Request, Response, WriteRequest, PROTOCOL_VERSION};
 use crate::transport::TransportError;
 
 /// One replica slot of a request: the node asked, and the owner whose
@@ -186,7 +186,11 @@ impl NodeCore {
             }
             Ok(bytes) => {
                 self.detector.record_success(node);
-                Response::decode(&bytes)
+                let response = Response::decode(&bytes);
+                if let Some(v) = frame_version(&bytes).filter(|v| *v != PROTOCOL_VERSION) {
+                    tracing::warn!(peer = %node, peer_version = v, version = PROTOCOL_VERSION, "a peer answers in another protocol version");
+                }
+                response
             }
             Err(e) => {
                 self.detector.record_failure(node);
@@ -319,10 +323,13 @@ impl NodeCore {
                     self.clock.observe(seen_us);
                     return Ok(Context::new(context).with_seen(seen_us));
                 }
-                Ok(Response::Error(e)) if e.not_executed() => {
+                Ok(Response::Error(e)) => {
+                    let e = e.into_error();
+                    if !e.not_executed() {
+                        return Err(e);
+                    }
                     tracing::debug!(peer = %node, error = %e, "forwarded write not executed; trying the next owner");
                 }
-                Ok(Response::Error(e)) => return Err(e),
                 Ok(other) => {
                     return Err(Error::Protocol(format!(
                         "unexpected answer to a forwarded write: {other:?}"
@@ -424,7 +431,7 @@ impl NodeCore {
                         }
                         Ok(())
                     }
-                    Response::Error(e) => Err(e),
+                    Response::Error(e) => Err(e.into_error()),
                     other => Err(Error::Protocol(format!("unexpected answer to a replication: {other:?}"))),
                 }
             }
@@ -534,7 +541,7 @@ impl NodeCore {
                     Response::State(Some(bytes)) => SiblingSet::decode(&bytes)
                         .map(Some)
                         .map_err(|e| Error::Protocol(format!("replica sent a bad state: {e}"))),
-                    Response::Error(e) => Err(e),
+                    Response::Error(e) => Err(e.into_error()),
                     other => Err(Error::Protocol(format!("unexpected answer to a read: {other:?}"))),
                 }
             }
@@ -614,7 +621,7 @@ impl NodeCore {
             } else {
                 match self.call_peer(node, frame.clone(), self.config.replica_timeout()).await {
                     Ok(Response::Ack) => Ok(()),
-                    Ok(Response::Error(e)) => Err(e),
+                    Ok(Response::Error(e)) => Err(e.into_error()),
                     Ok(other) => Err(Error::Protocol(format!("unexpected answer to a repair: {other:?}"))),
                     Err(e) => Err(e),
                 }
@@ -646,7 +653,7 @@ impl NodeCore {
                 .await
                 .map(|c| Response::Written { seen_us: c.seen_us(), context: c.causal().clone() }),
         };
-        result.unwrap_or_else(Response::Error)
+        result.unwrap_or_else(|e| Response::error(&e))
     }
 
     async fn serve_get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {

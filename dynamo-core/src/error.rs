@@ -1,17 +1,17 @@
 //! The errors a node reports to its callers.
 
-use serde::{Deserialize, Serialize};
-
 use crate::member::NodeId;
 use crate::store::StoreError;
 use crate::transport::TransportError;
 
 /// Everything a request to a node can fail with.
 ///
-/// The type is serializable because a node that forwards a request to a
-/// coordinator hands the coordinator's error back to its own caller
-/// unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+/// A node that forwards a request hands the coordinator's error back to
+/// its own caller: it crosses the wire as the protocol's
+/// [`WireError`](crate::transport::protocol::WireError), which maps back
+/// to the same variant (or to [`Error::Remote`] for a kind this build does
+/// not know).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The key is empty.
     #[error("the key is empty")]
@@ -120,6 +120,10 @@ pub enum Error {
         /// What differs, recorded first and given second.
         differences: String,
     },
+    /// A peer answered with an error of a kind this build does not know
+    /// (a newer peer's); its message.
+    #[error("a peer failed: {0}")]
+    Remote(String),
     /// The node refused work it has no room for; nothing was executed.
     #[error("node is overloaded: {0}")]
     Overloaded(String),

@@ -70,7 +70,7 @@ impl NodeCore {
                     .encode();
             match self.call_peer(hint.owner, frame, self.config.replica_timeout()).await? {
                 Response::Ack => {}
-                Response::Error(e) => return Err(e),
+                Response::Error(e) => return Err(e.into_error()),
                 other => return Err(Error::Protocol(format!("unexpected answer to a hint: {other:?}"))),
             }
         }

@@ -49,7 +49,9 @@ use crate::replica::{Replica, Slot};
 use crate::ring::Ring;
 use crate::store::Store;
 use crate::stored_ring::{self, RingIdentity};
-use crate::transport::protocol::{Request, RequestId, Response, WriteRequest};
+use crate::transport::protocol::{
+    frame_version, Request, RequestId, Response, WriteRequest, PROTOCOL_VERSION,
+};
 use crate::transport::{FrameHandler, Transport};
 
 /// Per-request read options.
@@ -151,11 +153,19 @@ impl FrameHandler for Handler {
             Some(core) if !core.closed.load(Ordering::Acquire) => match Request::decode(&frame) {
                 Ok(req) => core.serve_request(req).await,
                 Err(e) => {
-                    tracing::warn!(node = %core.id, error = %e, "malformed request frame");
-                    Response::Error(e)
+                    match frame_version(&frame) {
+                        Some(v) if v != PROTOCOL_VERSION => tracing::warn!(
+                            node = %core.id,
+                            peer_version = v,
+                            version = PROTOCOL_VERSION,
+                            "refused a request in another protocol version: is the peer running another release?"
+                        ),
+                        _ => tracing::warn!(node = %core.id, error = %e, "malformed request frame"),
+                    }
+                    Response::error(&e)
                 }
             },
-            _ => Response::Error(Error::ShuttingDown),
+            _ => Response::error(&Error::ShuttingDown),
         };
         response.encode()
     }

@@ -5,7 +5,9 @@
 //! already-encoded [`SiblingSet`](crate::causality::SiblingSet) bytes, so a
 //! coordinator encodes a state once and sends the same bytes to every
 //! replica. Decoding never panics: any malformed frame is an
-//! [`Error::Protocol`].
+//! [`Error::Protocol`]. Errors cross the wire as a [`WireError`], owned by
+//! the protocol rather than the public [`Error`] enum: an error kind a
+//! peer does not know still decodes (as [`Error::Remote`]).
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -13,6 +15,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::causality::CausalContext;
 use crate::error::Error;
 use crate::member::NodeId;
+use crate::store::StoreError;
 
 /// The protocol version this build speaks. Version 2 gave forwarded
 /// writes an identity and a deadline, replication a sibling bound, and
@@ -130,7 +133,160 @@ pub enum Response {
         seen_us: u64,
     },
     /// The request failed.
-    Error(Error),
+    Error(WireError),
+}
+
+/// An error as it crosses the wire: a message for people, and the error's
+/// kind as an inner encoding that is decoded on its own. A kind added by a
+/// newer build fails only that inner decoding, and the error still reaches
+/// the caller, as [`Error::Remote`] with its message; the frame around it
+/// stays readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The postcard encoding of the error's kind ([`WireErrorKind`]).
+    kind: Bytes,
+    /// The error as text.
+    message: String,
+}
+
+/// The kinds of error a node answers with. Append only: never reorder or
+/// remove a variant, or older peers misread the ones after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum WireErrorKind {
+    EmptyKey,
+    KeyTooLong {
+        len: u64,
+        max: u64,
+    },
+    ValueTooLarge {
+        size: u64,
+        max: u64,
+    },
+    InvalidContext(String),
+    InvalidQuorum {
+        name: String,
+        value: u64,
+        n: u64,
+    },
+    TooManySiblings {
+        key: String,
+        count: u64,
+        max: u64,
+    },
+    QuorumFailed {
+        acks: u64,
+        needed: u64,
+    },
+    Timeout {
+        acks: u64,
+        needed: u64,
+    },
+    NotAMember(u64),
+    Store(StoreError),
+    Protocol(String),
+    Corrupt(String),
+    ShuttingDown,
+    Expired {
+        late_ms: u64,
+    },
+    DuplicateRequest(String),
+    Overloaded(String),
+    /// Any other error: only its message travels.
+    Other,
+}
+
+fn to_u64(n: usize) -> u64 {
+    n as u64
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        let kind = match e {
+            Error::EmptyKey => WireErrorKind::EmptyKey,
+            Error::KeyTooLong { len, max } => {
+                WireErrorKind::KeyTooLong { len: to_u64(*len), max: to_u64(*max) }
+            }
+            Error::ValueTooLarge { size, max } => {
+                WireErrorKind::ValueTooLarge { size: to_u64(*size), max: to_u64(*max) }
+            }
+            Error::InvalidContext(m) => WireErrorKind::InvalidContext(m.clone()),
+            Error::InvalidQuorum { name, value, n } => {
+                WireErrorKind::InvalidQuorum { name: name.clone(), value: to_u64(*value), n: to_u64(*n) }
+            }
+            Error::TooManySiblings { key, count, max } => {
+                WireErrorKind::TooManySiblings { key: key.clone(), count: to_u64(*count), max: to_u64(*max) }
+            }
+            Error::QuorumFailed { acks, needed } => {
+                WireErrorKind::QuorumFailed { acks: to_u64(*acks), needed: to_u64(*needed) }
+            }
+            Error::Timeout { acks, needed } => {
+                WireErrorKind::Timeout { acks: to_u64(*acks), needed: to_u64(*needed) }
+            }
+            Error::NotAMember(n) => WireErrorKind::NotAMember(n.0),
+            Error::Store(e) => WireErrorKind::Store(e.clone()),
+            Error::Protocol(m) => WireErrorKind::Protocol(m.clone()),
+            Error::Corrupt(m) => WireErrorKind::Corrupt(m.clone()),
+            Error::ShuttingDown => WireErrorKind::ShuttingDown,
+            Error::Expired { late_ms } => WireErrorKind::Expired { late_ms: *late_ms },
+            Error::DuplicateRequest(id) => WireErrorKind::DuplicateRequest(id.clone()),
+            Error::Overloaded(m) => WireErrorKind::Overloaded(m.clone()),
+            _ => WireErrorKind::Other,
+        };
+        let kind = postcard::to_stdvec(&kind).expect("error kinds always serialize");
+        WireError { kind: Bytes::from(kind), message: e.to_string() }
+    }
+}
+
+impl WireError {
+    /// The error this stands for: the same [`Error`] variant when this
+    /// build knows its kind, else [`Error::Remote`] with its message.
+    pub fn into_error(self) -> Error {
+        let Ok(kind) = postcard::from_bytes::<WireErrorKind>(&self.kind) else {
+            return Error::Remote(self.message);
+        };
+        match kind {
+            WireErrorKind::EmptyKey => Error::EmptyKey,
+            WireErrorKind::KeyTooLong { len, max } => {
+                Error::KeyTooLong { len: to_usize(len), max: to_usize(max) }
+            }
+            WireErrorKind::ValueTooLarge { size, max } => {
+                Error::ValueTooLarge { size: to_usize(size), max: to_usize(max) }
+            }
+            WireErrorKind::InvalidContext(m) => Error::InvalidContext(m),
+            WireErrorKind::InvalidQuorum { name, value, n } => {
+                Error::InvalidQuorum { name, value: to_usize(value), n: to_usize(n) }
+            }
+            WireErrorKind::TooManySiblings { key, count, max } => {
+                Error::TooManySiblings { key, count: to_usize(count), max: to_usize(max) }
+            }
+            WireErrorKind::QuorumFailed { acks, needed } => {
+                Error::QuorumFailed { acks: to_usize(acks), needed: to_usize(needed) }
+            }
+            WireErrorKind::Timeout { acks, needed } => {
+                Error::Timeout { acks: to_usize(acks), needed: to_usize(needed) }
+            }
+            WireErrorKind::NotAMember(n) => Error::NotAMember(NodeId(n)),
+            WireErrorKind::Store(e) => Error::Store(e),
+            WireErrorKind::Protocol(m) => Error::Protocol(m),
+            WireErrorKind::Corrupt(m) => Error::Corrupt(m),
+            WireErrorKind::ShuttingDown => Error::ShuttingDown,
+            WireErrorKind::Expired { late_ms } => Error::Expired { late_ms },
+            WireErrorKind::DuplicateRequest(id) => Error::DuplicateRequest(id),
+            WireErrorKind::Overloaded(m) => Error::Overloaded(m),
+            WireErrorKind::Other => Error::Remote(self.message),
+        }
+    }
+}
+
+impl Response {
+    /// The error answer for `e`.
+    pub fn error(e: &Error) -> Response {
+        Response::Error(WireError::from(e))
+    }
 }
 
 fn encode<T: Serialize>(msg: &T) -> Bytes {
@@ -140,6 +296,11 @@ fn encode<T: Serialize>(msg: &T) -> Bytes {
     // message type here contains.
     let buf = postcard::to_extend(msg, buf).expect("protocol messages always serialize");
     Bytes::from(buf)
+}
+
+/// The protocol version a frame says it speaks, if it is long enough to say.
+pub fn frame_version(frame: &[u8]) -> Option<u16> {
+    frame.split_first_chunk::<2>().map(|(v, _)| u16::from_le_bytes(*v))
 }
 
 fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
@@ -219,8 +380,37 @@ mod tests {
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
-        let resp = Response::Error(Error::QuorumFailed { acks: 1, needed: 2 });
+        let resp = Response::error(&Error::QuorumFailed { acks: 1, needed: 2 });
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+    }
+
+    #[test]
+    fn errors_cross_the_wire_by_kind_and_unknown_kinds_still_arrive() {
+        let errors = [
+            Error::EmptyKey,
+            Error::KeyTooLong { len: 9, max: 8 },
+            Error::TooManySiblings { key: "k".into(), count: 4, max: 3 },
+            Error::Timeout { acks: 1, needed: 2 },
+            Error::Store(StoreError::Backend { backend: "redb".into(), message: "disk".into() }),
+            Error::Expired { late_ms: 7 },
+            Error::ShuttingDown,
+        ];
+        for e in errors {
+            let Response::Error(wire) = Response::decode(&Response::error(&e).encode()).unwrap() else {
+                panic!("not an error answer");
+            };
+            assert_eq!(wire.into_error(), e);
+        }
+        // A kind this build does not know (a newer peer's): the frame decodes,
+        // and the error arrives with its message.
+        let newer = WireError { kind: Bytes::from_static(&[200, 1]), message: "a future error".into() };
+        let frame = Response::Error(newer).encode();
+        let Response::Error(wire) = Response::decode(&frame).unwrap() else { panic!("not an error answer") };
+        assert_eq!(wire.into_error(), Error::Remote("a future error".into()));
+        // Errors with no wire kind of their own travel as their message.
+        let local = Error::Config("bad".into());
+        let Response::Error(wire) = Response::error(&local) else { panic!() };
+        assert_eq!(wire.into_error(), Error::Remote(local.to_string()));
     }
 
     #[test]
