@@ -2,10 +2,10 @@
 //! a real system can fail or stall, at which a simulation can make it do
 //! so.
 //!
-//! With the `simulation` feature, [`NodeBuilder::fault_injector`](crate::node::NodeBuilder::fault_injector)
-//! installs a [`FaultInjector`] that core consults at each [`FaultPoint`].
-//! Without the feature (production builds) the hooks compile to nothing:
-//! [`Faults::at`] is a constant `None` on a zero-sized type.
+//! With the `simulation` feature, `NodeBuilder::fault_injector` installs a
+//! [`FaultInjector`] that core consults at each [`FaultPoint`]. Without the
+//! feature (production builds) the hooks compile to nothing: the check is
+//! a constant `None` on a zero-sized type.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Hinted handoff: delivering writes kept for an unreachable owner.
+//! Hinted handoff (Dynamo §4.6): delivering writes kept for an
+//! unreachable owner.
 //!
 //! A node that stood in for an owner keeps the key's state in its hints
 //! table. A background task periodically offers each hint to its owner;
@@ -11,19 +12,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::member::NodeId;
-use crate::metrics::bump;
-use crate::node::NodeCore;
-use crate::replica::{decode_stored, Slot, StoredHint};
+use crate::membership::Membership;
+use crate::metrics::{bump, Metrics};
+use crate::peers::Peers;
+use crate::replica::{decode_stored, Replica, Slot, StoredHint};
 use crate::ring::key_hash;
 use crate::transport::protocol::{Request, Response};
 
-impl NodeCore {
+/// Delivers this node's hints to their owners.
+pub(crate) struct HintedHandoff {
+    pub(crate) id: NodeId,
+    pub(crate) config: Arc<Config>,
+    pub(crate) membership: Arc<dyn Membership>,
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl HintedHandoff {
     /// Offers every stored hint to its owner once; returns how many were
     /// delivered and removed. Owners that fail a delivery are skipped for
     /// the rest of the round.
-    pub(crate) async fn deliver_hints(self: &Arc<Self>) -> Result<usize> {
+    pub(crate) async fn deliver_hints(&self) -> Result<usize> {
         let mut delivered = 0;
         let mut failed_owners = BTreeSet::new();
         let mut from = Bytes::new();
@@ -54,21 +67,21 @@ impl NodeCore {
         Ok(delivered)
     }
 
-    async fn deliver_one(self: &Arc<Self>, hint: &StoredHint) -> Result<bool> {
+    async fn deliver_one(&self, hint: &StoredHint) -> Result<bool> {
         let hash = key_hash(&hint.key);
         if hint.owner == self.id {
             // This node owns the key again: merge the hint into its data.
             let state = decode_stored(&hint.state)?;
             self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
         } else {
-            if self.ring().member(hint.owner).is_none() {
+            if self.membership.view().member(hint.owner).is_none() {
                 // The owner left the ring; ownership handoff moves this data.
                 return Err(Error::NotAMember(hint.owner));
             }
             let frame =
                 Request::Replicate { key: hint.key.clone(), state: hint.state.clone(), sibling_limit: None }
                     .encode();
-            match self.call_peer(hint.owner, frame, self.config.replica_timeout()).await? {
+            match self.peers.call(hint.owner, frame, self.config.replica_timeout()).await? {
                 Response::Ack => {}
                 Response::Error(e) => return Err(e.into_error()),
                 other => return Err(Error::Protocol(format!("unexpected answer to a hint: {other:?}"))),
@@ -102,5 +115,18 @@ impl NodeCore {
             }
         }
         Ok(counts)
+    }
+
+    /// Delivers hints every `hint_delivery_interval_ms` until the node stops.
+    pub(crate) async fn run(handoff: std::sync::Weak<HintedHandoff>, period: std::time::Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(handoff) = handoff.upgrade() else { return };
+            if let Err(e) = handoff.deliver_hints().await {
+                tracing::warn!(node = %handoff.id, error = %e, "hint delivery round failed");
+            }
+        }
     }
 }

@@ -7,32 +7,44 @@
 //! - [`store`]: the [`Store`](store::Store) plugin point and [`MemStore`](store::MemStore).
 //! - [`transport`]: the [`Transport`](transport::Transport) plugin point and the wire protocol.
 //! - [`failure`]: the [`FailureDetector`](failure::FailureDetector) plugin point.
+//! - [`membership`]: the [`Membership`](membership::Membership) plugin point
+//!   and [`StaticMembership`](membership::StaticMembership).
 //! - [`node`]: a node assembled from plugins, and the embedded API.
 //!
-//! Coordination (quorums, sloppy quorum, read repair) lives in the private
-//! `coordinator` module, hinted handoff in `hinted_handoff`, per-key
-//! storage in `replica`, store threads and group commit in `store_io`.
+//! The request path, one module per role (each names its paper section):
+//! [`coordinator`] (client requests, quorums), [`sloppy_quorum`] (who is
+//! asked, who stands in), [`read_repair`], [`replica_service`] (what peers
+//! are answered), [`hinted_handoff`]; [`clock`] holds the hybrid logical
+//! clock and [`fault_point`] the simulation's fault points. Per-key storage
+//! (`replica`), actor epochs (`epoch`), store threads and group commit
+//! (`store_io`) are private.
 
 pub mod causality;
 pub mod clock;
 pub mod config;
-mod coordinator;
+pub mod coordinator;
 mod epoch;
 pub mod error;
 pub mod failure;
 pub mod fault_point;
-mod hinted_handoff;
+pub mod hinted_handoff;
 pub mod member;
+pub mod membership;
 pub mod metrics;
 pub mod node;
+mod peers;
+pub mod read_repair;
 mod recent_requests;
 pub mod reconcile;
 mod replica;
+pub mod replica_service;
 pub mod ring;
+pub mod sloppy_quorum;
 pub mod store;
 mod store_io;
 mod stored_ring;
 pub mod transport;
+mod validation;
 
 pub use error::{Error, Result};
 
@@ -43,6 +55,7 @@ pub mod prelude {
     pub use crate::config::Config;
     pub use crate::error::{Error, Result};
     pub use crate::member::{Member, NodeId};
+    pub use crate::membership::{ClusterView, Membership, StaticMembership};
     pub use crate::node::{GetResult, LocalState, Node, NodeBuilder, ReadOptions, WriteOptions};
     pub use crate::reconcile::{KeepSiblings, LastWriteWins, Reconciler, ReconcilerRegistry, Resolution};
     pub use crate::ring::Ring;

@@ -1,9 +1,17 @@
 //! A node assembled from its plugins, and the embedded API.
 //!
-//! [`NodeBuilder`] takes a [`Store`], a [`Transport`], the cluster's
-//! [`Ring`] and a [`Reconciler`], starts serving peers and runs hint
-//! delivery in the background. [`Node`] is the embedded API: any node
-//! accepts any request.
+//! [`NodeBuilder`] takes a [`Store`], a [`Transport`], a [`Membership`]
+//! (or just the cluster's [`Ring`], for a fixed member list) and a
+//! [`Reconciler`], starts serving peers and runs hint delivery in the
+//! background. [`Node`] is the embedded API: any node accepts any request.
+//!
+//! A node is made of one part per role, each in the module named for it:
+//! the [`coordinator`](crate::coordinator) (client requests), the
+//! [`sloppy_quorum`](crate::sloppy_quorum) (who is asked),
+//! [`read_repair`](crate::read_repair), the
+//! [`replica_service`](crate::replica_service) (what peers are answered),
+//! [`hinted_handoff`](crate::hinted_handoff), and the local replica of the
+//! node's keys they share.
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -27,7 +35,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,15 +45,21 @@ use tokio::task::JoinHandle;
 use crate::causality::{Context, Sibling, SiblingSet};
 use crate::clock::{Clock, HybridClock, SystemClock};
 use crate::config::Config;
+use crate::coordinator::Coordinator;
 use crate::epoch::StartKind;
 use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
 use crate::fault_point::{FaultInjector, Faults};
+use crate::hinted_handoff::HintedHandoff;
 use crate::member::NodeId;
+use crate::membership::{Membership, StaticMembership};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::peers::Peers;
+use crate::read_repair::ReadRepair;
 use crate::recent_requests::RecentRequests;
 use crate::reconcile::{KeepSiblings, Reconciler, Resolution};
 use crate::replica::{Replica, Slot};
+use crate::replica_service::ReplicaService;
 use crate::ring::Ring;
 use crate::store::Store;
 use crate::stored_ring::{self, RingIdentity};
@@ -53,7 +67,7 @@ use crate::transport::protocol::{
     frame_version, Request, RequestId, Response, WriteRequest, PROTOCOL_VERSION,
 };
 use crate::transport::{FrameHandler, Transport};
-
+use crate::validation::check_key;
 /// Per-request read options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -108,34 +122,26 @@ pub struct LocalState {
     pub hints: Vec<(NodeId, SiblingSet)>,
 }
 
-/// Shared state of a running node; the request path is implemented on it
-/// in `coordinator` and `hinted_handoff`.
-pub(crate) struct NodeCore {
-    pub(crate) id: NodeId,
-    pub(crate) config: Config,
-    ring: RwLock<Arc<Ring>>,
-    pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) replica: Replica,
-    pub(crate) detector: Arc<dyn FailureDetector>,
-    pub(crate) reconciler: Arc<dyn Reconciler>,
-    pub(crate) metrics: Metrics,
-    /// Timestamps writes; its physical clock checks forwarded deadlines.
-    pub(crate) clock: Arc<HybridClock>,
-    /// Forwarded writes accepted and not yet expired (at most once each).
-    pub(crate) recent: RecentRequests,
+/// What a running node is made of, shared by its handle, its peer
+/// handler and its background tasks.
+struct NodeParts {
+    id: NodeId,
+    config: Arc<Config>,
+    membership: Arc<dyn Membership>,
+    transport: Arc<dyn Transport>,
+    replica: Arc<Replica>,
+    coordinator: Arc<Coordinator>,
+    service: ReplicaService,
+    handoff: Arc<HintedHandoff>,
+    reconciler: Arc<dyn Reconciler>,
+    metrics: Arc<Metrics>,
     /// The next client write's sequence number (see [`RequestId`]).
     next_seq: AtomicU64,
-    /// Fault points a simulation may trigger (nothing in production).
-    pub(crate) faults: Faults,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
-impl NodeCore {
-    pub(crate) fn ring(&self) -> Arc<Ring> {
-        Arc::clone(&self.ring.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
+impl NodeParts {
     /// A fresh identity for a client write received by this node.
     fn next_request_id(&self) -> RequestId {
         RequestId { origin: self.id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
@@ -144,14 +150,14 @@ impl NodeCore {
 
 /// Serves peer frames for a node. Holds the node weakly so a transport
 /// never keeps a stopped node alive.
-struct Handler(std::sync::Weak<NodeCore>);
+struct Handler(std::sync::Weak<NodeParts>);
 
 #[async_trait]
 impl FrameHandler for Handler {
     async fn handle(&self, frame: Bytes) -> Bytes {
         let response = match self.0.upgrade() {
             Some(core) if !core.closed.load(Ordering::Acquire) => match Request::decode(&frame) {
-                Ok(req) => core.serve_request(req).await,
+                Ok(req) => core.service.serve(req).await,
                 Err(e) => {
                     match frame_version(&frame) {
                         Some(v) if v != PROTOCOL_VERSION => tracing::warn!(
@@ -176,6 +182,7 @@ pub struct NodeBuilder {
     id: NodeId,
     config: Config,
     ring: Option<Ring>,
+    membership: Option<Arc<dyn Membership>>,
     store: Option<Arc<dyn Store>>,
     transport: Option<Arc<dyn Transport>>,
     reconciler: Arc<dyn Reconciler>,
@@ -194,6 +201,7 @@ impl NodeBuilder {
             id,
             config: Config::default(),
             ring: None,
+            membership: None,
             store: None,
             transport: None,
             reconciler: Arc::new(KeepSiblings),
@@ -211,9 +219,17 @@ impl NodeBuilder {
         self
     }
 
-    /// Sets the cluster's ring; it must list this node.
+    /// Sets a fixed member list, as the cluster's ring (it must list this
+    /// node): shorthand for a [`StaticMembership`] of `ring`.
     pub fn ring(mut self, ring: Ring) -> Self {
         self.ring = Some(ring);
+        self
+    }
+
+    /// Sets the membership that tells the node who is in the cluster
+    /// (replaces [`NodeBuilder::ring`]).
+    pub fn membership(mut self, membership: Arc<dyn Membership>) -> Self {
+        self.membership = Some(membership);
         self
     }
 
@@ -289,9 +305,22 @@ impl NodeBuilder {
         let config = self.config;
         config.validate()?;
         let missing = |what: &str| Error::Config(format!("node {}: no {what} given", self.id));
-        let ring = self.ring.ok_or_else(|| missing("ring"))?;
+        let membership: Arc<dyn Membership> = match (self.membership, self.ring) {
+            (Some(m), _) => m,
+            (None, Some(ring)) => Arc::new(StaticMembership::new(self.id, ring)?),
+            (None, None) => return Err(missing("membership or ring")),
+        };
         let store = self.store.ok_or_else(|| missing("store"))?;
         let transport = self.transport.ok_or_else(|| missing("transport"))?;
+        if membership.local_id() != self.id {
+            return Err(Error::Config(format!(
+                "node {} was given the membership of node {}",
+                self.id,
+                membership.local_id()
+            )));
+        }
+        let view = membership.view();
+        let ring = view.ring();
         if ring.partitions() != config.partitions || ring.replicas() != config.n {
             return Err(Error::Config(format!(
                 "the ring has {} partitions and N = {}, the config {} and N = {}",
@@ -301,7 +330,7 @@ impl NodeBuilder {
                 config.n
             )));
         }
-        let me = ring.member(self.id).ok_or(Error::NotAMember(self.id))?;
+        let me = view.member(self.id).ok_or(Error::NotAMember(self.id))?;
         if me.addr != transport.local_addr() {
             return Err(Error::Config(format!(
                 "node {} is at {} in the ring but its transport is bound to {}",
@@ -310,18 +339,20 @@ impl NodeBuilder {
                 transport.local_addr()
             )));
         }
-        stored_ring::check(&store, &ring, self.adopt_ring).await?;
+        stored_ring::check(&store, ring, self.adopt_ring).await?;
         let clock = Arc::new(HybridClock::new(self.clock));
-        let replica = Replica::open(
-            self.id,
-            store,
-            Arc::clone(&self.reconciler),
-            Arc::clone(&clock),
-            &config,
-            self.epoch_seed,
-            Faults::new(self.id, self.fault_injector.clone()),
-        )
-        .await?;
+        let replica = Arc::new(
+            Replica::open(
+                self.id,
+                store,
+                Arc::clone(&self.reconciler),
+                Arc::clone(&clock),
+                &config,
+                self.epoch_seed,
+                Faults::new(self.id, self.fault_injector.clone()),
+            )
+            .await?,
+        );
         match replica.start_kind() {
             StartKind::NewStore => tracing::warn!(
                 node = %self.id,
@@ -334,46 +365,87 @@ impl NodeBuilder {
             ),
             StartKind::Clean => {}
         }
+        let config = Arc::new(config);
         let detector =
             self.detector.unwrap_or_else(|| Arc::new(OutcomeDetector::new(config.suspect_period())));
-        let core = Arc::new(NodeCore {
+        let metrics = Arc::new(Metrics::default());
+        let peers = Arc::new(Peers {
+            membership: Arc::clone(&membership),
+            transport: Arc::clone(&transport),
+            detector: Arc::clone(&detector),
+            faults: Faults::new(self.id, self.fault_injector),
+        });
+        let coordinator = Arc::new(Coordinator {
             id: self.id,
+            config: Arc::clone(&config),
+            membership: Arc::clone(&membership),
+            detector,
+            replica: Arc::clone(&replica),
+            peers: Arc::clone(&peers),
+            metrics: Arc::clone(&metrics),
+            clock: Arc::clone(&clock),
+            read_repair: ReadRepair {
+                id: self.id,
+                replica: Arc::clone(&replica),
+                peers: Arc::clone(&peers),
+                metrics: Arc::clone(&metrics),
+                replica_timeout: config.replica_timeout(),
+            },
+        });
+        let handoff = Arc::new(HintedHandoff {
+            id: self.id,
+            config: Arc::clone(&config),
+            membership: Arc::clone(&membership),
+            replica: Arc::clone(&replica),
+            peers,
+            metrics: Arc::clone(&metrics),
+        });
+        let parts = Arc::new(NodeParts {
+            id: self.id,
+            service: ReplicaService {
+                config: Arc::clone(&config),
+                membership: Arc::clone(&membership),
+                replica: Arc::clone(&replica),
+                coordinator: Arc::clone(&coordinator),
+                metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&clock),
+                recent: RecentRequests::default(),
+            },
             config,
-            ring: RwLock::new(Arc::new(ring)),
+            membership,
             transport: Arc::clone(&transport),
             replica,
-            detector,
+            coordinator,
+            handoff: Arc::clone(&handoff),
             reconciler: self.reconciler,
-            metrics: Metrics::default(),
+            metrics,
             next_seq: AtomicU64::new(clock.now()),
-            clock,
-            recent: RecentRequests::default(),
-            faults: Faults::new(self.id, self.fault_injector),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
-        transport.serve(Arc::new(Handler(Arc::downgrade(&core)))).await?;
-        let hints = tokio::spawn(hint_loop(Arc::downgrade(&core)));
-        core.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(hints);
-        Ok(Node { core })
+        transport.serve(Arc::new(Handler(Arc::downgrade(&parts)))).await?;
+        let period = parts.config.hint_delivery_interval();
+        let hints = tokio::spawn(HintedHandoff::run(Arc::downgrade(&handoff), period));
+        let record = tokio::spawn(record_ring_changes(Arc::downgrade(&parts)));
+        parts.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend([hints, record]);
+        Ok(Node { core: parts })
     }
 }
 
-async fn hint_loop(core: std::sync::Weak<NodeCore>) {
-    let period = match core.upgrade() {
-        Some(c) => c.config.hint_delivery_interval(),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(core) = core.upgrade() else { return };
-        if core.closed.load(Ordering::Acquire) {
-            return;
+/// Records each ring the membership publishes as the one the store's
+/// data follows, so the next start accepts it.
+async fn record_ring_changes(parts: std::sync::Weak<NodeParts>) {
+    let Some(mut changes) = parts.upgrade().map(|p| p.membership.subscribe()) else { return };
+    let mut recorded = RingIdentity::of(changes.borrow_and_update().ring());
+    while changes.changed().await.is_ok() {
+        let identity = RingIdentity::of(changes.borrow_and_update().ring());
+        if identity == recorded {
+            continue;
         }
-        if let Err(e) = core.deliver_hints().await {
-            tracing::warn!(node = %core.id, error = %e, "hint delivery round failed");
+        let Some(parts) = parts.upgrade() else { return };
+        match parts.replica.commit(identity.record()).await {
+            Ok(()) => recorded = identity,
+            Err(e) => tracing::warn!(node = %parts.id, error = %e, "cannot record the new ring"),
         }
     }
 }
@@ -384,7 +456,7 @@ async fn hint_loop(core: std::sync::Weak<NodeCore>) {
 /// stop it; call [`Node::shutdown`].
 #[derive(Clone)]
 pub struct Node {
-    core: Arc<NodeCore>,
+    core: Arc<NodeParts>,
 }
 
 impl std::fmt::Debug for Node {
@@ -406,7 +478,12 @@ impl Node {
 
     /// The ring this node routes by.
     pub fn ring(&self) -> Arc<Ring> {
-        self.core.ring()
+        Arc::clone(self.core.membership.view().ring())
+    }
+
+    /// The membership this node was started with.
+    pub fn membership(&self) -> Arc<dyn Membership> {
+        Arc::clone(&self.core.membership)
     }
 
     /// A copy of the node's counters.
@@ -434,7 +511,7 @@ impl Node {
         self.ensure_open()?;
         let r = opts.r.unwrap_or(self.core.config.r);
         let timeout = opts.timeout.unwrap_or(self.core.config.request_timeout());
-        let state = self.core.read(Bytes::copy_from_slice(key), r, timeout).await?;
+        let state = self.core.coordinator.read(Bytes::copy_from_slice(key), r, timeout).await?;
         Ok(self.present(key, state))
     }
 
@@ -505,12 +582,12 @@ impl Node {
             timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
             start_by_us: 0,
         };
-        self.core.write(req, timeout).await
+        self.core.coordinator.write(req, timeout).await
     }
 
     /// The preference list of `key`: the N nodes that own it.
     pub fn preference_list(&self, key: &[u8]) -> Vec<NodeId> {
-        let ring = self.core.ring();
+        let ring = self.ring();
         ring.preference_list(ring.partition_of(key)).to_vec()
     }
 
@@ -519,8 +596,8 @@ impl Node {
     /// # Errors
     /// Bad key, store errors, [`Error::Corrupt`] for undecodable data.
     pub async fn local_state(&self, key: &[u8]) -> Result<LocalState> {
-        self.core.validate_key(key)?;
-        let ring = self.core.ring();
+        check_key(&self.core.config, key)?;
+        let ring = self.ring();
         let partition = ring.partition_of(key);
         let data = self.core.replica.load(Slot::Data, partition, key).await?;
         let mut hints = Vec::new();
@@ -539,7 +616,7 @@ impl Node {
     /// Store errors while scanning hints.
     pub async fn deliver_hints(&self) -> Result<usize> {
         self.ensure_open()?;
-        self.core.deliver_hints().await
+        self.core.handoff.deliver_hints().await
     }
 
     /// Hints held by this node, counted per owner.
@@ -547,27 +624,7 @@ impl Node {
     /// # Errors
     /// Store errors.
     pub async fn pending_hints(&self) -> Result<Vec<(NodeId, usize)>> {
-        self.core.pending_hints().await
-    }
-
-    /// Replaces the ring this node routes by (same Q and N, listing this
-    /// node), and records it in the store as the ring its data follows.
-    /// No data moves.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when Q or N differ, [`Error::NotAMember`], store
-    /// errors recording it.
-    pub async fn set_ring(&self, ring: Ring) -> Result<()> {
-        let current = self.core.ring();
-        if ring.partitions() != current.partitions() || ring.replicas() != current.replicas() {
-            return Err(Error::Config("a new ring must keep the partition count and N".into()));
-        }
-        if ring.member(self.core.id).is_none() {
-            return Err(Error::NotAMember(self.core.id));
-        }
-        self.core.replica.commit(RingIdentity::of(&ring).record()).await?;
-        *self.core.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
-        Ok(())
+        self.core.handoff.pending_hints().await
     }
 
     /// Stops the node gracefully: refuses new requests, stops background

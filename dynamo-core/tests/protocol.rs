@@ -22,7 +22,8 @@ async fn a_peer_speaking_another_protocol_version_is_refused_by_name() {
     let text = e.to_string();
     assert!(matches!(e, Error::Protocol(_)), "{e:?}");
     assert!(
-        text.contains(&format!("version {}", PROTOCOL_VERSION + 1)) && text.contains(&PROTOCOL_VERSION.to_string()),
+        text.contains(&format!("version {}", PROTOCOL_VERSION + 1))
+            && text.contains(&PROTOCOL_VERSION.to_string()),
         "{text}"
     );
     // Garbage after a right version is refused too, and the node serves on.

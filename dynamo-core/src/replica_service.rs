@@ -1,0 +1,105 @@
+//! The replica side of the protocol: what a node answers its peers.
+//!
+//! Peers ask a node for its copy of a key (`Get`), to merge a state into
+//! its data (`Replicate`: replication and read repair) or into a hint for
+//! an unreachable owner (`StoreHint`), and to coordinate a write they
+//! received but do not own (`Coordinate`). Forwarded writes are executed
+//! at most once per request id and never after their sender's deadline.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::causality::{Context, SiblingSet};
+use crate::clock::HybridClock;
+use crate::config::Config;
+use crate::coordinator::{deadline_after, Coordinator};
+use crate::error::{Error, Result};
+use crate::member::NodeId;
+use crate::membership::Membership;
+use crate::metrics::{bump, Metrics};
+use crate::recent_requests::RecentRequests;
+use crate::replica::{Replica, Slot};
+use crate::ring::key_hash;
+use crate::transport::protocol::{Request, Response, WriteRequest};
+use crate::validation::{check_key, check_write, clamp_timeout};
+
+/// Answers peers' requests from the local replica (and the coordinator,
+/// for forwarded writes).
+pub(crate) struct ReplicaService {
+    pub(crate) config: Arc<Config>,
+    pub(crate) membership: Arc<dyn Membership>,
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) coordinator: Arc<Coordinator>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<HybridClock>,
+    /// Forwarded writes accepted and not yet expired (at most once each).
+    pub(crate) recent: RecentRequests,
+}
+
+impl ReplicaService {
+    fn partition_of(&self, key: &[u8]) -> u32 {
+        self.membership.view().ring().partition_of(key)
+    }
+
+    /// Serves one request from a peer; failures become error answers.
+    pub(crate) async fn serve(&self, req: Request) -> Response {
+        let result = match req {
+            Request::Ping => Ok(Response::Pong),
+            Request::Get { key, hint_for } => self.get(&key, hint_for).await.map(Response::State),
+            Request::Replicate { key, state, sibling_limit } => {
+                self.merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
+            }
+            Request::StoreHint { owner, key, state } => {
+                let r = self.merge(Slot::HintFor(owner), &key, &state, None).await;
+                if r.is_ok() {
+                    bump(&self.metrics.hints_stored);
+                }
+                r
+            }
+            Request::Coordinate(w) => self
+                .coordinate(w)
+                .await
+                .map(|c| Response::Written { seen_us: c.seen_us(), context: c.causal().clone() }),
+        };
+        result.unwrap_or_else(|e| Response::error(&e))
+    }
+
+    async fn get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {
+        check_key(&self.config, key)?;
+        let slot = hint_for.map_or(Slot::Data, Slot::HintFor);
+        self.replica.load_raw(slot, self.partition_of(key), key).await
+    }
+
+    async fn merge(&self, slot: Slot, key: &[u8], state: &[u8], limit: Option<usize>) -> Result<Response> {
+        check_key(&self.config, key)?;
+        let incoming =
+            SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
+        self.replica.merge(slot, self.partition_of(key), key, key_hash(key), &incoming, limit).await?;
+        Ok(Response::Ack)
+    }
+
+    /// Coordinates a write another node forwarded: at most once per
+    /// request id, and never after the sender's deadline.
+    async fn coordinate(&self, req: WriteRequest) -> Result<Context> {
+        check_write(&self.config, &req)?;
+        let timeout = clamp_timeout(&self.config, req.timeout_ms);
+        let now = self.clock.physical_us();
+        if now >= req.start_by_us {
+            bump(&self.metrics.forwards_expired);
+            return Err(Error::Expired { late_ms: (now - req.start_by_us) / 1000 });
+        }
+        // A deadline further out than our own request timeout is clamped.
+        let start_by =
+            req.start_by_us.min(now.saturating_add(self.config.request_timeout_ms.saturating_mul(1000)));
+        self.recent.admit(req.id, start_by, now)?;
+        let deadline = deadline_after(timeout);
+        let ring = Arc::clone(self.membership.view().ring());
+        let partition = ring.partition_of(&req.key);
+        let result = self.coordinator.coordinate_write(&ring, partition, req, deadline, Some(start_by)).await;
+        if let Err(Error::Expired { .. }) = &result {
+            bump(&self.metrics.forwards_expired);
+        }
+        result
+    }
+}
