@@ -2,8 +2,9 @@
 //!
 //! [`OutcomeDetector`] learns from the outcome of the calls a node makes:
 //! a peer that failed a call is suspected for a while and skipped when a
-//! replacement is available; once the period passes it is tried again. A
-//! phi-accrual detector fed by gossip heartbeats plugs into the same trait.
+//! replacement is available; once the period passes it is tried again.
+//! The [phi-accrual detector](crate::phi_accrual), fed by gossip exchanges
+//! and replies, plugs into the same trait.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,6 +13,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::member::NodeId;
+
+/// What a failure detector knows of one peer, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PeerHealth {
+    /// Whether the peer is worth calling now.
+    pub available: bool,
+    /// The suspicion level φ, for detectors that compute one.
+    pub phi: Option<f64>,
+    /// How long since the peer was last heard from, if ever.
+    pub last_heard: Option<std::time::Duration>,
+}
 
 /// Tells the request path which peers to prefer.
 pub trait FailureDetector: Send + Sync + 'static {
@@ -22,6 +34,12 @@ pub trait FailureDetector: Send + Sync + 'static {
     /// Whether `node` is worth calling now. A detector never suspects a
     /// node forever: it eventually lets a call through to probe it.
     fn is_available(&self, node: NodeId) -> bool;
+
+    /// What the detector knows of `node`; by default only
+    /// [`is_available`](FailureDetector::is_available).
+    fn health(&self, node: NodeId) -> PeerHealth {
+        PeerHealth { available: self.is_available(node), ..PeerHealth::default() }
+    }
 }
 
 /// Suspects a node for a fixed period after a failed call.

@@ -33,6 +33,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 mod peers;
+pub mod phi_accrual;
 pub mod read_repair;
 mod recent_requests;
 pub mod reconcile;

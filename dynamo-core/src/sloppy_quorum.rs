@@ -5,10 +5,13 @@
 //! and the owner whose copy it holds. A write skips owners the failure
 //! detector suspects and asks the next healthy node of the ring walk
 //! instead, which keeps the write as a hint for that owner; spares replace
-//! targets whose call fails. A read asks the owners themselves (an owner's
-//! answer is the only complete one) and uses the spares only for owners
-//! that fail, counting a spare's answer only if it holds a hint. Without
-//! sloppy quorum, only the preference list counts.
+//! targets whose call fails. A read asks the owners themselves, suspected
+//! or not (an owner's answer is the only complete one, and a stale
+//! suspicion must not turn a read into a fallback's "not found"), and asks
+//! a spare only for an owner whose call fails: the spare answers with the
+//! hint it holds for that owner, if any, so reads stay available when no
+//! owner can be reached (Dynamo's sloppy quorum). Without sloppy quorum,
+//! only the preference list counts.
 
 use std::collections::VecDeque;
 
@@ -90,7 +93,8 @@ pub(crate) fn plan_write(
 }
 
 /// The targets of a read on `partition`: the owners themselves, suspected
-/// or not; with `sloppy`, the rest of the walk as spares.
+/// or not; with `sloppy`, the rest of the walk as spares for owners whose
+/// call fails.
 pub(crate) fn plan_read(ring: &Ring, partition: u32, detector: &dyn FailureDetector, sloppy: bool) -> Plan {
     let targets =
         ring.preference_list(partition).iter().map(|&owner| Target { node: owner, owner }).collect();

@@ -59,9 +59,9 @@ fn a_seed_replays_bit_for_bit() {
 #[test]
 fn seeds_that_once_failed() {
     let simulation = Simulation::new();
-    // 249, 1405: a read at R = N right after the heal counted two empty
-    // answers from fallback nodes (stale suspicion of the owners) as "not
-    // found". Reads now ask the owners and count a fallback only with a hint.
+    // 249, 1405: a read at R = N right after the heal was answered "not
+    // found" by fallback nodes, because the reader still suspected the
+    // owners. Reads now ask the owners first, suspected or not.
     // 4573, 14147, 21949: the epoch reservation was a buffered write; a
     // crash lost it with the writes, and the restart handed the same epoch
     // (and so the same dots) out again. Reservations are flushed now.
