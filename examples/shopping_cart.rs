@@ -1,57 +1,41 @@
-//! The shopping cart of the Dynamo paper, with its own reconciler.
+//! The shopping cart of the Dynamo paper, with its own reconciler, on an
+//! in-process cluster.
 //!
 //! A cart is a set of items. When a partition lets two sides of the
 //! cluster update the same cart, the store keeps both versions as
-//! siblings; the `cart-union` reconciler below merges them into one cart
-//! on read, so no "add to cart" is ever lost. Writing the merged cart back
-//! with the read's context collapses the siblings.
+//! siblings; the `cart-union` reconciler ([`dynamo_examples::cart`])
+//! merges them into one cart on read, so no "add to cart" is ever lost.
+//! Writing the merged cart back with the read's context collapses the
+//! siblings.
 //!
-//! Run it with `cargo run --example shopping_cart`. It is also the model
-//! for writing a reconciler plugin: implement [`Reconciler`], register it
-//! in a [`ReconcilerRegistry`], and select it by name.
+//! Run it with `cargo run --example shopping_cart`. It shows how a
+//! reconciler plugin is used: register it in a [`ReconcilerRegistry`] and
+//! select it by name. `cart_server.rs` serves the same reconciler over
+//! HTTP.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use dynamo_core::causality::Sibling;
 use dynamo_core::prelude::*;
+use dynamo_examples::cart::{decode, encode, Cart, CartUnion};
 use dynamo_testkit::Cluster;
 
-/// A cart: the set of items in it, stored as postcard bytes.
-type Cart = BTreeSet<String>;
-
-fn encode(cart: &Cart) -> Bytes {
-    Bytes::from(postcard::to_allocvec(cart).expect("a set of strings always encodes"))
-}
-
-fn decode(bytes: &[u8]) -> Cart {
-    // A value that is not a cart (written by another program) counts as empty.
-    postcard::from_bytes(bytes).unwrap_or_default()
-}
-
-/// Merges concurrent carts by union: an item added on any side stays.
-struct CartUnion;
-
-impl Reconciler for CartUnion {
-    fn name(&self) -> &str {
-        "cart-union"
-    }
-
-    fn reconcile(&self, _key: &[u8], siblings: &[Sibling]) -> Resolution {
-        let merged: Cart = siblings.iter().filter_map(|s| s.value.as_deref()).flat_map(decode).collect();
-        Resolution::Merged(encode(&merged))
-    }
-}
-
+/// Adds an item: read the cart, add, write back with the read's context.
+/// "Add to cart" must always succeed: where no replica of the cart can be
+/// read (a node cut off from every owner), the item is written alone,
+/// without a context, and becomes a sibling that `cart-union` merges.
 async fn add_item(cluster: &Cluster, via: usize, item: &str) -> Result<()> {
     let client = cluster.client(via);
-    let read = client.get(b"cart:alice").await?;
-    let mut cart: Cart = read.values.iter().flat_map(|v| decode(v)).collect();
+    let (mut cart, context) = match client.get(b"cart:alice").await {
+        Ok(read) => (read.values.iter().flat_map(|v| decode(v)).collect::<Cart>(), Some(read.context)),
+        Err(e) => {
+            println!("  node {via}: cannot read the cart ({e}); adding {item} on its own");
+            (Cart::new(), None)
+        }
+    };
     cart.insert(item.to_string());
-    client.put(b"cart:alice", encode(&cart), Some(&read.context)).await?;
+    client.put(b"cart:alice", encode(&cart), context.as_ref()).await?;
     println!("  node {via}: added {item:<8} -> cart seen there: {cart:?}");
     Ok(())
 }

@@ -31,16 +31,26 @@ const TRANSPORTS: [Known; 2] = [
     Known { name: "libp2p", feature: "transport-libp2p", compiled: cfg!(feature = "transport-libp2p") },
 ];
 
-fn check(kind: &str, key: &str, name: &str, known: &[Known]) -> Result<(), ConfigError> {
+fn check<'a>(
+    kind: &str,
+    key: &str,
+    name: &str,
+    known: &[Known],
+    registered: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
     match known.iter().find(|k| k.name == name) {
         Some(k) if k.compiled => Ok(()),
         Some(k) => Err(ConfigError::Invalid(format!(
-            "{key} = {name:?}: this binary was built without the {kind}; rebuild with `cargo build -p dynamo-server --features {}`",
+            "{key} = {name:?}: this binary was built without the {kind}; rebuild with `cargo build --release -p dynamo-server --features {}`",
             k.feature
         ))),
         None => {
-            let names: Vec<&str> = known.iter().map(|k| k.name).collect();
-            Err(ConfigError::Invalid(format!("{key} = {name:?} is not a known {kind}; known: {names:?}")))
+            let mut names: Vec<&str> = registered.collect();
+            names.extend(known.iter().filter(|k| k.compiled).map(|k| k.name));
+            Err(ConfigError::Invalid(format!(
+                "{key} = {name:?} is not a known {kind}; this binary has: {}",
+                names.join(", ")
+            )))
         }
     }
 }
@@ -50,8 +60,25 @@ fn check(kind: &str, key: &str, name: &str, known: &[Known]) -> Result<(), Confi
 /// # Errors
 /// [`ConfigError::Invalid`] naming the engine and the feature to enable.
 pub fn check_backends(config: &ServerConfig) -> Result<(), ConfigError> {
-    check("store", "store.engine", &config.store.engine, &STORES)?;
-    check("transport", "peer.transport", &config.peer.transport, &TRANSPORTS)
+    check_store(&config.store.engine, std::iter::empty())?;
+    check_transport(&config.peer.transport)
+}
+
+/// Checks that the store engine `name` is compiled in (or among
+/// `registered`, the engines a [`crate::plugins::Plugins`] adds).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `store.engine` and the feature to enable.
+pub fn check_store<'a>(name: &str, registered: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+    check("store", "store.engine", name, &STORES, registered)
+}
+
+/// Checks that the transport `name` is compiled in.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `peer.transport` and the feature to enable.
+pub fn check_transport(name: &str) -> Result<(), ConfigError> {
+    check("transport", "peer.transport", name, &TRANSPORTS, std::iter::empty())
 }
 
 /// The store engines compiled into this binary.
@@ -64,7 +91,11 @@ pub fn compiled_transports() -> Vec<&'static str> {
     TRANSPORTS.iter().filter(|k| k.compiled).map(|k| k.name).collect()
 }
 
-fn usable_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates `dir` if missing and checks that it is writable.
+///
+/// # Errors
+/// The directory cannot be created or written, naming it.
+pub fn usable_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let probe = dir.join(".dynamo-write-probe");
@@ -170,7 +201,7 @@ mod tests {
             result.unwrap();
         } else {
             let err = result.unwrap_err().to_string();
-            assert!(err.contains("--features store-lmdb"), "{err}");
+            assert!(err.contains("--release -p dynamo-server --features store-lmdb"), "{err}");
         }
     }
 

@@ -1,9 +1,11 @@
 //! A small HTTP client for the API, behind the `get`, `put`, `delete` and
 //! `status` commands (and `dev`'s readiness checks).
 
+use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -169,55 +171,163 @@ impl ApiClient {
     }
 }
 
-/// Prints a read for a person: the value, or each sibling, and the context.
-pub fn print_read(key: &str, read: &Read) -> anyhow::Result<()> {
-    match read.values.len() {
-        0 => bail!("{key}: not found"),
-        1 => println!("{}", String::from_utf8_lossy(&read.values[0])),
-        n => {
-            println!("{n} siblings:");
-            for v in &read.values {
-                println!("  {}", String::from_utf8_lossy(v));
-            }
-        }
+/// How `get` prints a read.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReadFormat {
+    /// Print the context first, on a line of its own, then the values:
+    /// what a script needs to write a resolved value back from one read.
+    #[arg(long)]
+    pub context: bool,
+    /// Print one JSON object, `{"key","context","values":[base64…]}`,
+    /// as the HTTP API's JSON form.
+    #[arg(long, conflicts_with_all = ["context", "null"])]
+    pub json: bool,
+    /// End each line (context and values) with NUL instead of a newline,
+    /// for values that hold newlines (`xargs -0`, `read -d ''`).
+    #[arg(long, short = '0')]
+    pub null: bool,
+}
+
+/// Prints a read on stdout: each value (a sibling each) raw, one per
+/// line, after the context line with `--context`; or the JSON form. A
+/// missing or deleted key is exit status 1, with a note on stderr.
+///
+/// # Errors
+/// Writing to stdout failed.
+pub fn print_read(key: &str, read: &Read, format: &ReadFormat) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    write_read(&mut out, key, read, format)?;
+    out.flush()?;
+    if read.values.is_empty() {
+        eprintln!("{key}: not found");
+        return Ok(ExitCode::from(1));
     }
-    if let Some(c) = &read.context {
-        eprintln!("context: {c}");
+    if read.values.len() > 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()) && !format.json {
+        eprintln!(
+            "{key}: {} siblings; write the resolved value back with the context (`get --context`)",
+            read.values.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes what [`print_read`] prints.
+///
+/// # Errors
+/// Writing to `out` failed.
+pub fn write_read(out: &mut impl Write, key: &str, read: &Read, format: &ReadFormat) -> std::io::Result<()> {
+    if format.json {
+        let body = serde_json::json!({
+            "key": key,
+            "context": read.context.as_deref().unwrap_or_default(),
+            "values": read.values.iter().map(|v| STANDARD.encode(v)).collect::<Vec<_>>(),
+        });
+        return writeln!(out, "{body}");
+    }
+    let end: &[u8] = if format.null { b"\0" } else { b"\n" };
+    if format.context {
+        out.write_all(read.context.as_deref().unwrap_or_default().as_bytes())?;
+        out.write_all(end)?;
+    }
+    for value in &read.values {
+        out.write_all(value)?;
+        out.write_all(end)?;
     }
     Ok(())
 }
 
-/// Prints what `status` shows: health, members and the ring summary.
+/// Prints what `status` shows: health, the ring, and a table of members
+/// (or, with `json`, one JSON object of the same).
 ///
 /// # Errors
 /// The node does not answer.
-pub async fn print_status(client: &ApiClient) -> anyhow::Result<()> {
+pub async fn print_status(client: &ApiClient, json: bool) -> anyhow::Result<()> {
+    let status = fetch_status(client).await?;
+    if json {
+        println!("{status}");
+    } else {
+        print!("{}", status_table(&status));
+    }
+    Ok(())
+}
+
+/// Health, ring, members (with the partitions each owns and the hints
+/// this node holds for it) and hint counts, as one JSON object.
+///
+/// # Errors
+/// The node does not answer.
+pub async fn fetch_status(client: &ApiClient) -> anyhow::Result<Value> {
     let health = client.json("/health").await?;
     let members = client.json("/admin/members").await?;
     let ring = client.json("/admin/ring").await?;
     let hints = client.json("/admin/hints").await?;
-    println!("node {} at {}: {}", health["node"], client.base, health["status"]);
-    println!("ring: {} partitions, N = {}, epoch {}", ring["partitions"], ring["n"], ring["epoch"]);
-    for m in members["members"].as_array().into_iter().flatten() {
-        let owned = ring["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|r| r["id"] == m["id"]))
-            .map(|r| r["partitions"].clone())
-            .unwrap_or(Value::Null);
-        println!(
-            "  node {:<3} peer {:<22} http {:<22} partitions {}{}",
-            m["id"],
-            m["addr"].as_str().unwrap_or("-"),
-            m["http"].as_str().unwrap_or("-"),
-            owned,
-            if m["self"] == Value::Bool(true) { "  (this node)" } else { "" }
-        );
+    let find = |list: &Value, field: &str, id: &Value| -> Value {
+        list.as_array()
+            .and_then(|items| items.iter().find(|item| item[field] == *id))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let members: Vec<Value> = members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let mut m = m.clone();
+            let id = m["id"].clone();
+            m["partitions"] = find(&ring["members"], "id", &id)["partitions"].clone();
+            m["hints_pending"] = find(&hints["pending"], "owner", &id)["count"].clone();
+            if m["hints_pending"].is_null() {
+                m["hints_pending"] = Value::from(0);
+            }
+            m
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "url": client.base,
+        "node": health["node"],
+        "status": health["status"],
+        "ring": { "partitions": ring["partitions"], "n": ring["n"], "epoch": ring["epoch"] },
+        "members": members,
+        "hints": { "stored": hints["stored"], "delivered": hints["delivered"] },
+    }))
+}
+
+/// `status` for a person: a summary and a table of members.
+pub fn status_table(status: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(vec!["NODE", "PEER", "HTTP", "ZONE", "PARTITIONS", "HINTS HELD"]);
+    for m in status["members"].as_array().into_iter().flatten() {
+        let id =
+            if m["self"] == Value::Bool(true) { format!("{} *", text(&m["id"])) } else { text(&m["id"]) };
+        table.add_row(vec![
+            id,
+            text(&m["addr"]),
+            text(&m["http"]),
+            text(&m["zone"]),
+            text(&m["partitions"]),
+            text(&m["hints_pending"]),
+        ]);
     }
-    println!(
-        "hints: pending {:?}, stored {}, delivered {}",
-        hints["pending"], hints["stored"], hints["delivered"]
-    );
-    Ok(())
+    let ring = &status["ring"];
+    let hints = &status["hints"];
+    format!(
+        "node {} at {}: {}\nring: {} partitions, N={}, epoch {}\n\n{}\n\n* = the node that answered; hints held = writes it keeps for that node until it is back\nhints: {} stored, {} delivered since start\n",
+        text(&status["node"]),
+        text(&status["url"]),
+        text(&status["status"]),
+        text(&ring["partitions"]),
+        text(&ring["n"]),
+        text(&ring["epoch"]),
+        table.trim_fmt(),
+        text(&hints["stored"]),
+        text(&hints["delivered"]),
+    )
 }
 
 #[cfg(test)]
@@ -230,5 +340,57 @@ mod tests {
         assert_eq!(encode_key("a/b c"), "a%2Fb%20c");
         assert_eq!(encode_key("plain-key_1.x~"), "plain-key_1.x~");
         assert_eq!(base_url("127.0.0.1:8001/"), "http://127.0.0.1:8001");
+    }
+
+    fn printed(read: &Read, format: ReadFormat) -> String {
+        let mut out = Vec::new();
+        write_read(&mut out, "cart", read, &format).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Siblings print one per line, raw, after the context line with
+    /// `--context`: a shell reads the context with `head -n1` and the
+    /// values with `tail -n +2`, never from stderr.
+    #[test]
+    fn reads_print_in_a_form_the_shell_can_use() {
+        let read = Read {
+            values: vec![Bytes::from_static(b"milk"), Bytes::from_static(b"eggs")],
+            context: Some("CTX".into()),
+        };
+        assert_eq!(printed(&read, ReadFormat::default()), "milk\neggs\n");
+        assert_eq!(printed(&read, ReadFormat { context: true, ..Default::default() }), "CTX\nmilk\neggs\n");
+        assert_eq!(
+            printed(&read, ReadFormat { context: true, null: true, ..Default::default() }),
+            "CTX\0milk\0eggs\0"
+        );
+        let json: Value =
+            serde_json::from_str(&printed(&read, ReadFormat { json: true, ..Default::default() })).unwrap();
+        assert_eq!(json["context"], "CTX");
+        assert_eq!(json["values"][1], STANDARD.encode("eggs"));
+        let missing = Read { values: vec![], context: None };
+        assert_eq!(printed(&missing, ReadFormat { context: true, ..Default::default() }), "\n");
+    }
+
+    #[test]
+    fn status_is_a_table_for_people() {
+        let status = serde_json::json!({
+            "url": "http://127.0.0.1:8001", "node": 1, "status": "ok",
+            "ring": { "partitions": 256, "n": 3, "epoch": 0 },
+            "members": [
+                { "id": 1, "addr": "127.0.0.1:7001", "http": "http://127.0.0.1:8001", "zone": null, "partitions": 86, "hints_pending": 0, "self": true },
+                { "id": 2, "addr": "127.0.0.1:7002", "http": null, "zone": "b", "partitions": 85, "hints_pending": 4, "self": false },
+            ],
+            "hints": { "stored": 4, "delivered": 0 },
+        });
+        let text = status_table(&status);
+        assert!(
+            text.starts_with("node 1 at http://127.0.0.1:8001: ok\nring: 256 partitions, N=3, epoch 0\n"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.trim_start().starts_with("2 ")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells, ["2", "127.0.0.1:7002", "-", "b", "85", "4"], "{text}");
+        assert!(text.lines().any(|l| l.trim_start().starts_with("1 *")), "{text}");
+        assert!(!text.contains("Number(") && !text.contains("Object {"), "{text}");
     }
 }

@@ -4,14 +4,16 @@
 //! then command-line flags; validated in one place.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dynamo_core::config::Config as CoreConfig;
 use dynamo_core::member::{Member, NodeId};
 use dynamo_core::store::Durability;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod load;
+
+pub use load::{Loaded, NON_CONFIG_VARIABLES};
 
 /// Longest `[peer]` timeout accepted, in milliseconds (one day).
 const MAX_PEER_TIMEOUT_MS: u64 = 86_400_000;
@@ -277,45 +279,32 @@ impl Default for LogConfig {
     }
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. Each message names the key as the
+/// user wrote it: `cluster.w` in a file, `DYNAMO_CLUSTER__W` in the
+/// environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A layer could not be read or parsed (names the key and source).
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    /// A layer could not be read or parsed: which file or variable, which
+    /// key, and what is wrong with it (one line per problem).
+    #[error("invalid configuration: {0}")]
+    Load(String),
     /// The values contradict each other or a limit.
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl ServerConfig {
-    /// Assembles the layers: defaults, the TOML file `file` (if given; it
-    /// must exist), `DYNAMO_*` variables, then `overrides` (flags).
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the file, variable or key at fault.
-    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<ServerConfig, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = figment.merge(Env::prefixed("DYNAMO_").split("__")).merge(Serialized::defaults(overrides));
-        let config: ServerConfig = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        crate::backends::check_backends(&config)?;
-        Ok(config)
-    }
-
     /// Checks the values and their relations.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        self.cluster.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // The core names its fields bare (`r = 4 …`); here they live under `[cluster]`.
+        self.cluster.validate().map_err(|e| match e {
+            dynamo_core::Error::Config(message) => ConfigError::Invalid(format!("cluster.{message}")),
+            other => ConfigError::Invalid(other.to_string()),
+        })?;
         self.http.validate(&self.cluster)?;
         let mut ids = BTreeSet::new();
         for m in &self.members {
@@ -438,6 +427,8 @@ fn nested_listen<S: serde::Serializer>(addr: &Option<String>, s: S) -> Result<S:
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn members3() -> Vec<MemberConfig> {
@@ -592,6 +583,8 @@ mod tests {
 
 #[cfg(test)]
 mod example_file {
+    use std::path::Path;
+
     use super::*;
 
     /// The repository's commented `dynamo.toml` loads, validates, and states

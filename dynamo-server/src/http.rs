@@ -42,7 +42,7 @@ use serde_json::{json, Value};
 
 use crate::config::MemberConfig;
 use crate::http_listener::BodyTimeout;
-use crate::metrics::ServerMetrics;
+use crate::metrics::{MetricsFormat, ServerMetrics};
 
 /// The header carrying the opaque causal context.
 pub const CONTEXT_HEADER: &str = "x-dynamo-context";
@@ -395,11 +395,13 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "status": "ok", "node": state.node.id().0 }))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks for it.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let pending =
         state.node.pending_hints().await.map(|h| h.iter().map(|(_, n)| *n as u64).sum()).unwrap_or(0);
-    let text = state.metrics.render(&state.node.metrics(), pending);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let format = MetricsFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let text = state.metrics.render(format, &state.node.metrics(), pending);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 #[derive(Debug, Deserialize)]

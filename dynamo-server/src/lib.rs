@@ -1,9 +1,15 @@
 //! The dynamo-rs server: configuration, the HTTP client API, metrics, the
 //! admin API, a local development cluster, HTTP client commands and a load
-//! generator. `main.rs` is the command line over these modules.
+//! generator, behind the `dynamo-server` command line ([`cli`]).
+//!
+//! A binary of your own gets the same command line, configuration and
+//! HTTP API with your reconcilers and store engines registered by name:
+//! `dynamo_server::ServerBuilder::new().reconciler(Arc::new(MyReconciler)).run()`
+//! (see [`cli`] and `examples/cart_server.rs`).
 
 pub mod backends;
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
@@ -11,4 +17,8 @@ pub mod http;
 mod http_conn_io;
 pub mod http_listener;
 pub mod metrics;
+pub mod plugins;
 pub mod serve;
+
+pub use cli::ServerBuilder;
+pub use plugins::Plugins;

@@ -1,5 +1,9 @@
 //! Prometheus metrics: request latency histograms per operation, and the
 //! node's own counters (quorum failures, hints, read repairs, forwards).
+//!
+//! Served in the Prometheus text format 0.0.4 by default, which every
+//! Prometheus server parses, and in OpenMetrics 1.0 to a scraper that asks
+//! for it (`Accept: application/openmetrics-text`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,9 +11,9 @@ use std::time::Duration;
 use dynamo_core::metrics::MetricsSnapshot;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of a request latency sample.
@@ -35,9 +39,72 @@ struct CoreCounters {
 /// The server's metrics registry.
 pub struct ServerMetrics {
     registry: Registry,
-    requests: Family<RequestLabels, Histogram>,
+    requests: Family<RequestLabels, Histogram, LatencyHistogram>,
     core: Mutex<CoreCounters>,
     hints_pending: Gauge,
+}
+
+/// The exposition format of a scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsFormat {
+    /// The Prometheus text format, version 0.0.4: the default.
+    Prometheus,
+    /// OpenMetrics 1.0 text, when the scraper's `Accept` asks for it.
+    OpenMetrics,
+}
+
+/// `Content-Type` of OpenMetrics 1.0 text.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl MetricsFormat {
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` (with a non-zero `q`), else 0.0.4.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        let wants_openmetrics = accept.into_iter().flat_map(|a| a.split(',')).any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            media.eq_ignore_ascii_case("application/openmetrics-text") && q > 0.0
+        });
+        if wants_openmetrics {
+            MetricsFormat::OpenMetrics
+        } else {
+            MetricsFormat::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            MetricsFormat::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            MetricsFormat::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The latency buckets: from 50 µs, doubling, up to the first bound past
+/// `request_timeout` (so a request that runs into its deadline lands in
+/// a bucket of its own, not only in `+Inf`); at most 40 buckets.
+pub fn latency_buckets(request_timeout: Duration) -> Vec<f64> {
+    let limit = request_timeout.as_secs_f64();
+    let mut buckets = vec![0.000_05];
+    while buckets.len() < 40 && buckets[buckets.len() - 1] <= limit {
+        buckets.push(buckets[buckets.len() - 1] * 2.0);
+    }
+    buckets
+}
+
+/// Makes each label set's latency histogram, with the server's buckets.
+#[derive(Clone, Debug)]
+struct LatencyHistogram(std::sync::Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for LatencyHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
 }
 
 impl Default for ServerMetrics {
@@ -47,13 +114,17 @@ impl Default for ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// A registry with every metric registered under the `dynamo` prefix.
+    /// A registry with every metric registered under the `dynamo` prefix,
+    /// with latency buckets for the default request timeout (5 s).
     pub fn new() -> Self {
+        ServerMetrics::with_request_timeout(dynamo_core::config::Config::default().request_timeout())
+    }
+
+    /// A registry whose latency buckets reach past `request_timeout`.
+    pub fn with_request_timeout(request_timeout: Duration) -> Self {
         let mut registry = Registry::with_prefix("dynamo");
-        let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            // 50 µs to ~1.6 s.
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
-        });
+        let buckets = latency_buckets(request_timeout);
+        let requests = Family::new_with_constructor(LatencyHistogram(buckets.into()));
         registry.register(
             "request_duration_seconds",
             "Client request latency by operation",
@@ -97,9 +168,9 @@ impl ServerMetrics {
         self.requests.get_or_create(&RequestLabels { op, outcome }).observe(elapsed.as_secs_f64());
     }
 
-    /// Renders the registry in the Prometheus text format, after bringing
-    /// the node's counters and pending hints up to date.
-    pub fn render(&self, node: &MetricsSnapshot, hints_pending: u64) -> String {
+    /// Renders the registry in `format`, after bringing the node's
+    /// counters and pending hints up to date.
+    pub fn render(&self, format: MetricsFormat, node: &MetricsSnapshot, hints_pending: u64) -> String {
         {
             let core = self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let sync = |c: &Counter, v: u64| {
@@ -116,28 +187,125 @@ impl ServerMetrics {
         self.hints_pending.set(hints_pending as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            MetricsFormat::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            MetricsFormat::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+        };
         out
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_parse::{Scrape, Value};
+
     use super::*;
+
+    fn scraped(m: &ServerMetrics, snap: &MetricsSnapshot, pending: u64) -> Scrape {
+        let text = m.render(MetricsFormat::Prometheus, snap, pending);
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    }
+
+    fn sample<'a>(scrape: &'a Scrape, name: &str) -> &'a Value {
+        &scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no {name}")).value
+    }
 
     #[test]
     fn render_shows_histograms_and_core_counters() {
         let m = ServerMetrics::new();
         m.observe("put", "ok", Duration::from_micros(300));
         let snap = MetricsSnapshot { read_repairs: 3, hints_delivered: 2, ..Default::default() };
-        let text = m.render(&snap, 5);
+        let text = m.render(MetricsFormat::Prometheus, &snap, 5);
         assert!(
             text.contains("dynamo_request_duration_seconds_count{op=\"put\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("dynamo_read_repairs_total 3"), "{text}");
         assert!(text.contains("dynamo_hints_pending 5"), "{text}");
-        let again = m.render(&MetricsSnapshot { read_repairs: 4, ..snap }, 0);
+        let again = m.render(MetricsFormat::Prometheus, &MetricsSnapshot { read_repairs: 4, ..snap }, 0);
         assert!(again.contains("dynamo_read_repairs_total 4"), "{again}");
+    }
+
+    /// A 0.0.4 parser (types looked up by sample name, as Prometheus
+    /// does) reads every counter as a counter, the gauge as a gauge and
+    /// the latencies as histograms: OpenMetrics-style `# TYPE x counter`
+    /// over `x_total` samples would read as untyped.
+    #[test]
+    fn the_default_answer_parses_as_prometheus_text_0_0_4() {
+        let m = ServerMetrics::with_request_timeout(Duration::from_secs(5));
+        m.observe("put", "ok", Duration::from_micros(300));
+        m.observe("get", "error", Duration::from_secs(5));
+        let snap = MetricsSnapshot { read_repairs: 3, quorum_failures: 1, ..Default::default() };
+        let scrape = scraped(&m, &snap, 5);
+        for counter in [
+            "quorum_failures",
+            "hints_stored",
+            "hints_delivered",
+            "read_repairs",
+            "forwarded",
+            "forwards_expired",
+            "fallback_writes",
+        ] {
+            let value = sample(&scrape, &format!("dynamo_{counter}_total"));
+            assert!(matches!(value, Value::Counter(_)), "dynamo_{counter}_total read as {value:?}");
+        }
+        assert_eq!(sample(&scrape, "dynamo_read_repairs_total"), &Value::Counter(3.0));
+        assert_eq!(sample(&scrape, "dynamo_hints_pending"), &Value::Gauge(5.0));
+        let histograms: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "dynamo_request_duration_seconds")
+            .filter_map(|s| match &s.value {
+                Value::Histogram(b) => Some((s.labels.get("op").unwrap_or_default().to_string(), b.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(histograms.len(), 2, "{:?}", scrape.samples);
+        // Nothing else reads as untyped but the histograms' _sum and _count.
+        for s in &scrape.samples {
+            if let Value::Untyped(_) = s.value {
+                assert!(
+                    s.metric.starts_with("dynamo_request_duration_seconds_"),
+                    "{} read as untyped",
+                    s.metric
+                );
+            }
+        }
+        // The request that ran into the 5 s deadline has a finite bucket.
+        let (_, get) = histograms.iter().find(|(op, _)| op == "get").unwrap();
+        let timeout_bucket = get.iter().find(|b| b.less_than >= 5.0).unwrap();
+        assert!(timeout_bucket.less_than.is_finite(), "{get:?}");
+        assert_eq!(timeout_bucket.count, 1.0);
+        assert!(get.iter().filter(|b| b.less_than < 5.0).all(|b| b.count == 0.0), "{get:?}");
+    }
+
+    #[test]
+    fn openmetrics_is_served_to_a_scraper_that_asks_for_it() {
+        let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(MetricsFormat::from_accept(Some(accept)), MetricsFormat::OpenMetrics);
+        assert_eq!(MetricsFormat::from_accept(Some("text/plain")), MetricsFormat::Prometheus);
+        assert_eq!(MetricsFormat::from_accept(None), MetricsFormat::Prometheus);
+        assert_eq!(
+            MetricsFormat::from_accept(Some("application/openmetrics-text; q=0, text/plain")),
+            MetricsFormat::Prometheus
+        );
+        let m = ServerMetrics::new();
+        let text = m.render(MetricsFormat::OpenMetrics, &MetricsSnapshot::default(), 0);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE dynamo_read_repairs counter\ndynamo_read_repairs_total 0"), "{text}");
+        assert!(MetricsFormat::OpenMetrics.content_type().starts_with("application/openmetrics-text"));
+    }
+
+    #[test]
+    fn latency_buckets_reach_past_the_request_timeout() {
+        for timeout_ms in [1, 1_000, 5_000, 60_000, u64::MAX] {
+            let buckets = latency_buckets(Duration::from_millis(timeout_ms));
+            let last = buckets[buckets.len() - 1];
+            assert!(last > timeout_ms as f64 / 1000.0 || buckets.len() == 40, "{timeout_ms}: {buckets:?}");
+        }
+        let five = latency_buckets(Duration::from_secs(5));
+        assert!(five[five.len() - 1] > 5.0 && five[five.len() - 2] <= 5.0, "{five:?}");
     }
 }

@@ -1,21 +1,21 @@
 //! `dynamo-server serve`: one node from its configuration, until SIGINT
 //! or SIGTERM, then a graceful stop.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use dynamo_core::member::NodeId;
 use dynamo_core::node::NodeBuilder;
-use dynamo_core::reconcile::ReconcilerRegistry;
 use dynamo_core::ring::Ring;
 use dynamo_core::Error;
 
-use crate::backends;
 use crate::config::ServerConfig;
 use crate::http::{router, AppState};
 use crate::http_listener::HttpLimits;
 use crate::metrics::ServerMetrics;
+use crate::plugins::Plugins;
 
 /// Sets up `tracing` output: `RUST_LOG` if set, else the config's filter;
 /// text or JSON lines on stderr.
@@ -29,25 +29,49 @@ pub fn init_logging(config: &crate::config::LogConfig) {
     let _ = if config.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
-/// Runs one node until a shutdown signal: stops accepting, finishes
+/// Runs one node until SIGINT or SIGTERM; see [`serve_until`].
+///
+/// # Errors
+/// Anything that prevents the node from starting, with context.
+pub async fn serve(config: ServerConfig, plugins: &Plugins, adopt_ring: bool) -> anyhow::Result<()> {
+    serve_until(config, plugins, adopt_ring, shutdown_signal()).await
+}
+
+/// Runs one node until `shutdown` resolves: stops accepting, finishes
 /// in-flight requests, stops the node and closes the store. With
 /// `adopt_ring`, a store written under another ring is accepted (see
 /// [`NodeBuilder::adopt_ring`]); without it, such a start is refused.
 ///
+/// Every check comes before the disk is touched: the configuration's
+/// names (reconciler, engines), the ring, then both listening addresses;
+/// only then is the store opened. The HTTP port is bound first, so a
+/// client that connects while the store opens is answered once the node
+/// is ready rather than refused.
+///
 /// # Errors
 /// Anything that prevents the node from starting, with context.
-pub async fn serve(config: ServerConfig, adopt_ring: bool) -> anyhow::Result<()> {
+pub async fn serve_until(
+    config: ServerConfig,
+    plugins: &Plugins,
+    adopt_ring: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reconciler = plugins.check(&config)?;
+    let ring = Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
+        .context("invalid cluster membership")?;
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let transport = plugins.open_transport(&config).await?;
     // Opening may read and verify the whole store file: off the async workers.
     let store = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || backends::open_store(&config))
+        let plugins = plugins.clone();
+        tokio::task::spawn_blocking(move || plugins.open_store(&config))
             .await
             .context("opening the store")??
     };
-    let transport = backends::open_transport(&config).await?;
-    let ring = Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
-        .context("invalid cluster membership")?;
-    let reconciler = ReconcilerRegistry::with_builtins().get(&config.reconciler)?;
     let node = NodeBuilder::new(NodeId(config.node_id))
         .config(config.cluster.clone())
         .ring(ring)
@@ -62,26 +86,24 @@ pub async fn serve(config: ServerConfig, adopt_ring: bool) -> anyhow::Result<()>
             e => e.into(),
         })
         .with_context(|| format!("cannot start node {} on {}", config.node_id, config.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
     let state = Arc::new(AppState {
         node: node.clone(),
-        metrics: ServerMetrics::new(),
+        metrics: ServerMetrics::with_request_timeout(config.cluster.request_timeout()),
         members: config.members.clone(),
     });
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     tracing::info!(
         node = config.node_id,
         http = %http_addr,
         peer = %config.peer_advertise(),
         store = %config.store.engine,
         durability = ?config.store.durability,
-        data_dir = %config.data_dir.display(),
+        reconciler = %config.reconciler,
+        data_dir = %data_dir.display(),
         "node ready"
     );
     let limits = HttpLimits::new(&config.http, Duration::from_millis(config.cluster.request_timeout_ms));
-    crate::http_listener::serve(listener, router(state), limits, shutdown_signal()).await;
+    crate::http_listener::serve(listener, router(state), limits, shutdown).await;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
     // Waits for writes in flight, marks the store cleanly shut down and
     // flushes it: buffered writes reach the disk before the process exits.

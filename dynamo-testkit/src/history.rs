@@ -180,7 +180,7 @@ pub fn encode_set(set: &BTreeSet<u64>) -> Bytes {
 
 /// Decodes a value made by [`encode_set`]; `None` if it is not one.
 pub fn decode_set(value: &[u8]) -> Option<BTreeSet<u64>> {
-    if value.len() % 8 != 0 {
+    if !value.len().is_multiple_of(8) {
         return None;
     }
     Some(value.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect())

@@ -1,1 +1,6 @@
-//! Examples live under `examples/`.
+//! Code the examples share: the shopping cart of the Dynamo paper, with
+//! its own reconciler ([`cart`]). `shopping_cart.rs` runs it on an
+//! in-process cluster; `cart_server.rs` serves it over HTTP as a
+//! `dynamo-server` binary of its own.
+
+pub mod cart;
