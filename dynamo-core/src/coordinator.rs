@@ -37,7 +37,9 @@ use crate::validation::{check_key, check_quorum, check_write};
 
 /// An answer (or a final failure) of one slot of a fan-out.
 enum Outcome<T> {
-    Answered(T),
+    /// A slot's answer: the owner whose slot it is, and the answer (a
+    /// hedge may answer for a slot its owner answers too).
+    Answered(NodeId, T),
     Failed,
     /// The replica refused the request on its merits (the sibling bound):
     /// no spare is asked instead, and the error reaches the client.
@@ -98,8 +100,12 @@ impl Coordinator {
         let mut answers = Vec::new();
         while let Some((target, result)) = pending.next().await {
             let failed = match result {
+                // A hedge counts only with an answer worth counting; else
+                // the slot it hedged is still the owner's.
+                Ok(answer) if target.hedge && !counts(target, &answer) => false,
+                Err(_) if target.hedge => false,
                 Ok(answer) if counts(target, &answer) => {
-                    let _ = progress.send(Outcome::Answered(answer.clone()));
+                    let _ = progress.send(Outcome::Answered(target.owner, answer.clone()));
                     answers.push((target, answer));
                     continue;
                 }
@@ -118,7 +124,7 @@ impl Coordinator {
             };
             if failed {
                 match spares.pop_front() {
-                    Some(spare) => pending.push(tagged(Target { node: spare, owner: target.owner })),
+                    Some(spare) => pending.push(tagged(Target::stand_in(spare, target.owner))),
                     None => {
                         let _ = progress.send(Outcome::Failed);
                     }
@@ -316,7 +322,7 @@ impl Coordinator {
             tokio::select! {
                 biased;
                 outcome = rx.recv() => match outcome {
-                    Some(Outcome::Answered(())) => acks += 1,
+                    Some(Outcome::Answered(_, ())) => acks += 1,
                     Some(Outcome::Failed) => {}
                     Some(Outcome::Refused(e)) => refused = Some(e),
                     None => {
@@ -419,21 +425,27 @@ impl Coordinator {
         };
         let core = Arc::clone(self);
         tokio::spawn(async move {
-            let answers = Arc::clone(&core).fan_out(plan, call, |_, _| true, tx).await;
+            // A hedge's answer counts only if it holds a hint: an empty one
+            // would pass for "not found" while the owner may answer.
+            let informed = |t: Target, state: &Option<SiblingSet>| !t.hedge || state.is_some();
+            let answers = Arc::clone(&core).fan_out(plan, call, informed, tx).await;
             if core.config.read_repair {
                 core.read_repair.repair(key, partition, hash, answers).await;
             }
         });
         let mut merged = SiblingSet::new();
-        let mut answered = 0;
+        // Slots that answered, by owner: R counts distinct replicas.
+        let mut slots: Vec<NodeId> = Vec::with_capacity(r);
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
-        while answered < r {
+        while slots.len() < r {
             tokio::select! {
                 biased;
                 outcome = rx.recv() => match outcome {
-                    Some(Outcome::Answered(state)) => {
-                        answered += 1;
+                    Some(Outcome::Answered(owner, state)) => {
+                        if !slots.contains(&owner) {
+                            slots.push(owner);
+                        }
                         if let Some(s) = state {
                             self.clock.observe(s.max_timestamp());
                             merged.merge(&s);
@@ -442,12 +454,12 @@ impl Coordinator {
                     Some(Outcome::Failed | Outcome::Refused(_)) => {}
                     None => {
                         bump(&self.metrics.quorum_failures);
-                        return Err(Error::QuorumFailed { acks: answered, needed: r });
+                        return Err(Error::QuorumFailed { acks: slots.len(), needed: r });
                     }
                 },
                 () = &mut timer => {
                     bump(&self.metrics.quorum_failures);
-                    return Err(Error::Timeout { acks: answered, needed: r });
+                    return Err(Error::Timeout { acks: slots.len(), needed: r });
                 }
             }
         }

@@ -10,8 +10,11 @@
 //! suspicion must not turn a read into a fallback's "not found"), and asks
 //! a spare only for an owner whose call fails: the spare answers with the
 //! hint it holds for that owner, if any, so reads stay available when no
-//! owner can be reached (Dynamo's sloppy quorum). Without sloppy quorum,
-//! only the preference list counts.
+//! owner can be reached (Dynamo's sloppy quorum). For an owner it suspects,
+//! a read also asks a healthy spare at once (a hedge), whose answer counts
+//! only if it holds a hint: a read during an outage need not wait for the
+//! suspected owner's timeout when its writes went to a fallback. Without
+//! sloppy quorum, only the preference list counts.
 
 use std::collections::VecDeque;
 
@@ -26,9 +29,23 @@ use crate::ring::Ring;
 pub(crate) struct Target {
     pub(crate) node: NodeId,
     pub(crate) owner: NodeId,
+    /// Asked besides a suspected owner rather than in its place: its
+    /// answer counts only if it holds a hint, and its failure is no
+    /// failure of the slot.
+    pub(crate) hedge: bool,
 }
 
 impl Target {
+    /// The owner itself.
+    pub(crate) fn owner(owner: NodeId) -> Self {
+        Target { node: owner, owner, hedge: false }
+    }
+
+    /// `node` standing in for `owner`.
+    pub(crate) fn stand_in(node: NodeId, owner: NodeId) -> Self {
+        Target { node, owner, hedge: false }
+    }
+
     /// Where the asked node keeps the copy: as data, or as a hint.
     pub(crate) fn slot(self) -> Slot {
         if self.node == self.owner {
@@ -87,18 +104,31 @@ pub(crate) fn plan_write(
                 None => owner,
             }
         };
-        targets.push(Target { node, owner });
+        targets.push(Target::stand_in(node, owner));
     }
     Plan { targets, spares }
 }
 
 /// The targets of a read on `partition`: the owners themselves, suspected
 /// or not; with `sloppy`, the rest of the walk as spares for owners whose
-/// call fails.
+/// call fails, and for each suspected owner a hedge: the next healthy
+/// spare, asked at once for the hint it may hold.
 pub(crate) fn plan_read(ring: &Ring, partition: u32, detector: &dyn FailureDetector, sloppy: bool) -> Plan {
-    let targets =
-        ring.preference_list(partition).iter().map(|&owner| Target { node: owner, owner }).collect();
-    Plan { targets, spares: if sloppy { spares(ring, partition, detector) } else { VecDeque::new() } }
+    let owners = ring.preference_list(partition);
+    let mut targets: Vec<Target> = owners.iter().map(|&owner| Target::owner(owner)).collect();
+    if !sloppy {
+        return Plan { targets, spares: VecDeque::new() };
+    }
+    let spares = spares(ring, partition, detector);
+    let mut healthy = spares.iter().copied().filter(|n| detector.is_available(*n));
+    for &owner in owners {
+        if !detector.is_available(owner) {
+            if let Some(node) = healthy.next() {
+                targets.push(Target { node, owner, hedge: true });
+            }
+        }
+    }
+    Plan { targets, spares }
 }
 
 #[cfg(test)]
@@ -120,14 +150,20 @@ mod tests {
         let me = pl[0];
         detector.record_failure(pl[1]);
         let write = plan_write(&ring, 0, me, &detector, true);
-        assert_eq!(write.targets[0], Target { node: me, owner: me });
+        assert_eq!(write.targets[0], Target::owner(me));
         assert!(write.targets[1].is_stand_in() && write.targets[1].owner == pl[1]);
         assert!(!pl.contains(&write.targets[1].node), "a fallback from beyond the preference list");
         assert!(!write.spares.contains(&write.targets[1].node), "a fallback is not also a spare");
         let strict = plan_write(&ring, 0, me, &detector, false);
         assert!(strict.targets.iter().all(|t| !t.is_stand_in()) && strict.spares.is_empty());
         let read = plan_read(&ring, 0, &detector, true);
-        assert!(read.targets.iter().map(|t| t.node).eq(pl.iter().copied()), "reads ask every owner");
+        assert!(read.targets[..3].iter().map(|t| t.node).eq(pl.iter().copied()), "reads ask every owner");
+        let hedge = read.targets[3];
+        assert!(
+            hedge.hedge && hedge.owner == pl[1] && !pl.contains(&hedge.node),
+            "and a hedge for the suspected one"
+        );
+        assert_eq!(read.targets.len(), 4);
         assert_eq!(read.spares.len(), 2);
     }
 }
