@@ -11,9 +11,20 @@ use crate::ring::DEFAULT_PARTITIONS;
 /// server assembles it from files and the environment.
 ///
 /// Durations are given in milliseconds so a TOML file stays plain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The cluster's name: gossip from a node of another name is refused.
+    pub name: String,
+    /// Peer addresses a node contacts to learn the cluster (gossip). Empty:
+    /// the member list is fixed by configuration and nodes do not gossip.
+    pub seeds: Vec<String>,
+    /// Time between two gossip rounds, in milliseconds (Dynamo: 1 s).
+    pub gossip_interval_ms: u64,
+    /// The phi-accrual detector's conviction threshold (Cassandra's
+    /// `phi_convict_threshold`: 8): a peer silent for so long that the
+    /// chance it is merely slow is below 10^-threshold counts as down.
+    pub phi_threshold: f64,
     /// Number of ring partitions Q; a power of two, fixed for the life of
     /// the cluster.
     pub partitions: u32,
@@ -56,6 +67,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            name: "dynamo".into(),
+            seeds: Vec::new(),
+            gossip_interval_ms: 1_000,
+            phi_threshold: 8.0,
             partitions: DEFAULT_PARTITIONS,
             n: 3,
             r: 2,
@@ -97,7 +112,14 @@ impl Config {
                 return bad(format!("{name} = {v} must be between 1 and n = {}", self.n));
             }
         }
+        if self.name.is_empty() {
+            return bad("name must not be empty".into());
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return bad(format!("phi_threshold = {} must be a positive number", self.phi_threshold));
+        }
         for (name, v) in [
+            ("gossip_interval_ms", self.gossip_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("replica_timeout_ms", self.replica_timeout_ms),
             ("hint_delivery_interval_ms", self.hint_delivery_interval_ms),
@@ -135,6 +157,11 @@ impl Config {
     /// The hint delivery period.
     pub fn hint_delivery_interval(&self) -> Duration {
         Duration::from_millis(self.hint_delivery_interval_ms)
+    }
+
+    /// The gossip period.
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
     }
 
     /// How long a failed node is skipped.

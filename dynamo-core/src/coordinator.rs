@@ -67,8 +67,8 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    fn ring(&self) -> Arc<Ring> {
-        Arc::clone(self.membership.view().ring())
+    fn ring(&self) -> Result<Arc<Ring>> {
+        Ok(Arc::clone(self.membership.view().require_ring()?))
     }
 
     /// Calls every target, replacing a failed one by the next spare, and
@@ -148,7 +148,7 @@ impl Coordinator {
             req.seen_us = req.seen_us.max(seen.max_timestamp());
             req.context = Some(seen.context().clone());
         }
-        let ring = self.ring();
+        let ring = self.ring()?;
         let partition = ring.partition_of(&req.key);
         if ring.preference_list(partition).contains(&self.id) {
             return self.coordinate_write(&ring, partition, req, deadline, None).await;
@@ -397,7 +397,7 @@ impl Coordinator {
         check_key(&self.config, &key)?;
         check_quorum(&self.config, "r", r)?;
         bump(&self.metrics.gets);
-        let ring = self.ring();
+        let ring = self.ring()?;
         let partition = ring.partition_of(&key);
         let hash = key_hash(&key);
         let plan = plan_read(&ring, partition, self.detector.as_ref(), self.config.sloppy_quorum);

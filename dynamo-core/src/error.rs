@@ -120,6 +120,17 @@ pub enum Error {
         /// What differs, recorded first and given second.
         differences: String,
     },
+    /// A peer of another cluster (another cluster name) was refused.
+    #[error("refused a peer of cluster {theirs:?}: this node belongs to {ours:?}")]
+    ForeignCluster {
+        /// This node's cluster name.
+        ours: String,
+        /// The peer's.
+        theirs: String,
+    },
+    /// The node cannot serve the request yet (it has not learned the ring).
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// A peer answered with an error of a kind this build does not know
     /// (a newer peer's); its message.
     #[error("a peer failed: {0}")]

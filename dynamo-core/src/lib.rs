@@ -27,6 +27,7 @@ mod epoch;
 pub mod error;
 pub mod failure;
 pub mod fault_point;
+pub mod gossip;
 pub mod hinted_handoff;
 pub mod member;
 pub mod membership;

@@ -15,7 +15,7 @@
 //! # use dynamo_core::membership::{Membership, StaticMembership};
 //! let ring = Ring::new(256, 1, vec![Member::new(NodeId(1), "10.0.0.1:7000")])?;
 //! let membership = Arc::new(StaticMembership::new(NodeId(1), ring)?);
-//! assert_eq!(membership.view().ring().partitions(), 256);
+//! assert_eq!(membership.view().require_ring()?.partitions(), 256);
 //! assert_eq!(membership.local_id(), NodeId(1));
 //! # Ok::<(), dynamo_core::Error>(())
 //! ```
@@ -62,7 +62,8 @@ pub struct MemberInfo {
 /// A node's view of the cluster: the members and the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {
-    ring: Arc<Ring>,
+    /// `None` until the node has learned one (a new node with only seeds).
+    ring: Option<Arc<Ring>>,
     members: Vec<MemberInfo>,
 }
 
@@ -82,13 +83,29 @@ impl ClusterView {
                 status: MemberStatus::Active,
             })
             .collect();
-        ClusterView { ring: Arc::new(ring), members }
+        ClusterView { ring: Some(Arc::new(ring)), members }
+    }
+
+    /// A view of `members` (sorted here by id) and `ring`, if known.
+    pub fn from_parts(ring: Option<Arc<Ring>>, mut members: Vec<MemberInfo>) -> Self {
+        members.sort_by_key(|m| m.id);
+        ClusterView { ring, members }
     }
 
     /// The ring: partitions, owners and preference lists, with its
-    /// ownership epoch.
-    pub fn ring(&self) -> &Arc<Ring> {
-        &self.ring
+    /// ownership epoch; `None` until the node has learned one.
+    pub fn ring(&self) -> Option<&Arc<Ring>> {
+        self.ring.as_ref()
+    }
+
+    /// The ring, for a request that needs one.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] while the node has not learned the ring.
+    pub fn require_ring(&self) -> Result<&Arc<Ring>> {
+        self.ring.as_ref().ok_or_else(|| {
+            Error::NotReady("this node has not learned the cluster's ring yet (no seed answered)".into())
+        })
     }
 
     /// Every member, sorted by id.
@@ -158,7 +175,8 @@ impl StaticMembership {
     /// [`Error::Config`] when Q or N differ, [`Error::NotAMember`].
     pub fn set_ring(&self, ring: Ring) -> Result<()> {
         let current = self.view();
-        if ring.partitions() != current.ring().partitions() || ring.replicas() != current.ring().replicas() {
+        let old = current.require_ring()?;
+        if ring.partitions() != old.partitions() || ring.replicas() != old.replicas() {
             return Err(Error::Config("a new ring must keep the partition count and N".into()));
         }
         if ring.member(self.local).is_none() {

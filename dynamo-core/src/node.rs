@@ -50,11 +50,13 @@ use crate::epoch::StartKind;
 use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
 use crate::fault_point::{FaultInjector, Faults};
+use crate::gossip::{Gossip, GossipSettings};
 use crate::hinted_handoff::HintedHandoff;
 use crate::member::NodeId;
 use crate::membership::{Membership, StaticMembership};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::peers::Peers;
+use crate::phi_accrual::{PhiAccrualDetector, PhiSettings};
 use crate::read_repair::ReadRepair;
 use crate::recent_requests::RecentRequests;
 use crate::reconcile::{KeepSiblings, Reconciler, Resolution};
@@ -129,10 +131,12 @@ struct NodeParts {
     config: Arc<Config>,
     membership: Arc<dyn Membership>,
     transport: Arc<dyn Transport>,
+    detector: Arc<dyn FailureDetector>,
     replica: Arc<Replica>,
     coordinator: Arc<Coordinator>,
     service: ReplicaService,
     handoff: Arc<HintedHandoff>,
+    gossip: Option<Arc<Gossip>>,
     reconciler: Arc<dyn Reconciler>,
     metrics: Arc<Metrics>,
     /// The next client write's sequence number (see [`RequestId`]).
@@ -183,6 +187,7 @@ pub struct NodeBuilder {
     config: Config,
     ring: Option<Ring>,
     membership: Option<Arc<dyn Membership>>,
+    gossip: Option<GossipSettings>,
     store: Option<Arc<dyn Store>>,
     transport: Option<Arc<dyn Transport>>,
     reconciler: Arc<dyn Reconciler>,
@@ -202,6 +207,7 @@ impl NodeBuilder {
             config: Config::default(),
             ring: None,
             membership: None,
+            gossip: None,
             store: None,
             transport: None,
             reconciler: Arc::new(KeepSiblings),
@@ -230,6 +236,15 @@ impl NodeBuilder {
     /// (replaces [`NodeBuilder::ring`]).
     pub fn membership(mut self, membership: Arc<dyn Membership>) -> Self {
         self.membership = Some(membership);
+        self
+    }
+
+    /// Learns and spreads the cluster by [gossip](crate::gossip) (replaces
+    /// [`NodeBuilder::ring`] and [`NodeBuilder::membership`]); the default
+    /// failure detector becomes the [phi-accrual](crate::phi_accrual) one,
+    /// fed by the exchanges.
+    pub fn gossip(mut self, settings: GossipSettings) -> Self {
+        self.gossip = Some(settings);
         self
     }
 
@@ -305,41 +320,20 @@ impl NodeBuilder {
         let config = self.config;
         config.validate()?;
         let missing = |what: &str| Error::Config(format!("node {}: no {what} given", self.id));
-        let membership: Arc<dyn Membership> = match (self.membership, self.ring) {
-            (Some(m), _) => m,
-            (None, Some(ring)) => Arc::new(StaticMembership::new(self.id, ring)?),
-            (None, None) => return Err(missing("membership or ring")),
-        };
         let store = self.store.ok_or_else(|| missing("store"))?;
         let transport = self.transport.ok_or_else(|| missing("transport"))?;
-        if membership.local_id() != self.id {
-            return Err(Error::Config(format!(
-                "node {} was given the membership of node {}",
-                self.id,
-                membership.local_id()
-            )));
+        // The ring the node starts under must match the data's, before the
+        // store is touched.
+        let given = match (&self.membership, &self.ring, &self.gossip) {
+            (Some(m), _, _) => m.view().ring().map(|r| Ring::clone(r)),
+            (None, Some(ring), _) => Some(ring.clone()),
+            (None, None, Some(g)) => g.initial_ring.clone(),
+            (None, None, None) => return Err(missing("membership, ring or gossip settings")),
+        };
+        if let Some(ring) = &given {
+            check_ring(&config, ring)?;
+            stored_ring::check(&store, ring, self.adopt_ring).await?;
         }
-        let view = membership.view();
-        let ring = view.ring();
-        if ring.partitions() != config.partitions || ring.replicas() != config.n {
-            return Err(Error::Config(format!(
-                "the ring has {} partitions and N = {}, the config {} and N = {}",
-                ring.partitions(),
-                ring.replicas(),
-                config.partitions,
-                config.n
-            )));
-        }
-        let me = view.member(self.id).ok_or(Error::NotAMember(self.id))?;
-        if me.addr != transport.local_addr() {
-            return Err(Error::Config(format!(
-                "node {} is at {} in the ring but its transport is bound to {}",
-                self.id,
-                me.addr,
-                transport.local_addr()
-            )));
-        }
-        stored_ring::check(&store, ring, self.adopt_ring).await?;
         let clock = Arc::new(HybridClock::new(self.clock));
         let replica = Arc::new(
             Replica::open(
@@ -365,9 +359,49 @@ impl NodeBuilder {
             ),
             StartKind::Clean => {}
         }
+        let gossip = match self.gossip {
+            Some(settings) if self.membership.is_none() && self.ring.is_none() => {
+                let seed = self.epoch_seed.unwrap_or_else(rand::random);
+                Some(Arc::new(Gossip::open(&config, settings, &replica, &clock, seed).await?))
+            }
+            _ => None,
+        };
+        let membership: Arc<dyn Membership> = match (self.membership, self.ring, &gossip) {
+            (Some(m), _, _) => m,
+            (None, Some(ring), _) => Arc::new(StaticMembership::new(self.id, ring)?),
+            (None, None, Some(g)) => Arc::clone(g) as Arc<dyn Membership>,
+            (None, None, None) => return Err(missing("membership, ring or gossip settings")),
+        };
+        if membership.local_id() != self.id {
+            return Err(Error::Config(format!(
+                "node {} was given the membership of node {}",
+                self.id,
+                membership.local_id()
+            )));
+        }
+        let view = membership.view();
+        if let Some(ring) = view.ring() {
+            check_ring(&config, ring)?;
+        }
+        let me = view.member(self.id).ok_or(Error::NotAMember(self.id))?;
+        if me.addr != transport.local_addr() {
+            return Err(Error::Config(format!(
+                "node {} is at {} in the cluster but its transport is bound to {}",
+                self.id,
+                me.addr,
+                transport.local_addr()
+            )));
+        }
         let config = Arc::new(config);
-        let detector =
-            self.detector.unwrap_or_else(|| Arc::new(OutcomeDetector::new(config.suspect_period())));
+        let detector: Arc<dyn FailureDetector> = match (self.detector, &gossip) {
+            (Some(d), _) => d,
+            (None, Some(_)) => Arc::new(PhiAccrualDetector::new(PhiSettings {
+                threshold: config.phi_threshold,
+                first_interval: config.gossip_interval(),
+                ..PhiSettings::default()
+            })),
+            (None, None) => Arc::new(OutcomeDetector::new(config.suspect_period())),
+        };
         let metrics = Arc::new(Metrics::default());
         let peers = Arc::new(Peers {
             membership: Arc::clone(&membership),
@@ -379,7 +413,7 @@ impl NodeBuilder {
             id: self.id,
             config: Arc::clone(&config),
             membership: Arc::clone(&membership),
-            detector,
+            detector: Arc::clone(&detector),
             replica: Arc::clone(&replica),
             peers: Arc::clone(&peers),
             metrics: Arc::clone(&metrics),
@@ -400,6 +434,14 @@ impl NodeBuilder {
             peers,
             metrics: Arc::clone(&metrics),
         });
+        if let Some(g) = &gossip {
+            g.wire(
+                Arc::clone(&transport),
+                Arc::clone(&detector),
+                Arc::clone(&replica),
+                config.replica_timeout(),
+            );
+        }
         let parts = Arc::new(NodeParts {
             id: self.id,
             service: ReplicaService {
@@ -410,13 +452,16 @@ impl NodeBuilder {
                 metrics: Arc::clone(&metrics),
                 clock: Arc::clone(&clock),
                 recent: RecentRequests::default(),
+                gossip: gossip.clone(),
             },
             config,
             membership,
             transport: Arc::clone(&transport),
+            detector,
             replica,
             coordinator,
             handoff: Arc::clone(&handoff),
+            gossip: gossip.clone(),
             reconciler: self.reconciler,
             metrics,
             next_seq: AtomicU64::new(clock.now()),
@@ -427,23 +472,43 @@ impl NodeBuilder {
         let period = parts.config.hint_delivery_interval();
         let hints = tokio::spawn(HintedHandoff::run(Arc::downgrade(&handoff), period));
         let record = tokio::spawn(record_ring_changes(Arc::downgrade(&parts)));
-        parts.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend([hints, record]);
+        let mut tasks = parts.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.extend([hints, record]);
+        if let Some(g) = &gossip {
+            tasks.push(tokio::spawn(Gossip::run(Arc::downgrade(g))));
+        }
+        drop(tasks);
         Ok(Node { core: parts })
     }
+}
+
+/// Checks that `ring` agrees with the config's partition count and N.
+fn check_ring(config: &Config, ring: &Ring) -> Result<()> {
+    if ring.partitions() != config.partitions || ring.replicas() != config.n {
+        return Err(Error::Config(format!(
+            "the ring has {} partitions and N = {}, the config {} and N = {}",
+            ring.partitions(),
+            ring.replicas(),
+            config.partitions,
+            config.n
+        )));
+    }
+    Ok(())
 }
 
 /// Records each ring the membership publishes as the one the store's
 /// data follows, so the next start accepts it.
 async fn record_ring_changes(parts: std::sync::Weak<NodeParts>) {
     let Some(mut changes) = parts.upgrade().map(|p| p.membership.subscribe()) else { return };
-    let mut recorded = RingIdentity::of(changes.borrow_and_update().ring());
+    let mut recorded = changes.borrow_and_update().ring().map(|r| RingIdentity::of(r));
     while changes.changed().await.is_ok() {
-        let identity = RingIdentity::of(changes.borrow_and_update().ring());
+        let identity = changes.borrow_and_update().ring().map(|r| RingIdentity::of(r));
         if identity == recorded {
             continue;
         }
         let Some(parts) = parts.upgrade() else { return };
-        match parts.replica.commit(identity.record()).await {
+        let Some(new) = &identity else { continue };
+        match parts.replica.commit(new.record()).await {
             Ok(()) => recorded = identity,
             Err(e) => tracing::warn!(node = %parts.id, error = %e, "cannot record the new ring"),
         }
@@ -476,9 +541,21 @@ impl Node {
         &self.core.config
     }
 
-    /// The ring this node routes by.
-    pub fn ring(&self) -> Arc<Ring> {
-        Arc::clone(self.core.membership.view().ring())
+    /// The ring this node routes by; `None` until it has learned one
+    /// (a node started with only seeds).
+    pub fn ring(&self) -> Option<Arc<Ring>> {
+        self.core.membership.view().ring().cloned()
+    }
+
+    /// What the node's failure detector knows of `peer` (availability,
+    /// phi, when it was last heard from).
+    pub fn peer_health(&self, peer: NodeId) -> crate::failure::PeerHealth {
+        self.core.detector.health(peer)
+    }
+
+    /// The node's gossip state, when it gossips.
+    pub fn gossip_state(&self) -> Option<crate::gossip::GossipState> {
+        self.core.gossip.as_ref().map(|g| g.state())
     }
 
     /// The membership this node was started with.
@@ -585,10 +662,10 @@ impl Node {
         self.core.coordinator.write(req, timeout).await
     }
 
-    /// The preference list of `key`: the N nodes that own it.
+    /// The preference list of `key`: the N nodes that own it (empty until
+    /// the node has learned the ring).
     pub fn preference_list(&self, key: &[u8]) -> Vec<NodeId> {
-        let ring = self.ring();
-        ring.preference_list(ring.partition_of(key)).to_vec()
+        self.ring().map(|ring| ring.preference_list(ring.partition_of(key)).to_vec()).unwrap_or_default()
     }
 
     /// What this node itself stores for `key`, as a replica and as hints.
@@ -597,11 +674,12 @@ impl Node {
     /// Bad key, store errors, [`Error::Corrupt`] for undecodable data.
     pub async fn local_state(&self, key: &[u8]) -> Result<LocalState> {
         check_key(&self.core.config, key)?;
-        let ring = self.ring();
+        let view = self.core.membership.view();
+        let ring = view.require_ring()?;
         let partition = ring.partition_of(key);
         let data = self.core.replica.load(Slot::Data, partition, key).await?;
         let mut hints = Vec::new();
-        for m in ring.members() {
+        for m in view.members() {
             if let Some(h) = self.core.replica.load(Slot::HintFor(m.id), partition, key).await? {
                 hints.push((m.id, h));
             }

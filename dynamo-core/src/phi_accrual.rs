@@ -13,8 +13,9 @@
 //! added to the mean for expected hiccups (a GC pause, a busy disk).
 //!
 //! A call that fails (a timeout, a refused connection) is evidence too: the
-//! peer is suspected from then until it is heard from again, or until one
-//! `retry_after` has passed and a call may probe it.
+//! peer is suspected from then until it is heard from again. Probing it is
+//! gossip's job: every round of the member list meets it once, and its
+//! first answer clears the suspicion.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -39,9 +40,6 @@ pub struct PhiSettings {
     /// The interval assumed before the first two arrivals (the gossip
     /// interval).
     pub first_interval: Duration,
-    /// How long a peer whose call failed is avoided before it may be
-    /// probed again, unless it is heard from first.
-    pub retry_after: Duration,
 }
 
 impl Default for PhiSettings {
@@ -52,7 +50,6 @@ impl Default for PhiSettings {
             min_std_dev: Duration::from_millis(500),
             acceptable_pause: Duration::from_secs(3),
             first_interval: Duration::from_secs(1),
-            retry_after: Duration::from_secs(1),
         }
     }
 }
@@ -167,7 +164,7 @@ impl FailureDetector for PhiAccrualDetector {
         let now = Instant::now();
         let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(peer) = peers.get(&node) else { return true };
-        if peer.failed_at.is_some_and(|at| now < at + self.settings.retry_after) {
+        if peer.failed_at.is_some() {
             return false;
         }
         peer.phi(now, &self.settings) < self.settings.threshold
@@ -196,7 +193,6 @@ mod tests {
             min_std_dev: Duration::from_millis(100),
             acceptable_pause: Duration::ZERO,
             first_interval: Duration::from_secs(1),
-            retry_after: Duration::from_secs(1),
             ..PhiSettings::default()
         }
     }
@@ -237,17 +233,15 @@ mod tests {
         assert!(d.is_available(n), "heard from again: up");
     }
 
-    /// A failed call suspects the peer at once, until it is heard from or
-    /// the retry period passes.
+    /// A failed call suspects the peer at once, until it is heard from.
     #[tokio::test(start_paused = true)]
-    async fn failed_calls_suspect_until_heard_or_retry() {
+    async fn failed_calls_suspect_until_heard_from() {
         let d = PhiAccrualDetector::new(settings());
         let n = NodeId(3);
         d.record_failure(n);
         assert!(!d.is_available(n));
-        tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(d.is_available(n), "probed again after retry_after");
-        d.record_failure(n);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!d.is_available(n), "still suspected: only an answer clears it");
         d.record_success(n);
         assert!(d.is_available(n));
         let health = d.health(n);

@@ -191,6 +191,14 @@ impl Replica {
         &self.stripes[(hash % self.stripes.len() as u64) as usize]
     }
 
+    /// A node-local record from the meta table.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn load_meta(&self, key: &'static [u8]) -> Result<Option<Bytes>> {
+        Ok(self.io.read(move |s| s.get(Table::Meta, key)).await?)
+    }
+
     /// The raw encoded state of `key` in `slot`.
     pub(crate) async fn load_raw(&self, slot: Slot, partition: u32, key: &[u8]) -> Result<Option<Bytes>> {
         let sk = storage_key(slot, partition, key);

@@ -15,6 +15,7 @@ use crate::clock::HybridClock;
 use crate::config::Config;
 use crate::coordinator::{deadline_after, Coordinator};
 use crate::error::{Error, Result};
+use crate::gossip::{Delta, Gossip};
 use crate::member::NodeId;
 use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
@@ -35,11 +36,19 @@ pub(crate) struct ReplicaService {
     pub(crate) clock: Arc<HybridClock>,
     /// Forwarded writes accepted and not yet expired (at most once each).
     pub(crate) recent: RecentRequests,
+    /// The node's gossip, when it gossips.
+    pub(crate) gossip: Option<Arc<Gossip>>,
 }
 
 impl ReplicaService {
-    fn partition_of(&self, key: &[u8]) -> u32 {
-        self.membership.view().ring().partition_of(key)
+    fn partition_of(&self, key: &[u8]) -> Result<u32> {
+        Ok(self.membership.view().require_ring()?.partition_of(key))
+    }
+
+    fn gossip(&self) -> Result<&Gossip> {
+        self.gossip
+            .as_deref()
+            .ok_or_else(|| Error::Protocol("this node does not gossip (fixed member list)".into()))
     }
 
     /// Serves one request from a peer; failures become error answers.
@@ -61,6 +70,13 @@ impl ReplicaService {
                 .coordinate(w)
                 .await
                 .map(|c| Response::Written { seen_us: c.seen_us(), context: c.causal().clone() }),
+            Request::GossipSyn { cluster, from, hash } => {
+                self.gossip().and_then(|g| g.handle_syn(&cluster, from, hash))
+            }
+            Request::GossipDelta { cluster, from, entries, ring, want, want_ring } => match self.gossip() {
+                Ok(g) => g.handle_delta(&cluster, from, Delta { entries, ring, want, want_ring }).await,
+                Err(e) => Err(e),
+            },
         };
         result.unwrap_or_else(|e| Response::error(&e))
     }
@@ -68,14 +84,14 @@ impl ReplicaService {
     async fn get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {
         check_key(&self.config, key)?;
         let slot = hint_for.map_or(Slot::Data, Slot::HintFor);
-        self.replica.load_raw(slot, self.partition_of(key), key).await
+        self.replica.load_raw(slot, self.partition_of(key)?, key).await
     }
 
     async fn merge(&self, slot: Slot, key: &[u8], state: &[u8], limit: Option<usize>) -> Result<Response> {
         check_key(&self.config, key)?;
         let incoming =
             SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
-        self.replica.merge(slot, self.partition_of(key), key, key_hash(key), &incoming, limit).await?;
+        self.replica.merge(slot, self.partition_of(key)?, key, key_hash(key), &incoming, limit).await?;
         Ok(Response::Ack)
     }
 
@@ -94,7 +110,7 @@ impl ReplicaService {
             req.start_by_us.min(now.saturating_add(self.config.request_timeout_ms.saturating_mul(1000)));
         self.recent.admit(req.id, start_by, now)?;
         let deadline = deadline_after(timeout);
-        let ring = Arc::clone(self.membership.view().ring());
+        let ring = Arc::clone(self.membership.view().require_ring()?);
         let partition = ring.partition_of(&req.key);
         let result = self.coordinator.coordinate_write(&ring, partition, req, deadline, Some(start_by)).await;
         if let Err(Error::Expired { .. }) = &result {

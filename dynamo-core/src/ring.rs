@@ -20,6 +20,8 @@
 
 use std::cmp::Reverse;
 
+use serde::{Deserialize, Serialize};
+
 use crate::member::{Member, NodeId};
 
 /// The partition count used when an operator does not choose one.
@@ -273,6 +275,53 @@ impl Ring {
         Ok(self.derive(members))
     }
 
+    /// What defines this ring, as gossip carries it and a store keeps it.
+    pub fn layout(&self) -> RingLayout {
+        RingLayout {
+            epoch: self.epoch,
+            replicas: self.replicas as u64,
+            members: self.members.clone(),
+            owners: self.owners.clone(),
+        }
+    }
+
+    /// The ring a [`RingLayout`] describes (walks and preference lists
+    /// recomputed).
+    ///
+    /// # Errors
+    /// As [`Ring::new`] for the partition count (the number of owners),
+    /// N, the members and their capacities; [`RingError::UnknownMember`]
+    /// for an owner that is not a member.
+    pub fn from_layout(layout: RingLayout) -> Result<Ring, RingError> {
+        let RingLayout { epoch, replicas, members, owners } = layout;
+        let partitions = u32::try_from(owners.len()).unwrap_or(u32::MAX);
+        if !partitions.is_power_of_two() || partitions > MAX_PARTITIONS {
+            return Err(RingError::InvalidPartitions(partitions));
+        }
+        let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
+        if replicas == 0 {
+            return Err(RingError::ZeroReplicas);
+        }
+        if members.is_empty() {
+            return Err(RingError::NoMembers);
+        }
+        let mut members = members;
+        members.sort_by_key(|m| m.id);
+        for (i, m) in members.iter().enumerate() {
+            if m.capacity == 0 {
+                return Err(RingError::ZeroCapacity(m.id));
+            }
+            if i > 0 && members[i - 1].id == m.id {
+                return Err(RingError::DuplicateMember(m.id));
+            }
+        }
+        let layout = owners
+            .iter()
+            .map(|o| members.binary_search_by_key(o, |m| m.id).map_err(|_| RingError::UnknownMember(*o)))
+            .collect::<Result<Vec<usize>, RingError>>()?;
+        Ok(Ring::build(members, &layout, replicas, epoch))
+    }
+
     /// The partitions whose owner differs between `self` and `other`, ascending.
     ///
     /// # Panics
@@ -282,6 +331,20 @@ impl Ring {
         let differ = |&p: &u32| self.owners[p as usize] != other.owners[p as usize];
         (0..self.partitions).filter(differ).collect()
     }
+}
+
+/// The data that defines a [`Ring`]: its epoch, N, members and the owner
+/// of each partition (the partition count is the number of owners).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingLayout {
+    /// The ownership epoch; a later ring has a higher one.
+    pub epoch: u64,
+    /// The replication factor N.
+    pub replicas: u64,
+    /// The members.
+    pub members: Vec<Member>,
+    /// The owner of each partition, in partition order.
+    pub owners: Vec<NodeId>,
 }
 
 /// Each member's partition target (by index): the floor of `q * cap / sum`,
@@ -660,6 +723,23 @@ mod tests {
         assert_eq!(ring.without_member(NodeId(2)), Err(UnknownMember(NodeId(2))));
         let solo = Ring::new(64, 3, vec![node(5, 1)]).unwrap();
         assert_eq!(solo.without_member(NodeId(5)), Err(LastMember(NodeId(5))));
+    }
+
+    #[test]
+    fn a_layout_rebuilds_the_same_ring_and_bad_layouts_are_refused() {
+        let members =
+            (1..=4).map(|i| Member::new(NodeId(i), format!("n{i}")).with_capacity(i as u32)).collect();
+        let ring = Ring::new(64, 3, members).unwrap().with_member(Member::new(NodeId(9), "n9")).unwrap();
+        assert_eq!(Ring::from_layout(ring.layout()).unwrap(), ring);
+        let mut bad = ring.layout();
+        bad.owners[3] = NodeId(77);
+        assert_eq!(Ring::from_layout(bad), Err(RingError::UnknownMember(NodeId(77))));
+        let mut bad = ring.layout();
+        bad.owners.pop();
+        assert!(matches!(Ring::from_layout(bad), Err(RingError::InvalidPartitions(63))));
+        let mut bad = ring.layout();
+        bad.replicas = 0;
+        assert_eq!(Ring::from_layout(bad), Err(RingError::ZeroReplicas));
     }
 
     #[test]

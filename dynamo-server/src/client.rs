@@ -301,12 +301,14 @@ pub fn status_table(status: &Value) -> String {
     };
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
-    table.set_header(vec!["NODE", "PEER", "HTTP", "ZONE", "PARTITIONS", "HINTS HELD"]);
+    table.set_header(vec!["NODE", "STATUS", "PHI", "PEER", "HTTP", "ZONE", "PARTITIONS", "HINTS HELD"]);
     for m in status["members"].as_array().into_iter().flatten() {
         let id =
             if m["self"] == Value::Bool(true) { format!("{} *", text(&m["id"])) } else { text(&m["id"]) };
         table.add_row(vec![
             id,
+            text(&m["status"]),
+            text(&m["phi"]),
             text(&m["addr"]),
             text(&m["http"]),
             text(&m["zone"]),
@@ -378,7 +380,7 @@ mod tests {
             "ring": { "partitions": 256, "n": 3, "epoch": 0 },
             "members": [
                 { "id": 1, "addr": "127.0.0.1:7001", "http": "http://127.0.0.1:8001", "zone": null, "partitions": 86, "hints_pending": 0, "self": true },
-                { "id": 2, "addr": "127.0.0.1:7002", "http": null, "zone": "b", "partitions": 85, "hints_pending": 4, "self": false },
+                { "id": 2, "addr": "127.0.0.1:7002", "http": null, "zone": "b", "partitions": 85, "hints_pending": 4, "self": false, "status": "down", "phi": 9.5 },
             ],
             "hints": { "stored": 4, "delivered": 0 },
         });
@@ -389,7 +391,7 @@ mod tests {
         );
         let row = text.lines().find(|l| l.trim_start().starts_with("2 ")).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells, ["2", "127.0.0.1:7002", "-", "b", "85", "4"], "{text}");
+        assert_eq!(cells, ["2", "down", "9.5", "127.0.0.1:7002", "-", "b", "85", "4"], "{text}");
         assert!(text.lines().any(|l| l.trim_start().starts_with("1 *")), "{text}");
         assert!(!text.contains("Number(") && !text.contains("Object {"), "{text}");
     }

@@ -329,7 +329,10 @@ impl ServerConfig {
             return bad(format!("members: this node (node_id = {}) is not listed", self.node_id));
         }
         let nodes = self.members.len().max(1);
-        if self.cluster.n > nodes {
+        // With seeds and no member list, the node learns the cluster (and
+        // its N) from them.
+        let learns_from_seeds = self.members.is_empty() && self.gossips();
+        if self.cluster.n > nodes && !learns_from_seeds {
             return bad(format!(
                 "cluster.n = {} but the cluster has {nodes} member(s); lower n or list more members",
                 self.cluster.n
@@ -377,6 +380,12 @@ impl ServerConfig {
     /// The address peers dial.
     pub fn peer_advertise(&self) -> String {
         self.peer.advertise.clone().unwrap_or_else(|| self.peer.listen.clone())
+    }
+
+    /// Whether the node learns and spreads membership by gossip: when
+    /// `cluster.seeds` lists any peer.
+    pub fn gossips(&self) -> bool {
+        !self.cluster.seeds.is_empty()
     }
 
     /// The ring members: the configured list, or this node alone.

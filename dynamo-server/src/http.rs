@@ -40,9 +40,8 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::MemberConfig;
 use crate::http_listener::BodyTimeout;
-use crate::metrics::{MetricsFormat, ServerMetrics};
+use crate::metrics::{MetricsFormat, PeerSample, ServerMetrics};
 
 /// The header carrying the opaque causal context.
 pub const CONTEXT_HEADER: &str = "x-dynamo-context";
@@ -53,8 +52,6 @@ pub struct AppState {
     pub node: Node,
     /// The metrics registry.
     pub metrics: ServerMetrics,
-    /// The configured members, for the admin API.
-    pub members: Vec<MemberConfig>,
 }
 
 /// The API's routes. Every answer that is an error carries a JSON body,
@@ -135,7 +132,9 @@ impl From<Error> for ApiError {
             Error::Timeout { acks, needed } => {
                 (StatusCode::GATEWAY_TIMEOUT, json!({ "error": message, "acks": acks, "required": needed }))
             }
-            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message })),
+            Error::ShuttingDown | Error::NotReady(_) | Error::Overloaded(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message }))
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": message })),
         };
         ApiError { status, body, close: false }
@@ -400,7 +399,20 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let pending =
         state.node.pending_hints().await.map(|h| h.iter().map(|(_, n)| *n as u64).sum()).unwrap_or(0);
     let format = MetricsFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let text = state.metrics.render(format, &state.node.metrics(), pending);
+    let me = state.node.id();
+    let peers: Vec<PeerSample> = state
+        .node
+        .membership()
+        .view()
+        .members()
+        .iter()
+        .filter(|m| m.id != me)
+        .map(|m| {
+            let health = state.node.peer_health(m.id);
+            PeerSample { peer: m.id.0, up: health.available, phi: health.phi }
+        })
+        .collect();
+    let text = state.metrics.render(format, &state.node.metrics(), pending, &peers);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
@@ -415,7 +427,8 @@ async fn admin_ring(
     params: Result<Query<RingParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params?;
-    let ring = state.node.ring();
+    let view = state.node.membership().view();
+    let ring = view.require_ring()?;
     if let Some(key) = params.key {
         let partition = ring.partition_of(key.as_bytes());
         let ids = |s: &[dynamo_core::member::NodeId]| s.iter().map(|n| n.0).collect::<Vec<_>>();
@@ -440,17 +453,37 @@ async fn admin_ring(
     })))
 }
 
+/// Every member the node knows (from its configuration or gossip): its
+/// addresses, membership status, and whether this node's failure detector
+/// counts it up, with phi and the time since it was last heard from.
 async fn admin_members(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let ring = state.node.ring();
-    let members: Vec<Value> = ring
+    let view = state.node.membership().view();
+    let me = state.node.id();
+    let members: Vec<Value> = view
         .members()
         .iter()
         .map(|m| {
-            let http = state.members.iter().find(|c| c.id == m.id.0).and_then(|c| c.http.clone());
-            json!({ "id": m.id.0, "addr": m.addr, "http": http, "zone": m.zone, "capacity": m.capacity, "self": m.id == state.node.id() })
+            let health = state.node.peer_health(m.id);
+            let (up, phi, heard) = if m.id == me {
+                (true, None, None)
+            } else {
+                (health.available, health.phi.map(|p| (p * 1000.0).round() / 1000.0), health.last_heard)
+            };
+            json!({
+                "id": m.id.0,
+                "addr": m.addr,
+                "http": m.client_addr,
+                "zone": m.zone,
+                "capacity": m.capacity,
+                "membership": m.status,
+                "status": if up { "up" } else { "down" },
+                "phi": phi,
+                "last_heard_ms": heard.map(|d| d.as_millis() as u64),
+                "self": m.id == me,
+            })
         })
         .collect();
-    Json(json!({ "members": members }))
+    Json(json!({ "members": members, "gossip": state.node.gossip_state().is_some() }))
 }
 
 async fn admin_hints(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {

@@ -5,6 +5,7 @@
 //! Prometheus server parses, and in OpenMetrics 1.0 to a scraper that asks
 //! for it (`Accept: application/openmetrics-text`).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +26,24 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a per-peer sample.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's node id.
+    pub peer: u64,
+}
+
+/// What the failure detector says of one peer at scrape time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeerSample {
+    /// The peer's node id.
+    pub peer: u64,
+    /// Whether it counts as up.
+    pub up: bool,
+    /// Its phi, for detectors that compute one.
+    pub phi: Option<f64>,
+}
+
 /// The node's counters mirrored into the registry at scrape time.
 struct CoreCounters {
     quorum_failures: Counter,
@@ -42,6 +61,8 @@ pub struct ServerMetrics {
     requests: Family<RequestLabels, Histogram, LatencyHistogram>,
     core: Mutex<CoreCounters>,
     hints_pending: Gauge,
+    peer_up: Family<PeerLabels, Gauge>,
+    peer_phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The exposition format of a scrape.
@@ -160,7 +181,19 @@ impl ServerMetrics {
         registry.register("fallback_writes", "Writes taken by a fallback node", core.fallback_writes.clone());
         let hints_pending = Gauge::default();
         registry.register("hints_pending", "Hints this node holds, not yet delivered", hints_pending.clone());
-        ServerMetrics { registry, requests, core: Mutex::new(core), hints_pending }
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "peer_up",
+            "1 while this node's failure detector counts the peer up",
+            peer_up.clone(),
+        );
+        let peer_phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "peer_phi",
+            "The phi-accrual suspicion of the peer (8: convicted)",
+            peer_phi.clone(),
+        );
+        ServerMetrics { registry, requests, core: Mutex::new(core), hints_pending, peer_up, peer_phi }
     }
 
     /// Records one request's latency.
@@ -169,8 +202,22 @@ impl ServerMetrics {
     }
 
     /// Renders the registry in `format`, after bringing the node's
-    /// counters and pending hints up to date.
-    pub fn render(&self, format: MetricsFormat, node: &MetricsSnapshot, hints_pending: u64) -> String {
+    /// counters, pending hints and per-peer health up to date.
+    pub fn render(
+        &self,
+        format: MetricsFormat,
+        node: &MetricsSnapshot,
+        hints_pending: u64,
+        peers: &[PeerSample],
+    ) -> String {
+        self.peer_up.clear();
+        self.peer_phi.clear();
+        for p in peers {
+            self.peer_up.get_or_create(&PeerLabels { peer: p.peer }).set(i64::from(p.up));
+            if let Some(phi) = p.phi {
+                self.peer_phi.get_or_create(&PeerLabels { peer: p.peer }).set(phi);
+            }
+        }
         {
             let core = self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let sync = |c: &Counter, v: u64| {
@@ -204,7 +251,12 @@ mod tests {
     use super::*;
 
     fn scraped(m: &ServerMetrics, snap: &MetricsSnapshot, pending: u64) -> Scrape {
-        let text = m.render(MetricsFormat::Prometheus, snap, pending);
+        let text = m.render(
+            MetricsFormat::Prometheus,
+            snap,
+            pending,
+            &[PeerSample { peer: 2, up: true, phi: Some(0.5) }],
+        );
         Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
 
@@ -217,15 +269,24 @@ mod tests {
         let m = ServerMetrics::new();
         m.observe("put", "ok", Duration::from_micros(300));
         let snap = MetricsSnapshot { read_repairs: 3, hints_delivered: 2, ..Default::default() };
-        let text = m.render(MetricsFormat::Prometheus, &snap, 5);
+        let text = m.render(MetricsFormat::Prometheus, &snap, 5, &[]);
         assert!(
             text.contains("dynamo_request_duration_seconds_count{op=\"put\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("dynamo_read_repairs_total 3"), "{text}");
         assert!(text.contains("dynamo_hints_pending 5"), "{text}");
-        let again = m.render(MetricsFormat::Prometheus, &MetricsSnapshot { read_repairs: 4, ..snap }, 0);
+        let again = m.render(MetricsFormat::Prometheus, &MetricsSnapshot { read_repairs: 4, ..snap }, 0, &[]);
         assert!(again.contains("dynamo_read_repairs_total 4"), "{again}");
+        let peers =
+            [PeerSample { peer: 2, up: true, phi: Some(0.25) }, PeerSample { peer: 3, up: false, phi: None }];
+        let text = m.render(MetricsFormat::Prometheus, &snap, 0, &peers);
+        assert!(
+            text.contains("dynamo_peer_up{peer=\"2\"} 1") && text.contains("dynamo_peer_up{peer=\"3\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("dynamo_peer_phi{peer=\"2\"} 0.25"), "{text}");
+        assert!(!text.contains("dynamo_peer_phi{peer=\"3\"}"), "no phi for a detector without one: {text}");
     }
 
     /// A 0.0.4 parser (types looked up by sample name, as Prometheus
@@ -292,7 +353,7 @@ mod tests {
             MetricsFormat::Prometheus
         );
         let m = ServerMetrics::new();
-        let text = m.render(MetricsFormat::OpenMetrics, &MetricsSnapshot::default(), 0);
+        let text = m.render(MetricsFormat::OpenMetrics, &MetricsSnapshot::default(), 0, &[]);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE dynamo_read_repairs counter\ndynamo_read_repairs_total 0"), "{text}");
         assert!(MetricsFormat::OpenMetrics.content_type().starts_with("application/openmetrics-text"));

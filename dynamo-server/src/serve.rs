@@ -1,17 +1,20 @@
 //! `dynamo-server serve`: one node from its configuration, until SIGINT
 //! or SIGTERM, then a graceful stop.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use dynamo_core::gossip::GossipSettings;
 use dynamo_core::member::NodeId;
+use dynamo_core::membership::{MemberInfo, MemberStatus, StaticMembership};
 use dynamo_core::node::NodeBuilder;
 use dynamo_core::ring::Ring;
 use dynamo_core::Error;
 
-use crate::config::ServerConfig;
+use crate::config::{MemberConfig, ServerConfig};
 use crate::http::{router, AppState};
 use crate::http_listener::HttpLimits;
 use crate::metrics::ServerMetrics;
@@ -57,8 +60,16 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let reconciler = plugins.check(&config)?;
-    let ring = Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
-        .context("invalid cluster membership")?;
+    // The configured members make the founding ring; a node with only
+    // seeds learns the ring from them.
+    let ring = if config.members.is_empty() && config.gossips() {
+        None
+    } else {
+        Some(
+            Ring::new(config.cluster.partitions, config.cluster.n, config.ring_members())
+                .context("invalid cluster membership")?,
+        )
+    };
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
@@ -72,9 +83,9 @@ pub async fn serve_until(
             .await
             .context("opening the store")??
     };
-    let node = NodeBuilder::new(NodeId(config.node_id))
-        .config(config.cluster.clone())
-        .ring(ring)
+    let builder = NodeBuilder::new(NodeId(config.node_id)).config(config.cluster.clone());
+    let builder = membership(builder, &config, ring, &http_addr.to_string())?;
+    let node = builder
         .store(store)
         .transport(transport)
         .reconciler(reconciler)
@@ -89,7 +100,6 @@ pub async fn serve_until(
     let state = Arc::new(AppState {
         node: node.clone(),
         metrics: ServerMetrics::with_request_timeout(config.cluster.request_timeout()),
-        members: config.members.clone(),
     });
     let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     tracing::info!(
@@ -116,6 +126,37 @@ pub async fn serve_until(
         ),
     }
     Ok(())
+}
+
+/// Gives the builder the node's membership: gossip when `cluster.seeds`
+/// lists peers (starting from `ring`, the configured members, if any),
+/// else the fixed member list of `ring`.
+fn membership(
+    builder: NodeBuilder,
+    config: &ServerConfig,
+    ring: Option<Ring>,
+    http_addr: &str,
+) -> anyhow::Result<NodeBuilder> {
+    let id = NodeId(config.node_id);
+    let http_of = |m: &MemberConfig| m.http.clone();
+    let me = config.members.iter().find(|m| m.id == config.node_id);
+    if !config.gossips() {
+        let ring = ring.context("a node with no seeds needs a member list")?;
+        let addrs: BTreeMap<NodeId, String> =
+            config.members.iter().filter_map(|m| Some((NodeId(m.id), http_of(m)?))).collect();
+        let membership =
+            StaticMembership::with_client_addrs(id, ring, addrs).context("invalid cluster membership")?;
+        return Ok(builder.membership(Arc::new(membership)));
+    }
+    let local = MemberInfo {
+        id,
+        addr: config.peer_advertise(),
+        client_addr: Some(me.and_then(http_of).unwrap_or_else(|| format!("http://{http_addr}"))),
+        zone: me.and_then(|m| m.zone.clone()),
+        capacity: me.map_or(1, |m| m.capacity),
+        status: MemberStatus::Joining,
+    };
+    Ok(builder.gossip(GossipSettings { local, initial_ring: ring }))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -48,11 +48,7 @@ impl Server {
     async fn start(limits: HttpLimits) -> Server {
         let cluster = Cluster::builder().nodes(1).n(1).r(1).w(1).build().await.unwrap();
         assert_eq!(cluster.node(0).unwrap().config().max_value_size, MAX_VALUE);
-        let state = Arc::new(AppState {
-            node: cluster.node(0).unwrap(),
-            metrics: ServerMetrics::new(),
-            members: Vec::new(),
-        });
+        let state = Arc::new(AppState { node: cluster.node(0).unwrap(), metrics: ServerMetrics::new() });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

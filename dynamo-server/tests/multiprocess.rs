@@ -431,6 +431,14 @@ async fn a_write_forwarded_to_a_stopped_node_never_undoes_a_later_delete() {
             (!pl.contains(&1)).then(|| (key, pl[0] as usize - 1))
         })
         .unwrap();
+    // A read at R = 3 through node 1 reaches every owner: node 1 counts
+    // them all up (none is suspected from the cluster's start), so the
+    // write below is forwarded to the first owner.
+    eventually("every owner answers node 1", || {
+        let (c, key) = (c1.clone(), key.clone());
+        async move { c.get(&key, Some(3)).await.map(|_| ()).map_err(|e| format!("{e:#}")) }
+    })
+    .await;
     let pid = nix::unistd::Pid::from_raw(cluster.nodes[owner].child.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let start = Instant::now();

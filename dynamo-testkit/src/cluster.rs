@@ -26,7 +26,9 @@ use dynamo_core::causality::SiblingSet;
 use dynamo_core::clock::Clock;
 use dynamo_core::config::Config;
 use dynamo_core::fault_point::FaultInjector;
+use dynamo_core::gossip::GossipSettings;
 use dynamo_core::member::{Member, NodeId};
+use dynamo_core::membership::{MemberInfo, MemberStatus};
 use dynamo_core::node::{LocalState, Node, NodeBuilder, ReadOptions};
 use dynamo_core::reconcile::{KeepSiblings, Reconciler};
 use dynamo_core::ring::Ring;
@@ -114,6 +116,8 @@ pub struct ClusterBuilder {
     backend: Option<Arc<dyn Backend>>,
     buffered: Option<Option<Duration>>,
     fault_injector: Option<Arc<dyn FaultInjector>>,
+    gossip: bool,
+    joiners: usize,
 }
 
 impl ClusterBuilder {
@@ -170,6 +174,22 @@ impl ClusterBuilder {
         self
     }
 
+    /// The nodes learn and spread membership by gossip, node 0 being every
+    /// node's seed (the founding nodes start from the ring of all of them).
+    pub fn gossip(mut self) -> Self {
+        self.gossip = true;
+        self
+    }
+
+    /// Adds `k` nodes after the founding ones that start with only the
+    /// seed (node 0): they learn the cluster by gossip and own nothing.
+    /// Implies [`ClusterBuilder::gossip`].
+    pub fn joiners(mut self, k: usize) -> Self {
+        self.joiners = k;
+        self.gossip = true;
+        self
+    }
+
     /// Lets `injector` trigger faults at core's fault points on every node.
     pub fn fault_injector(mut self, injector: Arc<dyn FaultInjector>) -> Self {
         self.fault_injector = Some(injector);
@@ -206,7 +226,7 @@ impl ClusterBuilder {
             Some(every) => Arc::new(SimBackend::with_buffered_stores(seed, every)),
             None => Arc::new(SimBackend::new(seed)),
         });
-        let members: Vec<Member> = (0..self.nodes)
+        let members: Vec<Member> = (0..self.nodes + self.joiners)
             .map(|i| {
                 let m = Member::new(NodeId(i as u64 + 1), backend.address(i));
                 match self.zones {
@@ -215,7 +235,11 @@ impl ClusterBuilder {
                 }
             })
             .collect();
-        let ring = Ring::new(self.config.partitions, self.config.n, members.clone())?;
+        let ring = Ring::new(self.config.partitions, self.config.n, members[..self.nodes].to_vec())?;
+        let mut config = self.config;
+        if self.gossip {
+            config.seeds = vec![backend.address(0)];
+        }
         let origin = tokio::time::Instant::now();
         let mut slots = Vec::with_capacity(members.len());
         for (i, member) in members.into_iter().enumerate() {
@@ -231,8 +255,10 @@ impl ClusterBuilder {
             backend,
             faults: Arc::new(Faults::default()),
             seed: self.seed,
-            config: self.config,
+            config,
             ring,
+            gossip: self.gossip,
+            founders: self.nodes,
             reconciler: self.reconciler,
             clock: Arc::new(SimClock::starting_at(origin)),
             history: History::new(),
@@ -267,6 +293,10 @@ pub struct Cluster {
     history: History,
     slots: Vec<Mutex<Slot>>,
     fault_injector: Option<Arc<dyn FaultInjector>>,
+    /// Whether the nodes gossip.
+    gossip: bool,
+    /// How many nodes founded the ring (the rest joined by gossip).
+    founders: usize,
 }
 
 impl Cluster {
@@ -288,6 +318,8 @@ impl Cluster {
             backend: None,
             buffered: None,
             fault_injector: None,
+            gossip: false,
+            joiners: 0,
         }
     }
 
@@ -305,9 +337,22 @@ impl Cluster {
         if let Some(injector) = &self.fault_injector {
             builder = builder.fault_injector(Arc::clone(injector));
         }
+        builder = if self.gossip {
+            let local = MemberInfo {
+                id: member.id,
+                addr: member.addr.clone(),
+                client_addr: None,
+                zone: member.zone.clone(),
+                capacity: member.capacity,
+                status: MemberStatus::Joining,
+            };
+            let initial_ring = (i < self.founders).then(|| self.ring.clone());
+            builder.gossip(GossipSettings { local, initial_ring })
+        } else {
+            builder.ring(self.ring.clone())
+        };
         let node = builder
             .config(self.config.clone())
-            .ring(self.ring.clone())
             .store(store)
             .transport(FaultyTransport::wrap(
                 self.backend.transport(&member.addr).await?,
@@ -376,6 +421,35 @@ impl Cluster {
     /// The index of the node with id `id`.
     pub fn index_of(&self, id: NodeId) -> Option<usize> {
         (0..self.len()).find(|&i| self.slot(i).member.id == id)
+    }
+
+    /// Whether every running node's gossip state is the same (`false` when
+    /// the nodes do not gossip).
+    pub fn gossip_converged(&self) -> bool {
+        let states: Vec<u64> =
+            (0..self.len()).filter_map(|i| self.node(i)?.gossip_state()).map(|s| s.hash()).collect();
+        !states.is_empty() && states.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// Waits until every running node's gossip state is the same.
+    ///
+    /// # Errors
+    /// How many distinct states there still are when `timeout` passes.
+    pub async fn wait_gossip_converged(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.gossip_converged() {
+            if tokio::time::Instant::now() >= deadline {
+                let distinct: std::collections::BTreeSet<u64> =
+                    (0..self.len()).filter_map(|i| self.node(i)?.gossip_state()).map(|s| s.hash()).collect();
+                return Err(format!(
+                    "{} distinct gossip states after {timeout:?} (seed {})",
+                    distinct.len(),
+                    self.seed
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// The indexes of the preference list of `key`.

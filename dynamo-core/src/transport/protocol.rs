@@ -14,7 +14,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::causality::CausalContext;
 use crate::error::Error;
+use crate::gossip::{Digest, MemberEntry};
 use crate::member::NodeId;
+use crate::ring::RingLayout;
 use crate::store::StoreError;
 
 /// The protocol version this build speaks. Version 2 gave forwarded
@@ -62,6 +64,32 @@ pub enum Request {
     /// Coordinate a write here (a forwarded client put or delete).
     /// Answered with [`Response::Written`].
     Coordinate(WriteRequest),
+    /// Opens a gossip exchange: the sender's cluster, id and state hash.
+    /// Answered with [`Response::GossipInSync`] or [`Response::GossipDigest`].
+    GossipSyn {
+        /// The sender's cluster name.
+        cluster: String,
+        /// The sender's id.
+        from: NodeId,
+        /// A hash of the sender's whole gossip state.
+        hash: u64,
+    },
+    /// The second half of a gossip exchange: entries the receiver lacks and
+    /// what the sender wants. Answered with [`Response::GossipDelta`].
+    GossipDelta {
+        /// The sender's cluster name.
+        cluster: String,
+        /// The sender's id.
+        from: NodeId,
+        /// Entries newer at the sender.
+        entries: Vec<MemberEntry>,
+        /// The sender's ring, if newer.
+        ring: Option<RingLayout>,
+        /// Members whose entries the sender wants.
+        want: Vec<NodeId>,
+        /// Whether the sender wants the receiver's ring.
+        want_ring: bool,
+    },
 }
 
 /// The identity of one client write: the node that received it from the
@@ -134,6 +162,27 @@ pub enum Response {
     },
     /// The request failed.
     Error(WireError),
+    /// Answer to [`Request::GossipSyn`]: the states hash the same.
+    GossipInSync {
+        /// The answering node.
+        from: NodeId,
+    },
+    /// Answer to [`Request::GossipSyn`]: the states differ; the answerer's digest.
+    GossipDigest {
+        /// The answering node.
+        from: NodeId,
+        /// Its state's stamps.
+        digest: Digest,
+    },
+    /// Answer to [`Request::GossipDelta`]: the entries asked for.
+    GossipDelta {
+        /// The answering node.
+        from: NodeId,
+        /// The wanted entries.
+        entries: Vec<MemberEntry>,
+        /// The answerer's ring, if wanted.
+        ring: Option<RingLayout>,
+    },
 }
 
 /// An error as it crosses the wire: a message for people, and the error's
@@ -193,6 +242,11 @@ enum WireErrorKind {
     Overloaded(String),
     /// Any other error: only its message travels.
     Other,
+    ForeignCluster {
+        ours: String,
+        theirs: String,
+    },
+    NotReady(String),
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -234,6 +288,10 @@ impl From<&Error> for WireError {
             Error::Expired { late_ms } => WireErrorKind::Expired { late_ms: *late_ms },
             Error::DuplicateRequest(id) => WireErrorKind::DuplicateRequest(id.clone()),
             Error::Overloaded(m) => WireErrorKind::Overloaded(m.clone()),
+            Error::ForeignCluster { ours, theirs } => {
+                WireErrorKind::ForeignCluster { ours: ours.clone(), theirs: theirs.clone() }
+            }
+            Error::NotReady(m) => WireErrorKind::NotReady(m.clone()),
             _ => WireErrorKind::Other,
         };
         let kind = postcard::to_stdvec(&kind).expect("error kinds always serialize");
@@ -278,6 +336,8 @@ impl WireError {
             WireErrorKind::DuplicateRequest(id) => Error::DuplicateRequest(id),
             WireErrorKind::Overloaded(m) => Error::Overloaded(m),
             WireErrorKind::Other => Error::Remote(self.message),
+            WireErrorKind::ForeignCluster { ours, theirs } => Error::ForeignCluster { ours, theirs },
+            WireErrorKind::NotReady(m) => Error::NotReady(m),
         }
     }
 }

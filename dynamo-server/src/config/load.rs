@@ -90,7 +90,8 @@ fn environment() -> Env {
 /// Fits N, R and W to a cluster of this node alone, for each of them no
 /// layer set.
 fn fit_single_node(config: &mut ServerConfig, user: &Figment) -> Vec<String> {
-    if !config.members.is_empty() {
+    if !config.members.is_empty() || !config.cluster.seeds.is_empty() {
+        // Listed members, or a cluster to learn from seeds: not a single node.
         return Vec::new();
     }
     let cluster = &mut config.cluster;

@@ -10,7 +10,8 @@ use super::DevArgs;
 use crate::config::{MemberConfig, ServerConfig};
 
 /// The configs of a local cluster under `data_dir` (made absolute): N =
-/// min(3, nodes), quorums of a majority.
+/// min(3, nodes), quorums of a majority; the nodes gossip, with node 1 as
+/// their seed, from the founding member list.
 ///
 /// # Errors
 /// No nodes, ports past 65535, or a value the configuration refuses.
@@ -47,6 +48,9 @@ pub fn dev_configs(args: &DevArgs, data_dir: &Path) -> anyhow::Result<Vec<Server
         c.cluster.n = n;
         c.cluster.r = quorum;
         c.cluster.w = quorum;
+        if args.nodes > 1 {
+            c.cluster.seeds = vec![members[0].addr.clone()];
+        }
         c.validate()?;
         configs.push(c);
     }

@@ -1,0 +1,454 @@
+//! Gossip membership (Dynamo §4.8): every node learns the members and the
+//! ring from its peers, with no central registry.
+//!
+//! Every `gossip_interval_ms` a node exchanges state with one peer
+//! (push-pull), going round the known members in a shuffled order so that
+//! each is met once per round of the list, and falling back to its
+//! configured seeds while it knows nobody. An exchange sends a hash of the
+//! whole state first: when nothing changed the round ends there, at a
+//! constant number of bytes whatever the cluster size. Otherwise the
+//! peers swap digests and then only the entries one of them lacks (see
+//! [`state`]). Every exchange tells the failure detector the peer is alive.
+//!
+//! The state is persisted in the store's meta table: a restarted node comes
+//! back with its id, addresses and the last ring it knew, and a new
+//! generation so that its entry supersedes the old one everywhere. Every
+//! node carries a cluster name; gossip from another cluster is refused and
+//! logged, and nothing of it is kept.
+
+pub mod state;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
+
+use crate::clock::HybridClock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::failure::FailureDetector;
+use crate::member::{Member, NodeId};
+use crate::membership::{ClusterView, MemberInfo, MemberStatus, Membership};
+use crate::replica::Replica;
+use crate::ring::{Ring, RingLayout};
+use crate::store::{Table, WriteBatch};
+use crate::transport::protocol::{Request, Response};
+use crate::transport::Transport;
+
+pub use state::{Delta, Digest, GossipState, MemberEntry, RingStamp, Stamp};
+
+/// Where the state is kept in the meta table.
+const STATE_KEY: &[u8] = b"gossip/state";
+
+/// What a node announces of itself when it takes part in gossip (the
+/// cluster's name, the seeds and the interval come from its
+/// [`Config`](crate::config::Config)).
+#[derive(Debug, Clone)]
+pub struct GossipSettings {
+    /// The node as it announces itself (its status is derived: active
+    /// while the ring lists it, joining otherwise).
+    pub local: MemberInfo,
+    /// The ring to start from when the store holds none (a founding
+    /// member's configured member list); `None` to learn it from a seed.
+    pub initial_ring: Option<Ring>,
+}
+
+/// A [`Membership`] kept up to date by gossip.
+pub struct Gossip {
+    local: NodeId,
+    cluster: String,
+    /// The partition count and N of this node's config: a ring of another
+    /// shape is refused.
+    shape: (u32, u64),
+    seeds: Vec<String>,
+    interval: Duration,
+    inner: Mutex<Inner>,
+    view: watch::Sender<Arc<ClusterView>>,
+    wiring: OnceLock<Wiring>,
+}
+
+struct Inner {
+    state: GossipState,
+    /// The ring built from `state.ring()`, rebuilt only when it changes.
+    ring: Option<(RingLayout, Arc<Ring>)>,
+    rng: ChaCha8Rng,
+    /// Members still to meet in this round of the list.
+    order: Vec<NodeId>,
+    /// Peers already warned about (foreign clusters, conflicting ids).
+    warned: BTreeSet<String>,
+}
+
+/// What gossip uses of the node it runs in.
+struct Wiring {
+    transport: Arc<dyn Transport>,
+    detector: Arc<dyn FailureDetector>,
+    replica: Arc<Replica>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("local", &self.local)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gossip {
+    /// Loads the persisted state (if any), takes a new generation for the
+    /// local entry and builds the first view.
+    pub(crate) async fn open(
+        config: &Config,
+        settings: GossipSettings,
+        replica: &Replica,
+        clock: &HybridClock,
+        seed: u64,
+    ) -> Result<Gossip> {
+        let stored = replica.load_meta(STATE_KEY).await?;
+        let mut state: GossipState = match stored {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| Error::Corrupt(format!("persisted gossip state: {e}")))?,
+            None => GossipState::new(),
+        };
+        if state.ring().is_none() {
+            if let Some(ring) = &settings.initial_ring {
+                state.merge_ring(ring.layout());
+            }
+        }
+        let local = settings.local.id;
+        let previous = state.member(local).map_or(0, |e| e.generation);
+        let generation = previous.saturating_add(1).max(clock.physical_us() / 1_000_000);
+        let mut info = settings.local.clone();
+        info.status = status_in(state.ring(), local);
+        state.merge_entry(MemberEntry { info, generation, version: 0 });
+        let gossip = Gossip {
+            local,
+            cluster: config.name.clone(),
+            shape: (config.partitions, config.n as u64),
+            seeds: config.seeds.clone(),
+            interval: config.gossip_interval(),
+            inner: Mutex::new(Inner {
+                state,
+                ring: None,
+                rng: ChaCha8Rng::seed_from_u64(seed ^ local.0.rotate_left(17)),
+                order: Vec::new(),
+                warned: BTreeSet::new(),
+            }),
+            view: watch::Sender::new(Arc::new(ClusterView::from_parts(None, Vec::new()))),
+            wiring: OnceLock::new(),
+        };
+        gossip.publish(&mut gossip.lock());
+        Ok(gossip)
+    }
+
+    /// Connects gossip to the node's transport, failure detector and store.
+    pub(crate) fn wire(
+        &self,
+        transport: Arc<dyn Transport>,
+        detector: Arc<dyn FailureDetector>,
+        replica: Arc<Replica>,
+        timeout: Duration,
+    ) {
+        let _ = self.wiring.set(Wiring { transport, detector, replica, timeout });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current state (for tests and operators).
+    pub fn state(&self) -> GossipState {
+        self.lock().state.clone()
+    }
+
+    /// The cluster's name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Rebuilds the view from the state and publishes it.
+    fn publish(&self, inner: &mut Inner) {
+        let layout = inner.state.ring().cloned();
+        let ring = match (&inner.ring, layout) {
+            (Some((held, ring)), Some(layout)) if *held == layout => Some(Arc::clone(ring)),
+            (_, Some(layout)) => match Ring::from_layout(layout.clone()) {
+                Ok(ring) => {
+                    let ring = Arc::new(ring);
+                    inner.ring = Some((layout, Arc::clone(&ring)));
+                    Some(ring)
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.local, error = %e, "gossip carried an invalid ring; keeping the last one");
+                    inner.ring.as_ref().map(|(_, r)| Arc::clone(r))
+                }
+            },
+            (_, None) => None,
+        };
+        // The local entry follows the ring: active while it lists us.
+        if let Some(mine) = inner.state.member(self.local) {
+            let status = status_in(inner.state.ring(), self.local);
+            if mine.info.status != status {
+                let mut entry = mine.clone();
+                entry.info.status = status;
+                entry.version += 1;
+                inner.state.merge_entry(entry);
+            }
+        }
+        let members = inner.state.members().map(|e| e.info.clone()).collect();
+        self.view.send_replace(Arc::new(ClusterView::from_parts(ring, members)));
+    }
+
+    /// Takes what a peer sent: entries and ring, checked first. Returns
+    /// whether the state changed (it is then persisted and published).
+    async fn absorb(&self, from: &str, entries: Vec<MemberEntry>, ring: Option<RingLayout>) -> bool {
+        let snapshot = {
+            let mut inner = self.lock();
+            let mut changed = false;
+            for entry in entries {
+                if let Err(why) = self.acceptable(&inner.state, &entry) {
+                    if inner.warned.insert(format!("{from}/{}", entry.info.id)) {
+                        tracing::warn!(node = %self.local, peer = from, "refused a gossiped entry: {why}");
+                    }
+                    continue;
+                }
+                changed |= inner.state.merge_entry(entry);
+            }
+            if let Some(ring) = ring {
+                let shape = (u32::try_from(ring.owners.len()).unwrap_or(u32::MAX), ring.replicas);
+                match Ring::from_layout(ring.clone()) {
+                    Ok(_) if shape == self.shape => changed |= inner.state.merge_ring(ring),
+                    Ok(_) => {
+                        if inner.warned.insert(format!("{from}/shape")) {
+                            tracing::warn!(
+                                node = %self.local,
+                                peer = from,
+                                "refused a gossiped ring of {} partitions and N = {}: this node is configured for {} and N = {}",
+                                shape.0, shape.1, self.shape.0, self.shape.1
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.local, peer = from, error = %e, "refused a gossiped ring")
+                    }
+                }
+            }
+            if !changed {
+                return false;
+            }
+            self.publish(&mut inner);
+            inner.state.clone()
+        };
+        self.persist(&snapshot).await;
+        true
+    }
+
+    /// Whether an entry from a peer may be taken: never for this node's
+    /// own id (it alone speaks for itself), never with a changed address
+    /// unless from a later generation (another node claiming an id), and
+    /// only with a usable address and capacity.
+    fn acceptable(&self, state: &GossipState, entry: &MemberEntry) -> std::result::Result<(), String> {
+        let id = entry.info.id;
+        if id == self.local {
+            let mine = state.member(id).map(MemberEntry::stamp);
+            if mine.is_some_and(|m| entry.stamp() > m) {
+                return Err(format!("another node claims this node's id {id} (at {})", entry.info.addr));
+            }
+            return Ok(());
+        }
+        if entry.info.addr.is_empty() || entry.info.capacity == 0 {
+            return Err(format!("member {id} has no address or a zero capacity"));
+        }
+        match state.member(id) {
+            Some(held) if held.info.addr != entry.info.addr && entry.generation <= held.generation => {
+                Err(format!(
+                    "member {id} is at {}, and an entry of the same generation claims {}",
+                    held.info.addr, entry.info.addr
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn persist(&self, state: &GossipState) {
+        let Some(wiring) = self.wiring.get() else { return };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Table::Meta,
+            STATE_KEY,
+            postcard::to_stdvec(state).expect("gossip state always serializes"),
+        );
+        if let Err(e) = wiring.replica.commit(batch).await {
+            tracing::warn!(node = %self.local, error = %e, "cannot persist the gossip state");
+        }
+    }
+
+    fn refuse_foreign(&self, cluster: &str, from: NodeId) -> Result<()> {
+        if cluster == self.cluster {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        if inner.warned.insert(format!("cluster/{cluster}/{from}")) {
+            tracing::warn!(node = %self.local, peer = %from, theirs = cluster, ours = %self.cluster, "refused gossip from another cluster");
+        }
+        Err(Error::ForeignCluster { ours: self.cluster.clone(), theirs: cluster.to_owned() })
+    }
+
+    /// Answers a peer's opening of an exchange: in sync, or our digest.
+    pub(crate) fn handle_syn(&self, cluster: &str, from: NodeId, hash: u64) -> Result<Response> {
+        self.refuse_foreign(cluster, from)?;
+        if let Some(w) = self.wiring.get() {
+            w.detector.record_success(from);
+        }
+        let inner = self.lock();
+        if inner.state.hash() == hash {
+            return Ok(Response::GossipInSync { from: self.local });
+        }
+        Ok(Response::GossipDigest { from: self.local, digest: inner.state.digest() })
+    }
+
+    /// Takes a peer's delta and answers with what it asked for.
+    pub(crate) async fn handle_delta(&self, cluster: &str, from: NodeId, delta: Delta) -> Result<Response> {
+        self.refuse_foreign(cluster, from)?;
+        if let Some(w) = self.wiring.get() {
+            w.detector.record_success(from);
+        }
+        self.absorb(&from.to_string(), delta.entries, delta.ring).await;
+        let inner = self.lock();
+        let entries = inner.state.entries(&delta.want);
+        let ring = if delta.want_ring { inner.state.ring().cloned() } else { None };
+        Ok(Response::GossipDelta { from: self.local, entries, ring })
+    }
+
+    /// The next peer to meet: the members in a shuffled order, one per
+    /// round; a seed while no other member is known.
+    fn next_target(&self) -> Option<(Option<NodeId>, String)> {
+        let mut inner = self.lock();
+        let others: Vec<(NodeId, String)> = inner
+            .state
+            .members()
+            .filter(|e| e.info.id != self.local)
+            .map(|e| (e.info.id, e.info.addr.clone()))
+            .collect();
+        if others.is_empty() || inner.state.ring().is_none() {
+            let mine = inner.state.member(self.local).map(|e| e.info.addr.clone()).unwrap_or_default();
+            let seeds: Vec<&String> = self.seeds.iter().filter(|s| **s != mine).collect();
+            if seeds.is_empty() {
+                return None;
+            }
+            let i = inner.rng.random_range(0..seeds.len());
+            return Some((None, seeds[i].clone()));
+        }
+        loop {
+            if inner.order.is_empty() {
+                let mut order: Vec<NodeId> = others.iter().map(|(id, _)| *id).collect();
+                for i in (1..order.len()).rev() {
+                    let j = inner.rng.random_range(0..=i);
+                    order.swap(i, j);
+                }
+                inner.order = order;
+            }
+            let id = inner.order.pop()?;
+            if let Some((_, addr)) = others.iter().find(|(o, _)| *o == id) {
+                return Some((Some(id), addr.clone()));
+            }
+        }
+    }
+
+    /// One round: an exchange with the next peer.
+    pub(crate) async fn round(&self) {
+        let Some(wiring) = self.wiring.get() else { return };
+        let Some((id, addr)) = self.next_target() else { return };
+        match self.exchange(wiring, &addr).await {
+            Ok(peer) => wiring.detector.record_success(peer),
+            Err(e) => {
+                if let Some(id) = id {
+                    wiring.detector.record_failure(id);
+                }
+                let no_ring = self.lock().state.ring().is_none();
+                if no_ring {
+                    tracing::warn!(node = %self.local, seed = %addr, error = %e, "no seed answered yet; retrying");
+                } else {
+                    tracing::debug!(node = %self.local, peer = %addr, error = %e, "gossip exchange failed");
+                }
+            }
+        }
+    }
+
+    /// A push-pull exchange with the node at `addr`; returns its id.
+    async fn exchange(&self, wiring: &Wiring, addr: &str) -> Result<NodeId> {
+        let hash = self.lock().state.hash();
+        let syn = Request::GossipSyn { cluster: self.cluster.clone(), from: self.local, hash };
+        let digest = match call(wiring, addr, syn.encode()).await? {
+            Response::GossipInSync { from } => return Ok(from),
+            Response::GossipDigest { from: _, digest } => digest,
+            Response::Error(e) => return Err(e.into_error()),
+            other => return Err(Error::Protocol(format!("unexpected answer to gossip: {other:?}"))),
+        };
+        let delta = self.lock().state.delta_for(&digest);
+        let request = Request::GossipDelta {
+            cluster: self.cluster.clone(),
+            from: self.local,
+            entries: delta.entries,
+            ring: delta.ring,
+            want: delta.want,
+            want_ring: delta.want_ring,
+        };
+        match call(wiring, addr, request.encode()).await? {
+            Response::GossipDelta { from, entries, ring } => {
+                self.absorb(addr, entries, ring).await;
+                Ok(from)
+            }
+            Response::Error(e) => Err(e.into_error()),
+            other => Err(Error::Protocol(format!("unexpected answer to gossip: {other:?}"))),
+        }
+    }
+
+    /// Runs a round every interval until the gossip is dropped.
+    pub(crate) async fn run(gossip: std::sync::Weak<Gossip>) {
+        let Some(interval) = gossip.upgrade().map(|g| g.interval) else { return };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(g) = gossip.upgrade() else { return };
+            g.round().await;
+        }
+    }
+}
+
+async fn call(wiring: &Wiring, addr: &str, frame: Bytes) -> Result<Response> {
+    let bytes = wiring.transport.call(addr, frame, wiring.timeout).await.map_err(Error::Transport)?;
+    Response::decode(&bytes)
+}
+
+/// A member's status under `ring`: active while the ring lists it.
+fn status_in(ring: Option<&RingLayout>, id: NodeId) -> MemberStatus {
+    match ring {
+        Some(r) if r.members.iter().any(|m| m.id == id) => MemberStatus::Active,
+        _ => MemberStatus::Joining,
+    }
+}
+
+impl Membership for Gossip {
+    fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    fn view(&self) -> Arc<ClusterView> {
+        Arc::clone(&self.view.borrow())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+}
+
+/// The ring member a [`MemberInfo`] stands for.
+pub fn ring_member(info: &MemberInfo) -> Member {
+    Member { id: info.id, addr: info.addr.clone(), zone: info.zone.clone(), capacity: info.capacity }
+}
