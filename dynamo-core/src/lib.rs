@@ -10,6 +10,9 @@
 //! - [`membership`]: the [`Membership`](membership::Membership) plugin point
 //!   and [`StaticMembership`](membership::StaticMembership).
 //! - [`node`]: a node assembled from plugins, and the embedded API.
+//! - [`merkle`]: per-partition Merkle (tictac) trees for anti-entropy, and
+//!   [`admission`]: the controller that sizes background work by foreground
+//!   latency (both pure; not wired into the node yet).
 //!
 //! The request path, one module per role (each names its paper section):
 //! [`coordinator`] (client requests, quorums), [`sloppy_quorum`] (who is
@@ -19,6 +22,7 @@
 //! (`replica`), actor epochs (`epoch`), store threads and group commit
 //! (`store_io`) are private.
 
+pub mod admission;
 pub mod causality;
 pub mod clock;
 pub mod config;
@@ -31,6 +35,7 @@ pub mod gossip;
 pub mod hinted_handoff;
 pub mod member;
 pub mod membership;
+pub mod merkle;
 pub mod metrics;
 pub mod node;
 mod peers;
