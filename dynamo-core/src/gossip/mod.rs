@@ -210,6 +210,10 @@ impl Gossip {
             let mut inner = self.lock();
             let mut changed = false;
             for entry in entries {
+                if entry.info.id == self.local {
+                    changed |= self.refute(&mut inner.state, &entry);
+                    continue;
+                }
                 if let Err(why) = self.acceptable(&inner.state, &entry) {
                     if inner.warned.insert(format!("{from}/{}", entry.info.id)) {
                         tracing::warn!(node = %self.local, peer = from, "refused a gossiped entry: {why}");
@@ -247,19 +251,33 @@ impl Gossip {
         true
     }
 
-    /// Whether an entry from a peer may be taken: never for this node's
-    /// own id (it alone speaks for itself), never with a changed address
-    /// unless from a later generation (another node claiming an id), and
-    /// only with a usable address and capacity.
+    /// Answers an entry for this node's own id that peers hold: this node
+    /// alone speaks for itself. An entry stamped above its own (left by a
+    /// former incarnation whose store was lost, or written under a clock
+    /// that ran ahead) is superseded by a new generation above it, as SWIM
+    /// refutes a suspicion; one claiming another address is another node
+    /// using this id, which is logged. Returns whether the state changed.
+    fn refute(&self, state: &mut GossipState, theirs: &MemberEntry) -> bool {
+        let Some(mine) = state.member(self.local).cloned() else { return false };
+        if theirs.stamp() <= mine.stamp() {
+            return false;
+        }
+        if theirs.info.addr != mine.info.addr {
+            tracing::error!(
+                node = %self.local,
+                other = %theirs.info.addr,
+                "another node claims this node's id; give every node its own id"
+            );
+        }
+        let generation = theirs.generation.max(mine.generation).saturating_add(1);
+        state.merge_entry(MemberEntry { info: mine.info, generation, version: 0 })
+    }
+
+    /// Whether an entry from a peer for another member may be taken: never
+    /// with a changed address unless from a later generation (another node
+    /// claiming an id), and only with a usable address and capacity.
     fn acceptable(&self, state: &GossipState, entry: &MemberEntry) -> std::result::Result<(), String> {
         let id = entry.info.id;
-        if id == self.local {
-            let mine = state.member(id).map(MemberEntry::stamp);
-            if mine.is_some_and(|m| entry.stamp() > m) {
-                return Err(format!("another node claims this node's id {id} (at {})", entry.info.addr));
-            }
-            return Ok(());
-        }
         if entry.info.addr.is_empty() || entry.info.capacity == 0 {
             return Err(format!("member {id} has no address or a zero capacity"));
         }

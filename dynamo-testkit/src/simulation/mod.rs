@@ -18,7 +18,8 @@
 //! - no acknowledged set-union add is lost;
 //! - no acknowledged delete is undone (a value the deleting read saw never
 //!   reads back);
-//! - every key converges to one state on all its replicas;
+//! - every key converges to one state on all its replicas, and with gossip
+//!   every node's view of the members and the ring to one state;
 //! - a write refused for the sibling bound never takes effect;
 //! - no panic, and no error log unless store failures were injected;
 //! - the application's own [`Invariant`]s.
@@ -302,6 +303,11 @@ impl Simulation {
 
         faults::heal(&cluster, &faults).await.map_err(|e| fail("heal", None, e, Vec::new()))?;
         let history = cluster.history().clone();
+        if plan.gossip {
+            if let Err(e) = cluster.wait_gossip_converged(CONVERGE).await {
+                return Err(fail("gossip-convergence", None, e, Vec::new()));
+            }
+        }
         if let Err(e) = cluster.wait_converged(CONVERGE).await {
             return Err(fail("convergence", None, e, Vec::new()));
         }
@@ -375,6 +381,9 @@ impl Simulation {
             .fault_injector(faults);
         if !plan.sloppy {
             builder = builder.strict();
+        }
+        if plan.gossip {
+            builder = builder.gossip();
         }
         if plan.buffered {
             builder = builder.buffered_stores(Some(FLUSH_EVERY));

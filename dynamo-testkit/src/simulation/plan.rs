@@ -82,6 +82,9 @@ pub struct SimPlan {
     pub w: usize,
     /// Sloppy quorum with hinted handoff, or strict.
     pub sloppy: bool,
+    /// The nodes learn membership by gossip (and judge liveness by phi),
+    /// or keep a fixed member list.
+    pub gossip: bool,
     /// The reconciler.
     pub reconciler: ReconcilerChoice,
     /// Stores in buffered durability, which lose unflushed writes on a
@@ -131,6 +134,7 @@ impl SimPlan {
             r,
             w,
             sloppy: rng.random_bool(0.8),
+            gossip: rng.random_bool(0.4),
             reconciler,
             buffered: rng.random_bool(0.3),
             max_siblings: if rng.random_bool(0.2) { rng.random_range(3..=6) } else { 100 },
@@ -243,12 +247,13 @@ impl fmt::Display for SimPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} nodes, N={} R={} W={}, {}, {:?}, {} stores, max_siblings {}, {} clients x {} ops",
+            "{} nodes, N={} R={} W={}, {}, {}, {:?}, {} stores, max_siblings {}, {} clients x {} ops",
             self.nodes,
             self.n,
             self.r,
             self.w,
             if self.sloppy { "sloppy" } else { "strict" },
+            if self.gossip { "gossip" } else { "fixed members" },
             self.reconciler,
             if self.buffered { "buffered" } else { "durable" },
             self.max_siblings,
