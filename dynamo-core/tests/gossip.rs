@@ -159,3 +159,55 @@ async fn a_restarted_node_keeps_its_identity_and_view() {
     let seen = cluster.node(0).unwrap().gossip_state().unwrap().member(NodeId(4)).unwrap().generation;
     assert_eq!(seen, after);
 }
+
+/// Bad gossip changes nothing: a ring of another shape, an entry with no
+/// address, a member claiming another node's id at another address, and a
+/// delta from another cluster are refused; the receiver's state is as
+/// before.
+#[tokio::test(start_paused = true)]
+async fn bad_gossip_is_refused_and_changes_nothing() {
+    use dynamo_core::gossip::MemberEntry;
+    use dynamo_core::transport::protocol::{Request, Response};
+    let cluster = Cluster::builder().nodes(3).gossip().build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let node = cluster.node(0).unwrap();
+    let before = node.gossip_state().unwrap();
+    let probe = cluster.net().endpoint("probe");
+    let addr = cluster.ring().member(NodeId(1)).unwrap().addr.clone();
+    let entry = |id: u64, addr: &str, generation: u64| MemberEntry {
+        info: MemberInfo {
+            id: NodeId(id),
+            addr: addr.into(),
+            client_addr: None,
+            zone: None,
+            capacity: 1,
+            status: MemberStatus::Active,
+        },
+        generation,
+        version: 0,
+    };
+    let other_shape = Ring::new(32, 3, vec![Member::new(NodeId(7), "x")]).unwrap().layout();
+    let held = before.member(NodeId(2)).unwrap().generation;
+    let deltas = [
+        ("dynamo", vec![], Some(other_shape)),
+        ("dynamo", vec![entry(8, "", 1)], None),
+        ("dynamo", vec![entry(2, "sim-impostor", held)], None),
+        ("another", vec![entry(9, "sim-9", 1)], None),
+    ];
+    for (cluster_name, entries, ring) in deltas {
+        let request = Request::GossipDelta {
+            cluster: cluster_name.into(),
+            from: NodeId(99),
+            entries,
+            ring,
+            want: vec![],
+            want_ring: false,
+        };
+        let answer = probe.call(&addr, request.encode(), Duration::from_secs(1)).await.unwrap();
+        let answer = Response::decode(&answer).unwrap();
+        if cluster_name == "another" {
+            assert!(matches!(answer, Response::Error(_)), "{answer:?}");
+        }
+    }
+    assert_eq!(node.gossip_state().unwrap(), before, "refused gossip changed nothing");
+}

@@ -488,3 +488,77 @@ async fn a_write_forwarded_to_a_stopped_node_never_undoes_a_later_delete() {
     let live = local["data"]["siblings"].as_array().cloned().unwrap_or_default();
     assert!(live.iter().all(|s| s["tombstone"] == true), "the late write executed on the owner: {local}");
 }
+
+/// Gossip between real processes: every node's `/admin/members` shows the
+/// others `up`; a SIGKILLed node is shown `down` by the others within the
+/// bound (its first missed gossip round, at 250 ms rounds: well under 5 s),
+/// and `up` again after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossiping_nodes_see_a_killed_peer_down_and_back_up() {
+    const BOUND: Duration = Duration::from_secs(5);
+    let mut cluster = ProcCluster::start_with(3, |c| {
+        c.cluster.seeds = vec![c.members[0].addr.clone()];
+        c.cluster.gossip_interval_ms = 250;
+    })
+    .ready()
+    .await;
+    let clients: Vec<ApiClient> = (0..3).map(|i| cluster.client(i)).collect();
+    let statuses = |node: usize| {
+        let client = clients[node].clone();
+        async move {
+            let members = client.json("/admin/members").await.map_err(|e| format!("{e:#}"))?;
+            let list = members["members"].as_array().cloned().unwrap_or_default();
+            Ok::<Vec<(u64, String)>, String>(
+                list.iter()
+                    .filter(|m| m["self"] != serde_json::json!(true))
+                    .map(|m| (m["id"].as_u64().unwrap_or(0), m["status"].as_str().unwrap_or("").to_owned()))
+                    .collect(),
+            )
+        }
+    };
+    for node in 0..3 {
+        eventually(&format!("node {} sees the others up", node + 1), || {
+            let fetch = statuses(node);
+            async move {
+                let seen = fetch.await?;
+                if seen.len() == 2 && seen.iter().all(|(_, s)| s == "up") {
+                    Ok(())
+                } else {
+                    Err(format!("{seen:?}"))
+                }
+            }
+        })
+        .await;
+    }
+    cluster.kill(2);
+    let killed = Instant::now();
+    for node in 0..2 {
+        loop {
+            let seen = statuses(node).await.unwrap();
+            if seen.iter().any(|(id, s)| *id == 3 && s == "down") {
+                break;
+            }
+            assert!(
+                killed.elapsed() < BOUND,
+                "node {} still shows node 3 {seen:?} after {BOUND:?}",
+                node + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!("node 3 shown down by both others after {:?}", killed.elapsed());
+    cluster.restart(2).await;
+    let restarted = Instant::now();
+    for node in 0..2 {
+        loop {
+            let seen = statuses(node).await.unwrap();
+            if seen.iter().any(|(id, s)| *id == 3 && s == "up") {
+                break;
+            }
+            assert!(restarted.elapsed() < BOUND, "node {} still shows node 3 {seen:?}", node + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let members = cluster.client(0).json("/admin/members").await.unwrap();
+    assert!(members["members"][1]["phi"].is_number(), "phi is shown: {members}");
+}

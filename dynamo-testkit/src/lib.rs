@@ -17,6 +17,7 @@ pub mod buffered_store;
 pub mod client;
 pub mod cluster;
 pub mod conformance;
+pub mod gossip_scale;
 pub mod history;
 pub mod scenarios;
 pub mod sim_net;

@@ -73,6 +73,8 @@ pub struct Gossip {
 
 struct Inner {
     state: GossipState,
+    /// `state.hash()`, kept up to date by `publish`.
+    hash: u64,
     /// The ring built from `state.ring()`, rebuilt only when it changes.
     ring: Option<(RingLayout, Arc<Ring>)>,
     rng: ChaCha8Rng,
@@ -86,7 +88,8 @@ struct Inner {
 struct Wiring {
     transport: Arc<dyn Transport>,
     detector: Arc<dyn FailureDetector>,
-    replica: Arc<Replica>,
+    /// Where the state is persisted (`None` for a standalone gossiper).
+    replica: Option<Arc<Replica>>,
     timeout: Duration,
 }
 
@@ -110,19 +113,30 @@ impl Gossip {
         seed: u64,
     ) -> Result<Gossip> {
         let stored = replica.load_meta(STATE_KEY).await?;
-        let mut state: GossipState = match stored {
+        let state: GossipState = match stored {
             Some(bytes) => postcard::from_bytes(&bytes)
                 .map_err(|e| Error::Corrupt(format!("persisted gossip state: {e}")))?,
             None => GossipState::new(),
         };
+        let previous = state.member(settings.local.id).map_or(0, |e| e.generation);
+        let generation = previous.saturating_add(1).max(clock.physical_us() / 1_000_000);
+        Ok(Gossip::from_state(config, settings, state, generation, seed))
+    }
+
+    /// A gossiper holding `state` plus its own entry under `generation`.
+    fn from_state(
+        config: &Config,
+        settings: GossipSettings,
+        mut state: GossipState,
+        generation: u64,
+        seed: u64,
+    ) -> Gossip {
+        let local = settings.local.id;
         if state.ring().is_none() {
             if let Some(ring) = &settings.initial_ring {
                 state.merge_ring(ring.layout());
             }
         }
-        let local = settings.local.id;
-        let previous = state.member(local).map_or(0, |e| e.generation);
-        let generation = previous.saturating_add(1).max(clock.physical_us() / 1_000_000);
         let mut info = settings.local.clone();
         info.status = status_in(state.ring(), local);
         state.merge_entry(MemberEntry { info, generation, version: 0 });
@@ -133,6 +147,7 @@ impl Gossip {
             seeds: config.seeds.clone(),
             interval: config.gossip_interval(),
             inner: Mutex::new(Inner {
+                hash: state.hash(),
                 state,
                 ring: None,
                 rng: ChaCha8Rng::seed_from_u64(seed ^ local.0.rotate_left(17)),
@@ -143,7 +158,7 @@ impl Gossip {
             wiring: OnceLock::new(),
         };
         gossip.publish(&mut gossip.lock());
-        Ok(gossip)
+        gossip
     }
 
     /// Connects gossip to the node's transport, failure detector and store.
@@ -154,7 +169,52 @@ impl Gossip {
         replica: Arc<Replica>,
         timeout: Duration,
     ) {
-        let _ = self.wiring.set(Wiring { transport, detector, replica, timeout });
+        let _ = self.wiring.set(Wiring { transport, detector, replica: Some(replica), timeout });
+    }
+
+    /// A gossiper with no node around it and nothing persisted: for
+    /// simulations of membership alone (many gossipers on one simulated
+    /// network). Serve its peers' requests with [`Gossip::handle`] and run
+    /// its rounds with [`Gossip::round`].
+    pub fn standalone(
+        config: &Config,
+        settings: GossipSettings,
+        seed: u64,
+        transport: Arc<dyn Transport>,
+        detector: Arc<dyn FailureDetector>,
+    ) -> Gossip {
+        let gossip = Gossip::from_state(config, settings, GossipState::new(), 1, seed);
+        let timeout = config.replica_timeout();
+        let _ = gossip.wiring.set(Wiring { transport, detector, replica: None, timeout });
+        gossip
+    }
+
+    /// Answers a gossip request from a peer (anything else is refused).
+    pub async fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::GossipSyn { cluster, from, hash } => self.handle_syn(&cluster, from, hash),
+            Request::GossipDelta { cluster, from, entries, ring, want, want_ring } => {
+                self.handle_delta(&cluster, from, Delta { entries, ring, want, want_ring }).await
+            }
+            other => Err(Error::Protocol(format!("a standalone gossiper serves no {other:?}"))),
+        };
+        result.unwrap_or_else(|e| Response::error(&e))
+    }
+
+    /// Changes this node's own entry (its client address, zone, capacity)
+    /// under a new version, so gossip spreads the change.
+    pub async fn update_local(&self, change: impl FnOnce(&mut MemberInfo)) {
+        let snapshot = {
+            let mut inner = self.lock();
+            let Some(mut entry) = inner.state.member(self.local).cloned() else { return };
+            change(&mut entry.info);
+            entry.info.id = self.local;
+            entry.version += 1;
+            inner.state.merge_entry(entry);
+            self.publish(&mut inner);
+            inner.state.clone()
+        };
+        self.persist(&snapshot).await;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -199,6 +259,7 @@ impl Gossip {
                 inner.state.merge_entry(entry);
             }
         }
+        inner.hash = inner.state.hash();
         let members = inner.state.members().map(|e| e.info.clone()).collect();
         self.view.send_replace(Arc::new(ClusterView::from_parts(ring, members)));
     }
@@ -293,14 +354,14 @@ impl Gossip {
     }
 
     async fn persist(&self, state: &GossipState) {
-        let Some(wiring) = self.wiring.get() else { return };
+        let Some(replica) = self.wiring.get().and_then(|w| w.replica.as_ref()) else { return };
         let mut batch = WriteBatch::new();
         batch.put(
             Table::Meta,
             STATE_KEY,
             postcard::to_stdvec(state).expect("gossip state always serializes"),
         );
-        if let Err(e) = wiring.replica.commit(batch).await {
+        if let Err(e) = replica.commit(batch).await {
             tracing::warn!(node = %self.local, error = %e, "cannot persist the gossip state");
         }
     }
@@ -323,7 +384,7 @@ impl Gossip {
             w.detector.record_success(from);
         }
         let inner = self.lock();
-        if inner.state.hash() == hash {
+        if inner.hash == hash {
             return Ok(Response::GossipInSync { from: self.local });
         }
         Ok(Response::GossipDigest { from: self.local, digest: inner.state.digest() })
@@ -377,8 +438,9 @@ impl Gossip {
         }
     }
 
-    /// One round: an exchange with the next peer.
-    pub(crate) async fn round(&self) {
+    /// One round: an exchange with the next peer (the node's own task runs
+    /// one every interval).
+    pub async fn round(&self) {
         let Some(wiring) = self.wiring.get() else { return };
         let Some((id, addr)) = self.next_target() else { return };
         match self.exchange(wiring, &addr).await {
@@ -399,7 +461,7 @@ impl Gossip {
 
     /// A push-pull exchange with the node at `addr`; returns its id.
     async fn exchange(&self, wiring: &Wiring, addr: &str) -> Result<NodeId> {
-        let hash = self.lock().state.hash();
+        let hash = self.lock().hash;
         let syn = Request::GossipSyn { cluster: self.cluster.clone(), from: self.local, hash };
         let digest = match call(wiring, addr, syn.encode()).await? {
             Response::GossipInSync { from } => return Ok(from),
