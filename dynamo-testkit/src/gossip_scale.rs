@@ -134,7 +134,8 @@ pub async fn measure(nodes: usize, seed: u64) -> ScaleReport {
     let idle = bytes.swap(0, Ordering::Relaxed) as f64 / (nodes as f64 * f64::from(IDLE));
     let changer = &gossipers[nodes - 1];
     changer.update_local(|info| info.capacity = 2).await;
-    let knows = |g: &Arc<Gossip>| g.state().member(NodeId(nodes as u64)).is_some_and(|e| e.info.capacity == 2);
+    let knows =
+        |g: &Arc<Gossip>| g.state().member(NodeId(nodes as u64)).is_some_and(|e| e.info.capacity == 2);
     let mut rounds_to_spread = 0;
     while !gossipers.iter().all(knows) && rounds_to_spread < 10_000 {
         round(&gossipers).await;

@@ -14,7 +14,11 @@ async fn gossip_spreads_in_logarithmic_rounds_and_idles_at_constant_cost() {
             r.rounds_to_join, r.rounds_to_spread, r.idle_bytes_per_node_round, r.change_bytes_per_node_round
         );
         let bound = 2.0 * (n as f64).log2();
-        assert!(f64::from(r.rounds_to_spread) <= bound, "n = {n}: {} rounds > {bound:.1}", r.rounds_to_spread);
+        assert!(
+            f64::from(r.rounds_to_spread) <= bound,
+            "n = {n}: {} rounds > {bound:.1}",
+            r.rounds_to_spread
+        );
         reports.push(r);
     }
     // An idle round is a hash and an "in sync": its size does not depend
