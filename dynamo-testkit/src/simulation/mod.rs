@@ -383,7 +383,7 @@ impl Simulation {
             builder = builder.strict();
         }
         if plan.gossip {
-            builder = builder.gossip();
+            builder = builder.gossip().joiners(plan.joiners);
         }
         if plan.buffered {
             builder = builder.buffered_stores(Some(FLUSH_EVERY));

@@ -85,6 +85,9 @@ pub struct SimPlan {
     /// The nodes learn membership by gossip (and judge liveness by phi),
     /// or keep a fixed member list.
     pub gossip: bool,
+    /// Nodes that start with only a seed (gossip runs only): they learn
+    /// the cluster, own nothing, and take client requests.
+    pub joiners: usize,
     /// The reconciler.
     pub reconciler: ReconcilerChoice,
     /// Stores in buffered durability, which lose unflushed writes on a
@@ -135,6 +138,7 @@ impl SimPlan {
             w,
             sloppy: rng.random_bool(0.8),
             gossip: rng.random_bool(0.4),
+            joiners: 0,
             reconciler,
             buffered: rng.random_bool(0.3),
             max_siblings: if rng.random_bool(0.2) { rng.random_range(3..=6) } else { 100 },
@@ -143,6 +147,8 @@ impl SimPlan {
             faults: Vec::new(),
         };
         plan.faults = draw_faults(&mut rng, &plan);
+        // Drawn last, so that adding it left every earlier plan as it was.
+        plan.joiners = usize::from(plan.gossip && rng.random_bool(0.3));
         plan
     }
 
@@ -253,7 +259,7 @@ impl fmt::Display for SimPlan {
             self.r,
             self.w,
             if self.sloppy { "sloppy" } else { "strict" },
-            if self.gossip { "gossip" } else { "fixed members" },
+            if self.gossip { format!("gossip (+{} joining)", self.joiners) } else { "fixed members".into() },
             self.reconciler,
             if self.buffered { "buffered" } else { "durable" },
             self.max_siblings,
