@@ -25,11 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::member::NodeId;
 
 /// The format-version byte that starts every encoding made by this module.
-/// Version 2 timestamps siblings in microseconds (hybrid logical clock) and
-/// carries the highest timestamp seen in context tokens; version 1
-/// (milliseconds, no timestamp in tokens) is still decoded.
-const FORMAT_VERSION: u8 = 2;
-/// The previous format, decoded for data written before version 2.
+/// Version 3 gives each sibling its value's content type; version 2
+/// timestamped siblings in microseconds (hybrid logical clock) and carried
+/// the highest timestamp seen in context tokens; version 1 timestamped in
+/// milliseconds. Every earlier version is still decoded.
+const FORMAT_VERSION: u8 = 3;
+/// Sibling states without content types, in microseconds.
+const FORMAT_V2: u8 = 2;
+/// The first format: milliseconds, no timestamp in tokens.
 const FORMAT_V1: u8 = 1;
 
 /// Who issued a dot: a node in one of its epochs.
@@ -347,6 +350,24 @@ pub struct Sibling {
     pub timestamp_us: u64,
     /// The value, or `None` for a tombstone (a delete).
     pub value: Option<Bytes>,
+    /// The value's media type as the writer gave it (`None`: unknown,
+    /// served as `application/octet-stream`).
+    pub content_type: Option<String>,
+}
+
+/// A sibling as versions 1 and 2 encoded it (no content type).
+#[derive(Deserialize)]
+struct SiblingV2 {
+    dot: Dot,
+    timestamp_us: u64,
+    value: Option<Bytes>,
+}
+
+/// A sibling set as versions 1 and 2 encoded it.
+#[derive(Deserialize)]
+struct SiblingSetV2 {
+    siblings: Vec<SiblingV2>,
+    context: CausalContext,
 }
 
 impl Sibling {
@@ -457,10 +478,26 @@ impl SiblingSet {
         timestamp_us: u64,
         value: Option<Bytes>,
     ) {
+        self.apply_typed_write(context, dot, timestamp_us, value, None);
+    }
+
+    /// [`apply_write`](SiblingSet::apply_write) of a value with its media
+    /// type.
+    ///
+    /// # Panics
+    /// If `dot.counter` is 0 (dots start at 1; this is a caller bug).
+    pub fn apply_typed_write(
+        &mut self,
+        context: &CausalContext,
+        dot: Dot,
+        timestamp_us: u64,
+        value: Option<Bytes>,
+        content_type: Option<String>,
+    ) {
         assert!(dot.counter >= 1, "dot counters start at 1: {dot:?}");
         self.siblings.retain(|s| s.dot != dot && !context.contains(&s.dot));
         let pos = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(pos, Sibling { dot, timestamp_us, value });
+        self.siblings.insert(pos, Sibling { dot, timestamp_us, value, content_type });
         self.context.join(context);
         self.context.insert(dot);
     }
@@ -518,13 +555,24 @@ impl SiblingSet {
     /// [`validate`](SiblingSet::validate).
     pub fn decode(bytes: &[u8]) -> Result<SiblingSet, CausalityError> {
         let (version, body) = strip_version(bytes)?;
-        let mut set: SiblingSet = decode_exact(body)?;
-        if version == FORMAT_V1 {
+        let set: SiblingSet = if version == FORMAT_VERSION {
+            decode_exact(body)?
+        } else {
+            let old: SiblingSetV2 = decode_exact(body)?;
             // Version 1 timestamped in milliseconds.
-            for s in &mut set.siblings {
-                s.timestamp_us = s.timestamp_us.saturating_mul(1000);
-            }
-        }
+            let scale = if version == FORMAT_V1 { 1000 } else { 1 };
+            let siblings = old
+                .siblings
+                .into_iter()
+                .map(|s| Sibling {
+                    dot: s.dot,
+                    timestamp_us: s.timestamp_us.saturating_mul(scale),
+                    value: s.value,
+                    content_type: None,
+                })
+                .collect();
+            SiblingSet { siblings, context: old.context }
+        };
         set.validate()?;
         Ok(set)
     }
@@ -534,7 +582,7 @@ impl SiblingSet {
 fn strip_version(bytes: &[u8]) -> Result<(u8, &[u8]), CausalityError> {
     match bytes.split_first() {
         None => Err(CausalityError::Malformed("empty input".into())),
-        Some((&v, rest)) if v == FORMAT_VERSION || v == FORMAT_V1 => Ok((v, rest)),
+        Some((&v, rest)) if v == FORMAT_VERSION || v == FORMAT_V2 || v == FORMAT_V1 => Ok((v, rest)),
         Some((&v, _)) => Err(CausalityError::UnknownVersion(v)),
     }
 }
@@ -630,6 +678,7 @@ impl Context {
         }
         let (causal, seen_us): (CausalContext, u64) =
             if version == FORMAT_V1 { (decode_exact(body)?, 0) } else { decode_exact(body)? };
+        // (Versions 2 and 3 encode tokens alike.)
         causal.validate()?;
         Ok(Context { causal, seen_us })
     }
@@ -844,7 +893,7 @@ mod tests {
             let set = SiblingSet { siblings: vec![], context: c };
             assert!(is_invalid(SiblingSet::decode(&set.encode())));
         }
-        let sib = |n| Sibling { dot: Dot::new(A, n), timestamp_us: 0, value: None };
+        let sib = |n| Sibling { dot: Dot::new(A, n), timestamp_us: 0, value: None, content_type: None };
         let context = cc(&[(A, 1), (A, 2), (A, 3)]);
         for siblings in [vec![sib(4)], vec![sib(2), sib(1)], vec![sib(1), sib(1)]] {
             let set = SiblingSet { siblings, context: context.clone() };
@@ -876,13 +925,37 @@ mod tests {
         let mut s = SiblingSet::new();
         write(&mut s, A, &ctx, val("v"));
         let mut enc = s.encode();
-        assert_eq!(enc[0], 2);
+        assert_eq!(enc[0], 3);
         assert_eq!(SiblingSet::decode(&enc), Ok(s.clone()));
-        // Version 1 stored milliseconds: decoded as microseconds.
-        let mut v1 = enc.clone();
-        v1[0] = FORMAT_V1;
-        let old = SiblingSet::decode(&v1).unwrap();
-        assert_eq!(old.siblings()[0].timestamp_us, s.siblings()[0].timestamp_us * 1000);
+        // Versions 1 and 2 had no content types; version 1 stored milliseconds.
+        #[derive(Serialize)]
+        struct OldSibling<'a> {
+            dot: Dot,
+            timestamp_us: u64,
+            value: &'a Option<Bytes>,
+        }
+        let old: Vec<OldSibling<'_>> = s
+            .siblings()
+            .iter()
+            .map(|x| OldSibling { dot: x.dot, timestamp_us: x.timestamp_us, value: &x.value })
+            .collect();
+        for (version, scale) in [(FORMAT_V2, 1), (FORMAT_V1, 1000)] {
+            let bytes = postcard::to_extend(&(&old, s.context()), vec![version]).unwrap();
+            let decoded = SiblingSet::decode(&bytes).unwrap();
+            assert_eq!(decoded.siblings()[0].timestamp_us, s.siblings()[0].timestamp_us * scale);
+            assert_eq!(decoded.siblings()[0].value, s.siblings()[0].value);
+            assert_eq!(decoded.siblings()[0].content_type, None);
+        }
+        let mut typed = SiblingSet::new();
+        typed.apply_typed_write(
+            &CausalContext::new(),
+            Dot::new(A, 1),
+            5,
+            val("{}"),
+            Some("application/json".into()),
+        );
+        let back = SiblingSet::decode(&typed.encode()).unwrap();
+        assert_eq!(back.siblings()[0].content_type.as_deref(), Some("application/json"));
         enc[0] = 0;
         assert_eq!(SiblingSet::decode(&enc), Err(CausalityError::UnknownVersion(0)));
         assert!(matches!(SiblingSet::decode(&[]), Err(CausalityError::Malformed(_))));
@@ -938,7 +1011,7 @@ mod tests {
                     let dot = Dot::new(actor, before.next_counter(&actor));
                     prop_assert!(issued.iter().all(|s| s.dot != dot), "reissued {:?}", dot);
                     let value = value.map(|v| Bytes::from(vec![v]));
-                    let new = Sibling { dot, timestamp_us: ts as u64, value };
+                    let new = Sibling { dot, timestamp_us: ts as u64, value, content_type: None };
                     let s = &mut replicas[replica];
                     s.apply_write(&ctx, dot, new.timestamp_us, new.value.clone());
                     let mut expected = before.siblings().to_vec();

@@ -274,6 +274,7 @@ impl Coordinator {
                 context: req.context.as_ref(),
                 seen_us: req.seen_us,
                 value: req.value.clone(),
+                content_type: req.content_type.clone(),
                 start_by_us,
                 max_siblings: self.config.max_siblings,
             })

@@ -36,6 +36,9 @@ pub enum Error {
     /// another key.
     #[error("invalid context: {0}")]
     InvalidContext(String),
+    /// The media type given with a value is too long or not visible ASCII.
+    #[error("invalid content type: {0}")]
+    InvalidContentType(String),
     /// The write would leave more concurrent siblings than allowed.
     #[error("key {key:?} would have {count} siblings, more than the limit of {max}; read it and write back a resolved value with its context")]
     TooManySiblings {

@@ -95,6 +95,9 @@ pub struct GetResult {
     /// reconciler's single resolved value. Empty when the key is missing
     /// or deleted.
     pub values: Vec<Bytes>,
+    /// The media type of each value of `values` (`None`: none was given,
+    /// or the reconciler merged the value).
+    pub content_types: Vec<Option<String>>,
     /// The live siblings as stored (before reconciliation), with their
     /// dots and timestamps.
     pub siblings: Vec<Sibling>,
@@ -594,18 +597,20 @@ impl Node {
 
     fn present(&self, key: &[u8], state: SiblingSet) -> GetResult {
         let live: Vec<Sibling> = state.live().cloned().collect();
-        let values = if state.siblings().len() > 1 {
+        let shown: Vec<(Bytes, Option<String>)> = if state.siblings().len() > 1 {
+            let typed = |s: &Sibling| Some((s.value.clone()?, s.content_type.clone()));
             match self.core.reconciler.reconcile(key, state.siblings()) {
-                Resolution::Keep => live.iter().filter_map(|s| s.value.clone()).collect(),
+                Resolution::Keep => live.iter().filter_map(typed).collect(),
                 Resolution::Winner(dot) => {
-                    state.siblings().iter().filter(|s| s.dot == dot).filter_map(|s| s.value.clone()).collect()
+                    state.siblings().iter().filter(|s| s.dot == dot).filter_map(typed).collect()
                 }
-                Resolution::Merged(v) => vec![v],
+                Resolution::Merged(v) => vec![(v, None)],
             }
         } else {
-            live.iter().filter_map(|s| s.value.clone()).collect()
+            live.iter().filter_map(|s| Some((s.value.clone()?, s.content_type.clone()))).collect()
         };
-        GetResult { values, siblings: live, context: Context::of_state(&state) }
+        let (values, content_types) = shown.into_iter().unzip();
+        GetResult { values, content_types, siblings: live, context: Context::of_state(&state) }
     }
 
     /// Writes `value` under `key` with W acks.
@@ -625,7 +630,24 @@ impl Node {
         context: Option<&Context>,
         opts: WriteOptions,
     ) -> Result<Context> {
-        self.write(key, Some(value), context, opts).await
+        self.write(key, Some(value), None, context, opts).await
+    }
+
+    /// [`put`](Node::put) of a value with its media type (as Riak keeps a
+    /// value's `Content-Type`), returned with it by reads.
+    ///
+    /// # Errors
+    /// As [`Node::put`]; [`Error::InvalidContentType`] for a type over 255
+    /// bytes or with characters outside visible ASCII.
+    pub async fn put_typed(
+        &self,
+        key: &[u8],
+        value: Bytes,
+        content_type: Option<&str>,
+        context: Option<&Context>,
+        opts: WriteOptions,
+    ) -> Result<Context> {
+        self.write(key, Some(value), content_type.map(str::to_owned), context, opts).await
     }
 
     /// Deletes `key` by writing a tombstone with W acks.
@@ -637,13 +659,14 @@ impl Node {
     /// # Errors
     /// As [`Node::put`].
     pub async fn delete(&self, key: &[u8], context: Option<&Context>, opts: WriteOptions) -> Result<Context> {
-        self.write(key, None, context, opts).await
+        self.write(key, None, None, context, opts).await
     }
 
     async fn write(
         &self,
         key: &[u8],
         value: Option<Bytes>,
+        content_type: Option<String>,
         context: Option<&Context>,
         opts: WriteOptions,
     ) -> Result<Context> {
@@ -653,6 +676,7 @@ impl Node {
             id: self.core.next_request_id(),
             key: Bytes::copy_from_slice(key),
             value,
+            content_type,
             context: context.map(|c| c.causal().clone()),
             seen_us: context.map_or(0, Context::seen_us),
             w: opts.w.unwrap_or(self.core.config.w),

@@ -147,6 +147,7 @@ mod tests {
             dot: Dot { actor: Actor { node: NodeId(node), epoch: 1 }, counter },
             timestamp_us: ts,
             value: Some(Bytes::from(format!("{node}-{counter}"))),
+            content_type: None,
         }
     }
 

@@ -96,6 +96,8 @@ pub(crate) struct WriteIntent<'a> {
     /// write's timestamp exceeds it.
     pub(crate) seen_us: u64,
     pub(crate) value: Option<Bytes>,
+    /// The value's media type, if given.
+    pub(crate) content_type: Option<String>,
     /// Wall-clock deadline (µs) after which the write must not start: a
     /// forwarded write whose sender has given up is never executed.
     pub(crate) start_by_us: Option<u64>,
@@ -304,7 +306,7 @@ impl Replica {
         self.clock.observe(state.max_timestamp().max(intent.seen_us));
         let timestamp = self.clock.now();
         let before = state.siblings().len();
-        state.apply_write(&client_context, dot, timestamp, intent.value);
+        state.apply_typed_write(&client_context, dot, timestamp, intent.value, intent.content_type);
         self.prune(intent.key, &mut state);
         if exceeds_bound(before, state.siblings().len(), intent.max_siblings) {
             return Err(too_many_siblings(intent.key, state.siblings().len(), intent.max_siblings));

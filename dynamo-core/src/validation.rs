@@ -43,8 +43,26 @@ pub(crate) fn check_write(config: &Config, req: &WriteRequest) -> Result<()> {
     check_key(config, &req.key)?;
     check_value(config, req.value.as_ref())?;
     check_quorum(config, "w", req.w)?;
+    if let Some(t) = &req.content_type {
+        check_content_type(t)?;
+    }
     if let Some(c) = &req.context {
         c.validate().map_err(|e| Error::InvalidContext(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The longest media type kept with a value, in bytes.
+pub(crate) const MAX_CONTENT_TYPE: usize = 255;
+
+/// A media type: at most [`MAX_CONTENT_TYPE`] bytes of visible ASCII
+/// (spaces allowed, as in `text/plain; charset=utf-8`).
+pub(crate) fn check_content_type(t: &str) -> Result<()> {
+    if t.len() > MAX_CONTENT_TYPE {
+        return Err(Error::InvalidContentType(format!("{} bytes, more than {MAX_CONTENT_TYPE}", t.len())));
+    }
+    if let Some(c) = t.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(Error::InvalidContentType(format!("character {c:?} is not visible ASCII")));
     }
     Ok(())
 }

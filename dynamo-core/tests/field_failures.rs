@@ -235,6 +235,7 @@ async fn a_forwarded_write_executes_at_most_once_and_never_after_its_deadline() 
             id: RequestId { origin: NodeId(99), seq },
             key: v("k"),
             value: Some(v(value)),
+            content_type: None,
             context: None,
             seen_us: 0,
             w: 2,

@@ -118,6 +118,7 @@ impl From<Error> for ApiError {
             Error::EmptyKey
             | Error::KeyTooLong { .. }
             | Error::InvalidContext(_)
+            | Error::InvalidContentType(_)
             | Error::InvalidQuorum { .. } => (StatusCode::BAD_REQUEST, json!({ "error": message })),
             Error::ValueTooLarge { size, max } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": message, "size": size, "max": max }))
@@ -217,6 +218,19 @@ async fn read_value(body: Body, max: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// The media type of a value written without one, as Riak.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The `Content-Type` a PUT gives its value, if any.
+fn content_type_of(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        None => Ok(None),
+        Some(v) => {
+            v.to_str().map(Some).map_err(|_| ApiError::bad_request("Content-Type is not visible ASCII"))
+        }
+    }
+}
+
 /// Encodes a context for the header and JSON bodies.
 pub fn encode_context(context: &Context, key: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(context.encode(key))
@@ -279,7 +293,13 @@ async fn get_kv(
         let got = state.node.get(key.as_bytes(), ReadOptions { r: params.r, timeout: None }).await?;
         let ctx = encode_context(&got.context, key.as_bytes());
         let json_body = || {
-            json!({ "context": ctx, "values": got.values.iter().map(|v| STANDARD.encode(v)).collect::<Vec<_>>() })
+            let types: Vec<&str> =
+                got.content_types.iter().map(|t| t.as_deref().unwrap_or(OCTET_STREAM)).collect();
+            json!({
+                "context": ctx,
+                "values": got.values.iter().map(|v| STANDARD.encode(v)).collect::<Vec<_>>(),
+                "content_types": types,
+            })
         };
         let headers_out = context_header(&got.context, key.as_bytes());
         Ok::<_, ApiError>(match (wants_json(&headers), got.values.len()) {
@@ -288,7 +308,13 @@ async fn get_kv(
             (false, 0) => {
                 (StatusCode::NOT_FOUND, headers_out, Json(json!({ "error": "not found" }))).into_response()
             }
-            (false, 1) => (StatusCode::OK, headers_out, got.values[0].clone()).into_response(),
+            (false, 1) => {
+                let content_type = got.content_types[0].as_deref().unwrap_or(OCTET_STREAM);
+                let content_type = HeaderValue::from_str(content_type)
+                    .unwrap_or_else(|_| HeaderValue::from_static(OCTET_STREAM));
+                (StatusCode::OK, headers_out, [(header::CONTENT_TYPE, content_type)], got.values[0].clone())
+                    .into_response()
+            }
             (false, _) => (StatusCode::MULTIPLE_CHOICES, headers_out, Json(json_body())).into_response(),
         })
     }
@@ -341,8 +367,9 @@ async fn write_kv(
         let opts = WriteOptions { w: params.w, timeout: None };
         let new_context = match body {
             Some(body) => {
+                let content_type = content_type_of(headers)?;
                 let value = read_value(body, state.node.config().max_value_size).await?;
-                state.node.put(key.as_bytes(), value, context.as_ref(), opts).await?
+                state.node.put_typed(key.as_bytes(), value, content_type, context.as_ref(), opts).await?
             }
             None => state.node.delete(key.as_bytes(), context.as_ref(), opts).await?,
         };
@@ -501,6 +528,7 @@ fn sibling_json(s: &Sibling) -> Value {
         "dot": { "node": s.dot.actor.node.0, "epoch": s.dot.actor.epoch, "counter": s.dot.counter },
         "timestamp_us": s.timestamp_us,
         "value": s.value.as_ref().map(|v| STANDARD.encode(v)),
+        "content_type": s.content_type,
         "tombstone": s.is_tombstone(),
     })
 }

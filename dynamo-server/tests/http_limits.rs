@@ -439,3 +439,51 @@ async fn shutdown_closes_idle_connections_and_finishes_requests_in_flight() {
     tokio::time::timeout(DEADLINE, &mut server.task).await.expect("serve returns").unwrap();
     assert_eq!(server.values("late").await, vec![bytes::Bytes::from("later")]);
 }
+
+/// A value keeps the media type it was written with (as Riak): a raw GET
+/// answers with it, the JSON form lists each sibling's, a value written
+/// without one is `application/octet-stream`, and a type that is not
+/// visible ASCII or too long is refused without storing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_keep_their_content_type() {
+    let server = Server::start(limits()).await;
+    let http = reqwest::Client::new();
+    let put = |key: &str, body: &'static str, content_type: Option<&str>| {
+        let mut req = http.put(server.url(&format!("/kv/{key}"))).body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        req.send()
+    };
+    assert_eq!(put("doc", "{\"a\":1}", Some("application/json")).await.unwrap().status(), 204);
+    let got = http.get(server.url("/kv/doc")).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "application/json");
+    assert_eq!(got.text().await.unwrap(), "{\"a\":1}");
+    assert_eq!(put("raw", "bytes", None).await.unwrap().status(), 204);
+    let got = http.get(server.url("/kv/raw")).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "application/octet-stream");
+    // Two siblings, each with its own type, in the JSON form.
+    assert_eq!(put("two", "hello", Some("text/plain; charset=utf-8")).await.unwrap().status(), 204);
+    assert_eq!(put("two", "<p>hi</p>", Some("text/html")).await.unwrap().status(), 204);
+    let json: serde_json::Value = http
+        .get(server.url("/kv/two"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut types: Vec<&str> =
+        json["content_types"].as_array().unwrap().iter().filter_map(|t| t.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["text/html", "text/plain; charset=utf-8"], "{json}");
+    // Refused types store nothing.
+    let long = "x/".to_owned() + &"y".repeat(300);
+    let refused =
+        http.put(server.url("/kv/bad")).header("content-type", long).body("v").send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("content type"), "{body}");
+    assert!(server.values("bad").await.is_empty());
+}

@@ -126,6 +126,8 @@ pub struct WriteRequest {
     pub key: Bytes,
     /// The new value, or `None` to delete.
     pub value: Option<Bytes>,
+    /// The value's media type, if the client gave one.
+    pub content_type: Option<String>,
     /// The client's causal context. `None` means "none given": a put is
     /// then concurrent with everything, a delete uses the coordinator's
     /// own context.
@@ -247,6 +249,7 @@ enum WireErrorKind {
         theirs: String,
     },
     NotReady(String),
+    InvalidContentType(String),
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -292,6 +295,7 @@ impl From<&Error> for WireError {
                 WireErrorKind::ForeignCluster { ours: ours.clone(), theirs: theirs.clone() }
             }
             Error::NotReady(m) => WireErrorKind::NotReady(m.clone()),
+            Error::InvalidContentType(m) => WireErrorKind::InvalidContentType(m.clone()),
             _ => WireErrorKind::Other,
         };
         let kind = postcard::to_stdvec(&kind).expect("error kinds always serialize");
@@ -338,6 +342,7 @@ impl WireError {
             WireErrorKind::Other => Error::Remote(self.message),
             WireErrorKind::ForeignCluster { ours, theirs } => Error::ForeignCluster { ours, theirs },
             WireErrorKind::NotReady(m) => Error::NotReady(m),
+            WireErrorKind::InvalidContentType(m) => Error::InvalidContentType(m),
         }
     }
 }
@@ -430,6 +435,7 @@ mod tests {
                 id: RequestId { origin: NodeId(2), seq: 7 },
                 key: Bytes::from_static(b"k"),
                 value: None,
+                content_type: Some("text/plain".into()),
                 context: Some(CausalContext::new()),
                 seen_us: 5,
                 w: 2,
