@@ -62,6 +62,16 @@ pub struct Config {
     pub lock_stripes: usize,
     /// Most write operations group-committed in one store batch.
     pub max_commit_batch: usize,
+    /// How often a node looks for partitions to copy or drop after a
+    /// topology change, in milliseconds.
+    pub handoff_interval_ms: u64,
+    /// Most partitions a node copies at once during ownership handoff.
+    pub handoff_concurrency: usize,
+    /// Bytes of key states asked for per handoff batch.
+    pub handoff_batch_bytes: u32,
+    /// Ceiling on the bytes per second a node copies during handoff
+    /// (0: no ceiling).
+    pub handoff_max_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -87,6 +97,10 @@ impl Default for Config {
             suspect_period_ms: 1_000,
             lock_stripes: 1024,
             max_commit_batch: 1024,
+            handoff_interval_ms: 1_000,
+            handoff_concurrency: 2,
+            handoff_batch_bytes: 1 << 20,
+            handoff_max_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -124,6 +138,8 @@ impl Config {
             ("replica_timeout_ms", self.replica_timeout_ms),
             ("hint_delivery_interval_ms", self.hint_delivery_interval_ms),
             ("suspect_period_ms", self.suspect_period_ms),
+            ("handoff_interval_ms", self.handoff_interval_ms),
+            ("handoff_batch_bytes", u64::from(self.handoff_batch_bytes)),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
@@ -136,6 +152,7 @@ impl Config {
             ("hint_delivery_batch", self.hint_delivery_batch),
             ("lock_stripes", self.lock_stripes),
             ("max_commit_batch", self.max_commit_batch),
+            ("handoff_concurrency", self.handoff_concurrency),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
@@ -162,6 +179,11 @@ impl Config {
     /// The gossip period.
     pub fn gossip_interval(&self) -> Duration {
         Duration::from_millis(self.gossip_interval_ms)
+    }
+
+    /// The handoff worker's period.
+    pub fn handoff_interval(&self) -> Duration {
+        Duration::from_millis(self.handoff_interval_ms)
     }
 
     /// How long a failed node is skipped.

@@ -71,6 +71,14 @@ impl Coordinator {
         Ok(Arc::clone(self.membership.view().require_ring()?))
     }
 
+    /// The nodes a write of `partition` goes to, and the acknowledgements
+    /// it needs beyond W (see [`ClusterView::write_owners`](crate::membership::ClusterView::write_owners)).
+    fn write_owners(&self, ring: &Ring, partition: u32) -> (Vec<NodeId>, usize) {
+        let view = self.membership.view();
+        let (owners, extra) = view.write_owners(ring, partition);
+        (owners.into_owned(), extra)
+    }
+
     /// Calls every target, replacing a failed one by the next spare, and
     /// reports each slot's outcome on `progress` as it happens. Returns the
     /// answers of every slot that got one. An answer `counts` rejects is
@@ -150,7 +158,7 @@ impl Coordinator {
         }
         let ring = self.ring()?;
         let partition = ring.partition_of(&req.key);
-        if ring.preference_list(partition).contains(&self.id) {
+        if self.write_owners(&ring, partition).0.contains(&self.id) {
             return self.coordinate_write(&ring, partition, req, deadline, None).await;
         }
         self.forward_write(&ring, partition, req, deadline).await
@@ -173,7 +181,7 @@ impl Coordinator {
         req: WriteRequest,
         deadline: Instant,
     ) -> Result<Context> {
-        let mut candidates: Vec<NodeId> = ring.preference_list(partition).to_vec();
+        let (mut candidates, _) = self.write_owners(ring, partition);
         if self.config.sloppy_quorum {
             // Suspected owners are not worth a deadline: stand in for them.
             candidates.retain(|n| self.detector.is_available(*n));
@@ -247,8 +255,12 @@ impl Coordinator {
         start_by_us: Option<u64>,
     ) -> Result<Context> {
         bump(&self.metrics.puts);
+        let (owners, extra) = self.write_owners(ring, partition);
+        // While the partition's data moves, the nodes gaining it must
+        // acknowledge too (see `topology`).
+        let needed = req.w + extra;
         let Plan { mut targets, mut spares } =
-            plan_write(ring, partition, self.id, self.detector.as_ref(), self.config.sloppy_quorum);
+            plan_write(ring, partition, &owners, self.id, self.detector.as_ref(), self.config.sloppy_quorum);
         if !targets.iter().any(|t| t.node == self.id) {
             // Coordinating as a stand-in: take the slot of an owner that is
             // down (or the last one) and keep the write as its hint.
@@ -319,7 +331,7 @@ impl Coordinator {
         let mut refused = None;
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
-        while acks < req.w {
+        while acks < needed {
             tokio::select! {
                 biased;
                 outcome = rx.recv() => match outcome {
@@ -335,12 +347,12 @@ impl Coordinator {
                             self.retract_refused(&req.key, partition, hash, local, &written.dot, remote_owners).await;
                             return Err(e);
                         }
-                        return Err(Error::QuorumFailed { acks, needed: req.w });
+                        return Err(Error::QuorumFailed { acks, needed });
                     }
                 },
                 () = &mut timer => {
                     bump(&self.metrics.quorum_failures);
-                    return Err(Error::Timeout { acks, needed: req.w });
+                    return Err(Error::Timeout { acks, needed });
                 }
             }
         }
@@ -401,7 +413,15 @@ impl Coordinator {
         let ring = self.ring()?;
         let partition = ring.partition_of(&key);
         let hash = key_hash(&key);
-        let plan = plan_read(&ring, partition, self.detector.as_ref(), self.config.sloppy_quorum);
+        let view = self.membership.view();
+        let plan = plan_read(
+            &ring,
+            partition,
+            view.read_owners(&ring, partition),
+            self.detector.as_ref(),
+            self.config.sloppy_quorum,
+        );
+        drop(view);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let core = Arc::clone(self);
         let k = key.clone();

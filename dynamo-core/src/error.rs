@@ -138,6 +138,18 @@ pub enum Error {
     /// (a newer peer's); its message.
     #[error("a peer failed: {0}")]
     Remote(String),
+    /// A topology change (join, leave, remove, commit) was refused;
+    /// nothing was changed.
+    #[error("topology change refused: {0}")]
+    TopologyRefused(String),
+    /// A plan computed against one ring epoch was committed under another.
+    #[error("the plan was computed against ring epoch {planned}, and the ring is now at epoch {current}: run `plan` again")]
+    StalePlan {
+        /// The epoch the plan was computed against.
+        planned: u64,
+        /// The ring's epoch now.
+        current: u64,
+    },
     /// The node refused work it has no room for; nothing was executed.
     #[error("node is overloaded: {0}")]
     Overloaded(String),

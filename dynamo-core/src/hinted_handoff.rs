@@ -67,21 +67,29 @@ impl HintedHandoff {
         Ok(delivered)
     }
 
+    /// Delivers one hint to the nodes that replicate its key now: its
+    /// owner while the owner still does, else (the owner left, or a
+    /// topology change moved the partition away from it) every node the
+    /// key's writes go to, so a hint never outlives its owner's membership.
     async fn deliver_one(&self, hint: &StoredHint) -> Result<bool> {
         let hash = key_hash(&hint.key);
-        if hint.owner == self.id {
-            // This node owns the key again: merge the hint into its data.
-            let state = decode_stored(&hint.state)?;
-            self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
-        } else {
-            if self.membership.view().member(hint.owner).is_none() {
-                // The owner left the ring; ownership handoff moves this data.
-                return Err(Error::NotAMember(hint.owner));
+        let view = self.membership.view();
+        let ring = view.require_ring()?;
+        let (owners, _) = view.write_owners(ring, hint.partition);
+        let targets: Vec<NodeId> =
+            if owners.contains(&hint.owner) { vec![hint.owner] } else { owners.into_owned() };
+        drop(view);
+        for target in targets {
+            if target == self.id {
+                // This node replicates the key (again): merge into its data.
+                let state = decode_stored(&hint.state)?;
+                self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
+                continue;
             }
             let frame =
                 Request::Replicate { key: hint.key.clone(), state: hint.state.clone(), sibling_limit: None }
                     .encode();
-            match self.peers.call(hint.owner, frame, self.config.replica_timeout()).await? {
+            match self.peers.call(target, frame, self.config.replica_timeout()).await? {
                 Response::Ack => {}
                 Response::Error(e) => return Err(e.into_error()),
                 other => return Err(Error::Protocol(format!("unexpected answer to a hint: {other:?}"))),

@@ -9,6 +9,8 @@
 //! - [`failure`]: the [`FailureDetector`](failure::FailureDetector) plugin point.
 //! - [`membership`]: the [`Membership`](membership::Membership) plugin point
 //!   and [`StaticMembership`](membership::StaticMembership).
+//! - [`topology`]: staged joins, leaves and removes, plans, and the
+//!   transition between two rings; [`handoff`] moves the data.
 //! - [`node`]: a node assembled from plugins, and the embedded API.
 //! - [`merkle`]: per-partition Merkle (tictac) trees for anti-entropy, and
 //!   [`admission`]: the controller that sizes background work by foreground
@@ -32,6 +34,7 @@ pub mod error;
 pub mod failure;
 pub mod fault_point;
 pub mod gossip;
+pub mod handoff;
 pub mod hinted_handoff;
 pub mod member;
 pub mod membership;
@@ -50,6 +53,7 @@ pub mod sloppy_quorum;
 pub mod store;
 mod store_io;
 mod stored_ring;
+pub mod topology;
 pub mod transport;
 mod validation;
 

@@ -20,6 +20,7 @@
 //! # Ok::<(), dynamo_core::Error>(())
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::member::NodeId;
 use crate::ring::Ring;
+use crate::topology::Handover;
 
 /// Where a member stands in the cluster's life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,6 +42,8 @@ pub enum MemberStatus {
     Joining,
     /// Handing its partitions off before it leaves.
     Leaving,
+    /// No longer in the ring: it owns nothing and its data has moved.
+    Left,
 }
 
 /// One member as the cluster view knows it.
@@ -65,6 +69,8 @@ pub struct ClusterView {
     /// `None` until the node has learned one (a new node with only seeds).
     ring: Option<Arc<Ring>>,
     members: Vec<MemberInfo>,
+    /// While data moves from the previous ring to this one.
+    handover: Option<Arc<Handover>>,
 }
 
 impl ClusterView {
@@ -83,13 +89,58 @@ impl ClusterView {
                 status: MemberStatus::Active,
             })
             .collect();
-        ClusterView { ring: Some(Arc::new(ring)), members }
+        ClusterView { ring: Some(Arc::new(ring)), members, handover: None }
     }
 
     /// A view of `members` (sorted here by id) and `ring`, if known.
     pub fn from_parts(ring: Option<Arc<Ring>>, mut members: Vec<MemberInfo>) -> Self {
         members.sort_by_key(|m| m.id);
-        ClusterView { ring, members }
+        ClusterView { ring, members, handover: None }
+    }
+
+    /// This view with data moving to its ring from a previous one (see
+    /// [`crate::topology`]).
+    pub fn with_handover(mut self, handover: Option<Arc<Handover>>) -> Self {
+        self.handover = handover;
+        self
+    }
+
+    /// The move of data from the previous ring, while there is one.
+    pub fn handover(&self) -> Option<&Arc<Handover>> {
+        self.handover.as_ref()
+    }
+
+    /// The nodes a read of `partition` asks: its preference list, or the
+    /// previous ring's while the partition's data is still moving.
+    ///
+    /// # Panics
+    /// If `partition` is out of range of `ring`.
+    pub fn read_owners<'a>(&'a self, ring: &'a Ring, partition: u32) -> &'a [NodeId] {
+        match &self.handover {
+            Some(h) if !h.is_settled(partition) => h.previous().preference_list(partition),
+            _ => ring.preference_list(partition),
+        }
+    }
+
+    /// The nodes a write of `partition` goes to, and how many
+    /// acknowledgements it needs beyond W: its preference list and 0, or
+    /// while its data is still moving, the old and new lists together and
+    /// the number of nodes that gain it (see [`crate::topology`]).
+    ///
+    /// # Panics
+    /// If `partition` is out of range of `ring`.
+    pub fn write_owners<'a>(&'a self, ring: &'a Ring, partition: u32) -> (Cow<'a, [NodeId]>, usize) {
+        let new = ring.preference_list(partition);
+        match &self.handover {
+            Some(h) if !h.is_settled(partition) => {
+                let mut all: Vec<NodeId> = h.previous().preference_list(partition).to_vec();
+                let gained: Vec<NodeId> = new.iter().copied().filter(|n| !all.contains(n)).collect();
+                let extra = gained.len();
+                all.extend(gained);
+                (Cow::Owned(all), extra)
+            }
+            _ => (Cow::Borrowed(new), 0),
+        }
     }
 
     /// The ring: partitions, owners and preference lists, with its

@@ -46,6 +46,23 @@ metrics! {
     hints_delivered,
     /// Writes that went to a fallback node instead of an owner.
     fallback_writes,
+    /// Partitions this node finished copying during ownership handoff.
+    handoff_partitions_received,
+    /// Keys this node received during ownership handoff.
+    handoff_keys_received,
+    /// Bytes of key states this node received during ownership handoff.
+    handoff_bytes_received,
+    /// Keys this node sent to nodes gaining its partitions.
+    handoff_keys_sent,
+    /// Bytes of key states this node sent to nodes gaining its partitions.
+    handoff_bytes_sent,
+    /// Partitions this node deleted because it no longer replicates them.
+    handoff_partitions_dropped,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Adds one to a counter.

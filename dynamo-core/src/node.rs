@@ -51,6 +51,7 @@ use crate::error::{Error, Result};
 use crate::failure::{FailureDetector, OutcomeDetector};
 use crate::fault_point::{FaultInjector, Faults};
 use crate::gossip::{Gossip, GossipSettings};
+use crate::handoff::{Handoff, HandoffStatus};
 use crate::hinted_handoff::HintedHandoff;
 use crate::member::NodeId;
 use crate::membership::{Membership, StaticMembership};
@@ -65,6 +66,7 @@ use crate::replica_service::ReplicaService;
 use crate::ring::Ring;
 use crate::store::Store;
 use crate::stored_ring::{self, RingIdentity};
+use crate::topology::{self, Change, Plan};
 use crate::transport::protocol::{
     frame_version, Request, RequestId, Response, WriteRequest, PROTOCOL_VERSION,
 };
@@ -140,6 +142,11 @@ struct NodeParts {
     service: ReplicaService,
     handoff: Arc<HintedHandoff>,
     gossip: Option<Arc<Gossip>>,
+    /// Ownership handoff, when the node gossips.
+    ownership: Option<Arc<Handoff>>,
+    /// Topology changes staged on this node, and the ring epoch they
+    /// were staged against.
+    staged: Mutex<(u64, Vec<Change>)>,
     reconciler: Arc<dyn Reconciler>,
     metrics: Arc<Metrics>,
     /// The next client write's sequence number (see [`RequestId`]).
@@ -330,7 +337,10 @@ impl NodeBuilder {
         let given = match (&self.membership, &self.ring, &self.gossip) {
             (Some(m), _, _) => m.view().ring().map(|r| Ring::clone(r)),
             (None, Some(ring), _) => Some(ring.clone()),
-            (None, None, Some(g)) => g.initial_ring.clone(),
+            (None, None, Some(g)) => match Gossip::persisted_ring(&store).await? {
+                Some(ring) => Some(ring),
+                None => g.initial_ring.clone(),
+            },
             (None, None, None) => return Err(missing("membership, ring or gossip settings")),
         };
         if let Some(ring) = &given {
@@ -429,6 +439,17 @@ impl NodeBuilder {
                 replica_timeout: config.replica_timeout(),
             },
         });
+        let ownership = gossip.as_ref().map(|g| {
+            Arc::new(Handoff::new(
+                self.id,
+                Arc::clone(&config),
+                Arc::clone(&membership),
+                Arc::clone(g),
+                Arc::clone(&replica),
+                Arc::clone(&peers),
+                Arc::clone(&metrics),
+            ))
+        });
         let handoff = Arc::new(HintedHandoff {
             id: self.id,
             config: Arc::clone(&config),
@@ -456,6 +477,7 @@ impl NodeBuilder {
                 clock: Arc::clone(&clock),
                 recent: RecentRequests::default(),
                 gossip: gossip.clone(),
+                handoff: ownership.clone(),
             },
             config,
             membership,
@@ -465,6 +487,8 @@ impl NodeBuilder {
             coordinator,
             handoff: Arc::clone(&handoff),
             gossip: gossip.clone(),
+            ownership: ownership.clone(),
+            staged: Mutex::new((0, Vec::new())),
             reconciler: self.reconciler,
             metrics,
             next_seq: AtomicU64::new(clock.now()),
@@ -479,6 +503,9 @@ impl NodeBuilder {
         tasks.extend([hints, record]);
         if let Some(g) = &gossip {
             tasks.push(tokio::spawn(Gossip::run(Arc::downgrade(g))));
+        }
+        if let Some(o) = &ownership {
+            tasks.push(tokio::spawn(Handoff::run(Arc::downgrade(o))));
         }
         drop(tasks);
         Ok(Node { core: parts })
@@ -727,6 +754,133 @@ impl Node {
     /// Store errors.
     pub async fn pending_hints(&self) -> Result<Vec<(NodeId, usize)>> {
         self.core.handoff.pending_hints().await
+    }
+
+    fn topology_gossip(&self) -> Result<&Arc<Gossip>> {
+        self.core.gossip.as_ref().ok_or_else(|| {
+            Error::TopologyRefused(
+                "this node has a fixed member list; topology changes need gossip (configure seeds)".into(),
+            )
+        })
+    }
+
+    fn staged_lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<Change>)> {
+        self.core.staged.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stages a topology change on this node (Riak's `cluster join`,
+    /// `leave`, `remove`); [`Node::commit`] applies what is staged. Returns
+    /// every staged change.
+    ///
+    /// # Errors
+    /// [`Error::TopologyRefused`] naming why (see
+    /// [`topology::check_change`]), or when the node does not gossip;
+    /// [`Error::NotReady`] before the node knows the ring. Nothing is
+    /// staged then.
+    pub fn stage(&self, change: Change) -> Result<Vec<Change>> {
+        self.topology_gossip()?;
+        let view = self.core.membership.view();
+        let ring = view.require_ring()?;
+        let mut staged = self.staged_lock();
+        if staged.1.is_empty() {
+            staged.0 = ring.epoch();
+        }
+        topology::check_change(ring, view.members(), self.core.id, &staged.1, change)?;
+        staged.1.push(change);
+        Ok(staged.1.clone())
+    }
+
+    /// The changes staged on this node, in the order given.
+    pub fn staged(&self) -> Vec<Change> {
+        self.staged_lock().1.clone()
+    }
+
+    /// Drops every staged change.
+    pub fn clear_staged(&self) {
+        *self.staged_lock() = (0, Vec::new());
+    }
+
+    /// What committing the staged changes would do: partition moves, from
+    /// whom to whom, and every node's share before and after.
+    ///
+    /// # Errors
+    /// As [`topology::plan`]; [`Error::StalePlan`] when the ring changed
+    /// since the changes were staged; [`Error::NotReady`] before the node
+    /// knows the ring.
+    pub fn plan(&self) -> Result<Plan> {
+        self.topology_gossip()?;
+        let view = self.core.membership.view();
+        let ring = view.require_ring()?;
+        let (base, changes) = self.staged_lock().clone();
+        if !changes.is_empty() && base != ring.epoch() {
+            return Err(Error::StalePlan { planned: base, current: ring.epoch() });
+        }
+        Ok(topology::plan(ring, view.members(), &changes)?.2)
+    }
+
+    /// Applies the staged changes as a new ring epoch, which gossip
+    /// spreads; ownership handoff then moves the data. With `expected`, the
+    /// plan must have been computed against that ring epoch. Returns the
+    /// plan applied; the staged changes are cleared.
+    ///
+    /// # Errors
+    /// [`Error::StalePlan`] when the ring is not at the epoch the changes
+    /// were staged against (or `expected`); [`Error::TopologyRefused`]
+    /// while the previous change still moves data, or as
+    /// [`Node::plan`]. Nothing changes then.
+    pub async fn commit(&self, expected: Option<u64>) -> Result<Plan> {
+        let gossip = Arc::clone(self.topology_gossip()?);
+        let (next, transition, plan) = {
+            let view = self.core.membership.view();
+            let ring = view.require_ring()?;
+            let (base, changes) = self.staged_lock().clone();
+            let planned = expected.unwrap_or(base);
+            if planned != ring.epoch() && !changes.is_empty() {
+                return Err(Error::StalePlan { planned, current: ring.epoch() });
+            }
+            if let Some(h) = view.handover().filter(|h| !h.all_settled()) {
+                let moving = (0..ring.partitions()).filter(|&p| !h.is_settled(p)).count();
+                return Err(Error::TopologyRefused(format!(
+                    "ring epoch {} still moves data ({moving} partitions unsettled); commit once handoff is done",
+                    ring.epoch()
+                )));
+            }
+            topology::plan(ring, view.members(), &changes)?
+        };
+        let mut layout = next.layout();
+        layout.transition = Some(transition);
+        gossip.commit_ring(plan.base_epoch, layout).await?;
+        self.clear_staged();
+        tracing::info!(node = %self.core.id, epoch = plan.epoch, changes = ?plan.changes, transfers = plan.transfers.len(), "committed a topology change");
+        Ok(plan)
+    }
+
+    /// The move of data to the current ring, as this node sees it (every
+    /// transfer, with the keys and bytes this node received or sent).
+    pub fn handoff_status(&self) -> HandoffStatus {
+        match &self.core.ownership {
+            Some(o) => o.status(),
+            None => {
+                let ring = self.ring();
+                HandoffStatus {
+                    epoch: ring.as_ref().map_or(0, |r| r.epoch()),
+                    from_epoch: None,
+                    settled_partitions: ring.as_ref().map_or(0, |r| r.partitions()),
+                    partitions: ring.as_ref().map_or(0, |r| r.partitions()),
+                    transfers: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Runs one pass of ownership handoff now (copies to start, partitions
+    /// to drop), as the background task does every `handoff_interval_ms`.
+    pub async fn handoff_pass(&self) {
+        if let Some(o) = &self.core.ownership {
+            let mut copies = tokio::task::JoinSet::<bool>::new();
+            o.pass(&mut copies).await;
+            while copies.join_next().await.is_some() {}
+        }
     }
 
     /// Stops the node gracefully: refuses new requests, stops background

@@ -188,6 +188,14 @@ impl Replica {
         Ok(self.io.flush().await?)
     }
 
+    /// Makes every write so far durable, whatever the durability mode.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        Ok(self.io.flush().await?)
+    }
+
     fn stripe(&self, hash: u64) -> &Mutex<()> {
         // The ring uses the hash's top bits; use the low ones here.
         &self.stripes[(hash % self.stripes.len() as u64) as usize]
@@ -366,6 +374,86 @@ impl Replica {
         }
         let epoch = self.epochs.allocate(&self.io).await?;
         Ok(Actor { node: self.node, epoch })
+    }
+
+    /// About `max_bytes` of `partition`'s data after user key `after` (from
+    /// its start with `None`), ascending by key: `(user key, encoded
+    /// state)` pairs, and whether the partition's range ends there. One
+    /// key's state may cross `max_bytes`; at least one key is returned
+    /// unless the range is exhausted.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn scan_partition(
+        &self,
+        partition: u32,
+        after: Option<Bytes>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
+        const PAGE: usize = 256;
+        let mut from = match &after {
+            Some(key) => {
+                let mut k = storage_key(Slot::Data, partition, key).to_vec();
+                k.push(0);
+                k
+            }
+            None => partition.to_be_bytes().to_vec(),
+        };
+        let end = partition.checked_add(1).map(u32::to_be_bytes);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let start = std::mem::take(&mut from);
+            let rows = self
+                .io
+                .read(move |s| s.scan(Table::Data, &start, end.as_ref().map(|e| &e[..]), PAGE))
+                .await?;
+            let full = rows.len() == PAGE;
+            for (k, v) in rows {
+                if bytes >= max_bytes {
+                    return Ok((out, false));
+                }
+                bytes += k.len() + v.len();
+                from = k.to_vec();
+                from.push(0);
+                out.push((k.slice(4..), v));
+            }
+            if !full {
+                return Ok((out, true));
+            }
+        }
+    }
+
+    /// Deletes every key of `partition` from the data table (the node no
+    /// longer replicates it); returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] or a store error.
+    pub(crate) async fn drop_partition(&self, partition: u32) -> Result<usize> {
+        const PAGE: usize = 1024;
+        let start = partition.to_be_bytes();
+        let end = partition.checked_add(1).map(u32::to_be_bytes);
+        let mut dropped = 0;
+        loop {
+            let closed = self.closed.read().await;
+            if *closed {
+                return Err(Error::ShuttingDown);
+            }
+            let rows = self
+                .io
+                .read(move |s| s.scan(Table::Data, &start, end.as_ref().map(|e| &e[..]), PAGE))
+                .await?;
+            if rows.is_empty() {
+                return Ok(dropped);
+            }
+            let mut batch = WriteBatch::new();
+            dropped += rows.len();
+            for (k, _) in rows {
+                batch.delete(Table::Data, k);
+            }
+            self.io.commit(batch).await?;
+            drop(closed);
+        }
     }
 
     /// Up to `limit` hints whose storage key is at or after `from`.

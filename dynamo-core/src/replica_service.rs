@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::coordinator::{deadline_after, Coordinator};
 use crate::error::{Error, Result};
 use crate::gossip::{Delta, Gossip};
+use crate::handoff::Handoff;
 use crate::member::NodeId;
 use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
@@ -38,6 +39,8 @@ pub(crate) struct ReplicaService {
     pub(crate) recent: RecentRequests,
     /// The node's gossip, when it gossips.
     pub(crate) gossip: Option<Arc<Gossip>>,
+    /// Ownership handoff, when the node gossips.
+    pub(crate) handoff: Option<Arc<Handoff>>,
 }
 
 impl ReplicaService {
@@ -76,6 +79,12 @@ impl ReplicaService {
             Request::GossipDelta { cluster, from, entries, ring, want, want_ring } => match self.gossip() {
                 Ok(g) => g.handle_delta(&cluster, from, Delta { entries, ring, want, want_ring }).await,
                 Err(e) => Err(e),
+            },
+            Request::HandoffPull { epoch, to, partition, after, max_bytes } => match &self.handoff {
+                Some(h) => h.serve_pull(epoch, to, partition, after, max_bytes).await,
+                None => Err(Error::TopologyRefused(
+                    "this node has a fixed member list: it hands nothing off".into(),
+                )),
             },
         };
         result.unwrap_or_else(|e| Response::error(&e))

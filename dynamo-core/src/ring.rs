@@ -257,6 +257,30 @@ impl Ring {
         Ok(self.derive(members))
     }
 
+    /// A new ring (epoch + 1) over `members` (any order), reached from
+    /// this one by the fewest partition moves: what a committed topology
+    /// change applies (several joins and leaves at once).
+    ///
+    /// # Errors
+    /// [`RingError::NoMembers`], [`RingError::DuplicateMember`] and
+    /// [`RingError::ZeroCapacity`] as [`Ring::new`].
+    pub fn rebalanced(&self, members: Vec<Member>) -> Result<Ring, RingError> {
+        if members.is_empty() {
+            return Err(RingError::NoMembers);
+        }
+        let mut members = members;
+        members.sort_by_key(|m| m.id);
+        for (i, m) in members.iter().enumerate() {
+            if m.capacity == 0 {
+                return Err(RingError::ZeroCapacity(m.id));
+            }
+            if i > 0 && members[i - 1].id == m.id {
+                return Err(RingError::DuplicateMember(m.id));
+            }
+        }
+        Ok(self.derive(members))
+    }
+
     /// A new ring (epoch + 1) without member `id`. Its partitions go to
     /// members under their new target, and others give partitions only if
     /// over it, so exactly `sum(max(0, old_count - new_target))` partitions
@@ -282,6 +306,7 @@ impl Ring {
             replicas: self.replicas as u64,
             members: self.members.clone(),
             owners: self.owners.clone(),
+            transition: None,
         }
     }
 
@@ -293,7 +318,7 @@ impl Ring {
     /// N, the members and their capacities; [`RingError::UnknownMember`]
     /// for an owner that is not a member.
     pub fn from_layout(layout: RingLayout) -> Result<Ring, RingError> {
-        let RingLayout { epoch, replicas, members, owners } = layout;
+        let RingLayout { epoch, replicas, members, owners, transition: _ } = layout;
         let partitions = u32::try_from(owners.len()).unwrap_or(u32::MAX);
         if !partitions.is_power_of_two() || partitions > MAX_PARTITIONS {
             return Err(RingError::InvalidPartitions(partitions));
@@ -345,6 +370,25 @@ pub struct RingLayout {
     pub members: Vec<Member>,
     /// The owner of each partition, in partition order.
     pub owners: Vec<NodeId>,
+    /// While the data of the previous ring moves to this one: what the
+    /// previous ring was (see [`crate::topology`]). `None` for a first
+    /// ring, or one set by hand.
+    pub transition: Option<Transition>,
+}
+
+/// The ring a committed topology change moves data away from: its epoch,
+/// members and owners, and which of its members were removed (dead, so
+/// their data is copied from the other replicas instead of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The previous ring's epoch.
+    pub from_epoch: u64,
+    /// The previous ring's members.
+    pub members: Vec<Member>,
+    /// The previous ring's owner of each partition.
+    pub owners: Vec<NodeId>,
+    /// Members removed by the change (never asked for their data).
+    pub removed: Vec<NodeId>,
 }
 
 /// Each member's partition target (by index): the floor of `q * cap / sum`,

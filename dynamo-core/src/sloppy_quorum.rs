@@ -69,33 +69,41 @@ pub(crate) struct Plan {
     pub(crate) spares: VecDeque<NodeId>,
 }
 
-/// The nodes of `partition`'s walk after its preference list, healthy
+/// The nodes of `partition`'s walk that are not among `owners`, healthy
 /// ones first (each group in walk order).
-fn spares(ring: &Ring, partition: u32, detector: &dyn FailureDetector) -> VecDeque<NodeId> {
-    let walk = ring.walk(partition);
-    let (mut up, mut down): (VecDeque<NodeId>, VecDeque<NodeId>) = walk
-        [ring.preference_list(partition).len()..]
+fn spares(
+    ring: &Ring,
+    partition: u32,
+    owners: &[NodeId],
+    detector: &dyn FailureDetector,
+) -> VecDeque<NodeId> {
+    let (mut up, mut down): (VecDeque<NodeId>, VecDeque<NodeId>) = ring
+        .walk(partition)
         .iter()
         .copied()
+        .filter(|n| !owners.contains(n))
         .partition(|n| detector.is_available(*n));
     up.append(&mut down);
     up
 }
 
-/// The targets of a write on `partition` coordinated by `me`. With
-/// `sloppy`, each suspected owner is replaced up front by the next healthy
-/// node of the walk; without it, the preference list as it is.
+/// The targets of a write on `partition` coordinated by `me`, to
+/// `owners` (its preference list, or more while its data moves; see
+/// [`ClusterView::write_owners`](crate::membership::ClusterView::write_owners)).
+/// With `sloppy`, each suspected owner is replaced up front by the next
+/// healthy node of the walk; without it, the owners as they are.
 pub(crate) fn plan_write(
     ring: &Ring,
     partition: u32,
+    owners: &[NodeId],
     me: NodeId,
     detector: &dyn FailureDetector,
     sloppy: bool,
 ) -> Plan {
     let available = |n: NodeId| n == me || detector.is_available(n);
-    let mut spares = if sloppy { spares(ring, partition, detector) } else { VecDeque::new() };
+    let mut spares = if sloppy { spares(ring, partition, owners, detector) } else { VecDeque::new() };
     let mut targets = Vec::new();
-    for &owner in ring.preference_list(partition) {
+    for &owner in owners {
         let node = if available(owner) || !sloppy {
             owner
         } else {
@@ -109,17 +117,23 @@ pub(crate) fn plan_write(
     Plan { targets, spares }
 }
 
-/// The targets of a read on `partition`: the owners themselves, suspected
-/// or not; with `sloppy`, the rest of the walk as spares for owners whose
-/// call fails, and for each suspected owner a hedge: the next healthy
-/// spare, asked at once for the hint it may hold.
-pub(crate) fn plan_read(ring: &Ring, partition: u32, detector: &dyn FailureDetector, sloppy: bool) -> Plan {
-    let owners = ring.preference_list(partition);
+/// The targets of a read on `partition` from `owners` (its preference
+/// list, or the previous ring's while its data moves): the owners
+/// themselves, suspected or not; with `sloppy`, the rest of the walk as
+/// spares for owners whose call fails, and for each suspected owner a
+/// hedge: the next healthy spare, asked at once for the hint it may hold.
+pub(crate) fn plan_read(
+    ring: &Ring,
+    partition: u32,
+    owners: &[NodeId],
+    detector: &dyn FailureDetector,
+    sloppy: bool,
+) -> Plan {
     let mut targets: Vec<Target> = owners.iter().map(|&owner| Target::owner(owner)).collect();
     if !sloppy {
         return Plan { targets, spares: VecDeque::new() };
     }
-    let spares = spares(ring, partition, detector);
+    let spares = spares(ring, partition, owners, detector);
     let mut healthy = spares.iter().copied().filter(|n| detector.is_available(*n));
     for &owner in owners {
         if !detector.is_available(owner) {
@@ -149,14 +163,14 @@ mod tests {
         let detector = OutcomeDetector::new(Duration::from_secs(10));
         let me = pl[0];
         detector.record_failure(pl[1]);
-        let write = plan_write(&ring, 0, me, &detector, true);
+        let write = plan_write(&ring, 0, &pl, me, &detector, true);
         assert_eq!(write.targets[0], Target::owner(me));
         assert!(write.targets[1].is_stand_in() && write.targets[1].owner == pl[1]);
         assert!(!pl.contains(&write.targets[1].node), "a fallback from beyond the preference list");
         assert!(!write.spares.contains(&write.targets[1].node), "a fallback is not also a spare");
-        let strict = plan_write(&ring, 0, me, &detector, false);
+        let strict = plan_write(&ring, 0, &pl, me, &detector, false);
         assert!(strict.targets.iter().all(|t| !t.is_stand_in()) && strict.spares.is_empty());
-        let read = plan_read(&ring, 0, &detector, true);
+        let read = plan_read(&ring, 0, &pl, &detector, true);
         assert!(read.targets[..3].iter().map(|t| t.node).eq(pl.iter().copied()), "reads ask every owner");
         let hedge = read.targets[3];
         assert!(

@@ -185,6 +185,7 @@ async fn bad_gossip_is_refused_and_changes_nothing() {
         },
         generation,
         version: 0,
+        handoff: Default::default(),
     };
     let other_shape = Ring::new(32, 3, vec![Member::new(NodeId(7), "x")]).unwrap().layout();
     let held = before.member(NodeId(2)).unwrap().generation;

@@ -403,9 +403,57 @@ impl Cluster {
         })
     }
 
-    /// The ring every node routes by.
+    /// The ring the cluster was founded with (see
+    /// [`Cluster::current_ring`] once topology changes were committed).
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// The newest ring a running node routes by (the founding ring when
+    /// none runs).
+    pub fn current_ring(&self) -> Arc<Ring> {
+        (0..self.len())
+            .filter_map(|i| self.node(i)?.ring())
+            .max_by_key(|r| r.epoch())
+            .unwrap_or_else(|| Arc::new(self.ring.clone()))
+    }
+
+    /// Whether every running node knows the newest ring and has settled
+    /// its move (every partition's data where that ring places it).
+    pub fn handoff_settled(&self) -> bool {
+        let epoch = self.current_ring().epoch();
+        (0..self.len()).filter_map(|i| self.node(i)).all(|n| {
+            let status = n.handoff_status();
+            status.epoch == epoch && status.settled_partitions == status.partitions
+        })
+    }
+
+    /// Waits until [`Cluster::handoff_settled`] holds.
+    ///
+    /// # Errors
+    /// What is still moving when `timeout` passes.
+    pub async fn wait_handoff_settled(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.handoff_settled() {
+            if tokio::time::Instant::now() >= deadline {
+                let states: Vec<String> = (0..self.len())
+                    .filter_map(|i| {
+                        let s = self.node(i)?.handoff_status();
+                        Some(format!(
+                            "node {i}: epoch {} settled {}/{}",
+                            s.epoch, s.settled_partitions, s.partitions
+                        ))
+                    })
+                    .collect();
+                return Err(format!(
+                    "handoff not settled after {timeout:?}: {} (seed {})",
+                    states.join("; "),
+                    self.seed
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// The history every [`Client`] of this cluster records into.
@@ -452,10 +500,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// The indexes of the preference list of `key`.
+    /// The indexes of the preference list of `key`, under the
+    /// [current ring](Cluster::current_ring).
     pub fn preference_list(&self, key: &[u8]) -> Vec<usize> {
-        let p = self.ring.partition_of(key);
-        self.ring.preference_list(p).iter().filter_map(|id| self.index_of(*id)).collect()
+        let ring = self.current_ring();
+        let p = ring.partition_of(key);
+        ring.preference_list(p).iter().filter_map(|id| self.index_of(*id)).collect()
     }
 
     /// The first key `k0`, `k1`, ... whose preference list (as node

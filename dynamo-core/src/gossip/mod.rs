@@ -36,13 +36,16 @@ use crate::membership::{ClusterView, MemberInfo, MemberStatus, Membership};
 use crate::replica::Replica;
 use crate::ring::{Ring, RingLayout};
 use crate::store::{Table, WriteBatch};
+use crate::topology::Handover;
 use crate::transport::protocol::{Request, Response};
 use crate::transport::Transport;
 
-pub use state::{Delta, Digest, GossipState, MemberEntry, RingStamp, Stamp};
+pub use state::{Delta, Digest, GossipState, HandoffReport, MemberEntry, RingStamp, Stamp};
 
 /// Where the state is kept in the meta table.
-const STATE_KEY: &[u8] = b"gossip/state";
+const STATE_KEY: &[u8] = b"gossip/state/3";
+/// Where version 2 kept it (read when the current key is absent).
+const STATE_KEY_V2: &[u8] = b"gossip/state";
 
 /// What a node announces of itself when it takes part in gossip (the
 /// cluster's name, the seeds and the interval come from its
@@ -112,15 +115,35 @@ impl Gossip {
         clock: &HybridClock,
         seed: u64,
     ) -> Result<Gossip> {
-        let stored = replica.load_meta(STATE_KEY).await?;
-        let state: GossipState = match stored {
-            Some(bytes) => postcard::from_bytes(&bytes)
-                .map_err(|e| Error::Corrupt(format!("persisted gossip state: {e}")))?,
-            None => GossipState::new(),
+        let corrupt = |e: String| Error::Corrupt(format!("persisted gossip state: {e}"));
+        let state: GossipState = match replica.load_meta(STATE_KEY).await? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?,
+            None => match replica.load_meta(STATE_KEY_V2).await? {
+                Some(bytes) => GossipState::decode_v2(&bytes).map_err(corrupt)?,
+                None => GossipState::new(),
+            },
         };
         let previous = state.member(settings.local.id).map_or(0, |e| e.generation);
         let generation = previous.saturating_add(1).max(clock.physical_us() / 1_000_000);
         Ok(Gossip::from_state(config, settings, state, generation, seed))
+    }
+
+    /// The ring a node's persisted gossip state holds, if any: the ring it
+    /// starts under (the configured one only seeds a store that has none).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for an undecodable state, store errors.
+    pub(crate) async fn persisted_ring(store: &Arc<dyn crate::store::Store>) -> Result<Option<Ring>> {
+        let corrupt = |e: String| Error::Corrupt(format!("persisted gossip state: {e}"));
+        let current = crate::store_io::run_store(store, |s| s.get(Table::Meta, STATE_KEY)).await?;
+        let state = match current {
+            Some(bytes) => postcard::from_bytes::<GossipState>(&bytes).map_err(|e| corrupt(e.to_string()))?,
+            None => match crate::store_io::run_store(store, |s| s.get(Table::Meta, STATE_KEY_V2)).await? {
+                Some(bytes) => GossipState::decode_v2(&bytes).map_err(corrupt)?,
+                None => return Ok(None),
+            },
+        };
+        state.ring().cloned().map(Ring::from_layout).transpose().map_err(Error::from)
     }
 
     /// A gossiper holding `state` plus its own entry under `generation`.
@@ -138,8 +161,10 @@ impl Gossip {
             }
         }
         let mut info = settings.local.clone();
-        info.status = status_in(state.ring(), local);
-        state.merge_entry(MemberEntry { info, generation, version: 0 });
+        let held = state.member(local);
+        let handoff = held.map(|e| e.handoff.clone()).unwrap_or_default();
+        info.status = status_in(state.ring(), local, held.map(|e| e.info.status));
+        state.merge_entry(MemberEntry { info, generation, version: 0, handoff });
         let gossip = Gossip {
             local,
             cluster: config.name.clone(),
@@ -217,6 +242,53 @@ impl Gossip {
         self.persist(&snapshot).await;
     }
 
+    /// Makes `layout` the cluster's ring (a committed topology change): it
+    /// must be newer than the ring held, and gossip spreads it.
+    ///
+    /// # Errors
+    /// [`Error::StalePlan`] when the ring held is not at `base_epoch`.
+    pub(crate) async fn commit_ring(&self, base_epoch: u64, layout: RingLayout) -> Result<()> {
+        let snapshot = {
+            let mut inner = self.lock();
+            let current = inner.state.ring().map_or(0, |r| r.epoch);
+            if current != base_epoch {
+                return Err(Error::StalePlan { planned: base_epoch, current });
+            }
+            inner.state.merge_ring(layout);
+            self.publish(&mut inner);
+            inner.state.clone()
+        };
+        self.persist(&snapshot).await;
+        Ok(())
+    }
+
+    /// Records that this node holds a complete copy of `partition`, gained
+    /// under ring `epoch`; gossip spreads the report.
+    pub(crate) async fn report_received(&self, epoch: u64, partition: u32) {
+        let snapshot = {
+            let mut inner = self.lock();
+            let Some(mut entry) = inner.state.member(self.local).cloned() else { return };
+            if !entry.handoff.add(epoch, partition) {
+                return;
+            }
+            entry.version += 1;
+            inner.state.merge_entry(entry);
+            self.publish(&mut inner);
+            inner.state.clone()
+        };
+        self.persist(&snapshot).await;
+    }
+
+    /// Whether member `node` has reported `partition` copied under `epoch`.
+    pub fn reported(&self, node: NodeId, epoch: u64, partition: u32) -> bool {
+        self.lock().state.member(node).is_some_and(|e| e.handoff.has(epoch, partition))
+    }
+
+    /// What this node has reported of the current move.
+    pub fn own_report(&self) -> HandoffReport {
+        self.lock().state.member(self.local).map(|e| e.handoff.clone()).unwrap_or_default()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -249,9 +321,24 @@ impl Gossip {
             },
             (_, None) => None,
         };
+        let handover = match (&ring, inner.state.ring().and_then(|l| l.transition.as_ref())) {
+            (Some(ring), Some(transition)) => match Handover::of(ring, transition) {
+                Ok(mut handover) => {
+                    let state = &inner.state;
+                    let epoch = ring.epoch();
+                    handover.settle(ring, |n, p| state.member(n).is_some_and(|e| e.handoff.has(epoch, p)));
+                    Some(Arc::new(handover))
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.local, error = %e, "gossip carried an invalid ring transition");
+                    None
+                }
+            },
+            _ => None,
+        };
         // The local entry follows the ring: active while it lists us.
         if let Some(mine) = inner.state.member(self.local) {
-            let status = status_in(inner.state.ring(), self.local);
+            let status = status_in(inner.state.ring(), self.local, Some(mine.info.status));
             if mine.info.status != status {
                 let mut entry = mine.clone();
                 entry.info.status = status;
@@ -261,7 +348,7 @@ impl Gossip {
         }
         inner.hash = inner.state.hash();
         let members = inner.state.members().map(|e| e.info.clone()).collect();
-        self.view.send_replace(Arc::new(ClusterView::from_parts(ring, members)));
+        self.view.send_replace(Arc::new(ClusterView::from_parts(ring, members).with_handover(handover)));
     }
 
     /// Takes what a peer sent: entries and ring, checked first. Returns
@@ -331,7 +418,10 @@ impl Gossip {
             );
         }
         let generation = theirs.generation.max(mine.generation).saturating_add(1);
-        state.merge_entry(MemberEntry { info: mine.info, generation, version: 0 })
+        // What this node reported before its store was lost still holds
+        // for the cluster: a settled partition never becomes unsettled.
+        let handoff = mine.handoff.joined(&theirs.handoff);
+        state.merge_entry(MemberEntry { info: mine.info, generation, version: 0, handoff })
     }
 
     /// Whether an entry from a peer for another member may be taken: never
@@ -506,10 +596,19 @@ async fn call(wiring: &Wiring, addr: &str, frame: Bytes) -> Result<Response> {
     Response::decode(&bytes)
 }
 
-/// A member's status under `ring`: active while the ring lists it.
-fn status_in(ring: Option<&RingLayout>, id: NodeId) -> MemberStatus {
-    match ring {
-        Some(r) if r.members.iter().any(|m| m.id == id) => MemberStatus::Active,
+/// A member's status under `ring`: active while the ring lists it,
+/// leaving while only the ring it moves away from does, left once it is in
+/// neither after having been a member, joining before it ever was one.
+fn status_in(ring: Option<&RingLayout>, id: NodeId, was: Option<MemberStatus>) -> MemberStatus {
+    let Some(ring) = ring else { return was.unwrap_or(MemberStatus::Joining) };
+    if ring.members.iter().any(|m| m.id == id) {
+        return MemberStatus::Active;
+    }
+    if ring.transition.as_ref().is_some_and(|t| t.members.iter().any(|m| m.id == id)) {
+        return MemberStatus::Leaving;
+    }
+    match was {
+        Some(MemberStatus::Active | MemberStatus::Leaving | MemberStatus::Left) => MemberStatus::Left,
         _ => MemberStatus::Joining,
     }
 }

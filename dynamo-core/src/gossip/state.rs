@@ -31,6 +31,54 @@ pub struct MemberEntry {
     pub generation: u64,
     /// Grows at every change the member makes within one generation.
     pub version: u64,
+    /// The partitions it has finished copying under the current ring.
+    pub handoff: HandoffReport,
+}
+
+/// What a member reports of the data it gained under a ring epoch: the
+/// partitions whose copy it holds complete. Grows within an epoch; a new
+/// epoch starts it afresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// The ring epoch the report is about.
+    pub epoch: u64,
+    /// Partitions copied complete, ascending.
+    pub received: Vec<u32>,
+}
+
+impl HandoffReport {
+    /// Whether `partition` was copied complete under `epoch`.
+    pub fn has(&self, epoch: u64, partition: u32) -> bool {
+        self.epoch == epoch && self.received.binary_search(&partition).is_ok()
+    }
+
+    /// Adds `partition` under `epoch` (a newer epoch starts afresh, an
+    /// older one is ignored); returns whether the report changed.
+    pub fn add(&mut self, epoch: u64, partition: u32) -> bool {
+        if epoch < self.epoch {
+            return false;
+        }
+        if epoch > self.epoch {
+            *self = HandoffReport { epoch, received: Vec::new() };
+        }
+        match self.received.binary_search(&partition) {
+            Ok(_) => false,
+            Err(at) => {
+                self.received.insert(at, partition);
+                true
+            }
+        }
+    }
+
+    /// The join of two reports: the later epoch's, or both sets' union.
+    pub fn joined(&self, other: &HandoffReport) -> HandoffReport {
+        let mut out = if self.epoch >= other.epoch { self.clone() } else { other.clone() };
+        let from = if self.epoch >= other.epoch { other } else { self };
+        for &p in &from.received {
+            out.add(from.epoch, p);
+        }
+        out
+    }
 }
 
 /// The order of entries for one member: generation, version, then a hash
@@ -48,7 +96,11 @@ pub struct Stamp {
 impl MemberEntry {
     /// The entry's place in the order of entries for its member.
     pub fn stamp(&self) -> Stamp {
-        Stamp { generation: self.generation, version: self.version, content: hash_of(&self.info) }
+        Stamp {
+            generation: self.generation,
+            version: self.version,
+            content: hash_of(&(&self.info, &self.handoff)),
+        }
     }
 }
 
@@ -99,7 +151,63 @@ pub struct GossipState {
     ring: Option<RingLayout>,
 }
 
+/// The persisted state as version 2 of the protocol wrote it (no ring
+/// transitions, no handoff reports), still read at start-up.
+#[derive(Deserialize)]
+struct GossipStateV2 {
+    members: BTreeMap<NodeId, MemberEntryV2>,
+    ring: Option<RingLayoutV2>,
+}
+
+#[derive(Deserialize)]
+struct MemberEntryV2 {
+    info: MemberInfo,
+    generation: u64,
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct RingLayoutV2 {
+    epoch: u64,
+    replicas: u64,
+    members: Vec<crate::member::Member>,
+    owners: Vec<NodeId>,
+}
+
 impl GossipState {
+    /// Decodes a state persisted by version 2 of the protocol (no ring
+    /// transitions, no handoff reports).
+    ///
+    /// # Errors
+    /// The decoder's message when the bytes are not such a state.
+    pub fn decode_v2(bytes: &[u8]) -> std::result::Result<GossipState, String> {
+        let (old, rest) = postcard::take_from_bytes::<GossipStateV2>(bytes).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the state", rest.len()));
+        }
+        let members = old
+            .members
+            .into_iter()
+            .map(|(id, e)| {
+                let entry = MemberEntry {
+                    info: e.info,
+                    generation: e.generation,
+                    version: e.version,
+                    handoff: HandoffReport::default(),
+                };
+                (id, entry)
+            })
+            .collect();
+        let ring = old.ring.map(|r| RingLayout {
+            epoch: r.epoch,
+            replicas: r.replicas,
+            members: r.members,
+            owners: r.owners,
+            transition: None,
+        });
+        Ok(GossipState { members, ring })
+    }
+
     /// A state that knows nothing.
     pub fn new() -> Self {
         GossipState::default()
@@ -219,6 +327,7 @@ mod tests {
             },
             generation,
             version,
+            handoff: HandoffReport::default(),
         }
     }
 

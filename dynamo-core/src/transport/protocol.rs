@@ -21,8 +21,9 @@ use crate::store::StoreError;
 
 /// The protocol version this build speaks. Version 2 gave forwarded
 /// writes an identity and a deadline, replication a sibling bound, and
-/// timestamps microseconds.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// timestamps microseconds. Version 3 added ring transitions to gossip,
+/// handoff reports to member entries, and ownership handoff.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,23 @@ pub enum Request {
         want: Vec<NodeId>,
         /// Whether the sender wants the receiver's ring.
         want_ring: bool,
+    },
+    /// Ownership handoff: the next batch of the receiver's data for
+    /// `partition`, asked by a node that gains it under ring `epoch`.
+    /// Answered with [`Response::HandoffBatch`]; refused unless both sides
+    /// are at `epoch` and the asker gains the partition.
+    HandoffPull {
+        /// The ring epoch of the move.
+        epoch: u64,
+        /// The gaining node.
+        to: NodeId,
+        /// The partition.
+        partition: u32,
+        /// Resume after this user key (`None`: from the start).
+        after: Option<Bytes>,
+        /// Stop adding keys once the batch holds this many bytes (one
+        /// key's state may cross it).
+        max_bytes: u32,
     },
 }
 
@@ -185,6 +203,14 @@ pub enum Response {
         /// The answerer's ring, if wanted.
         ring: Option<RingLayout>,
     },
+    /// Answer to [`Request::HandoffPull`]: keys of the partition in
+    /// ascending order, each with its encoded sibling set.
+    HandoffBatch {
+        /// `(user key, encoded state)` pairs.
+        entries: Vec<(Bytes, Bytes)>,
+        /// Whether the partition's range ends with this batch.
+        done: bool,
+    },
 }
 
 /// An error as it crosses the wire: a message for people, and the error's
@@ -250,6 +276,11 @@ enum WireErrorKind {
     },
     NotReady(String),
     InvalidContentType(String),
+    TopologyRefused(String),
+    StalePlan {
+        planned: u64,
+        current: u64,
+    },
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -296,6 +327,10 @@ impl From<&Error> for WireError {
             }
             Error::NotReady(m) => WireErrorKind::NotReady(m.clone()),
             Error::InvalidContentType(m) => WireErrorKind::InvalidContentType(m.clone()),
+            Error::TopologyRefused(m) => WireErrorKind::TopologyRefused(m.clone()),
+            Error::StalePlan { planned, current } => {
+                WireErrorKind::StalePlan { planned: *planned, current: *current }
+            }
             _ => WireErrorKind::Other,
         };
         let kind = postcard::to_stdvec(&kind).expect("error kinds always serialize");
@@ -339,6 +374,8 @@ impl WireError {
             WireErrorKind::Expired { late_ms } => Error::Expired { late_ms },
             WireErrorKind::DuplicateRequest(id) => Error::DuplicateRequest(id),
             WireErrorKind::Overloaded(m) => Error::Overloaded(m),
+            WireErrorKind::TopologyRefused(m) => Error::TopologyRefused(m),
+            WireErrorKind::StalePlan { planned, current } => Error::StalePlan { planned, current },
             WireErrorKind::Other => Error::Remote(self.message),
             WireErrorKind::ForeignCluster { ours, theirs } => Error::ForeignCluster { ours, theirs },
             WireErrorKind::NotReady(m) => Error::NotReady(m),

@@ -1,0 +1,268 @@
+//! Elastic topology (Dynamo §4.9) on the simulated network, paused clock:
+//! a cluster grows and shrinks under load with nothing acknowledged lost
+//! and no read at R + W > N missing an acknowledged write; a dead node is
+//! removed and every key is back to N copies; copies interrupted by a
+//! crash of either side complete after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dynamo_core::config::Config;
+use dynamo_core::handoff::TransferState;
+use dynamo_core::member::NodeId;
+use dynamo_core::node::{Node, ReadOptions, WriteOptions};
+use dynamo_core::topology::Change;
+use dynamo_core::Error;
+use dynamo_testkit::Cluster;
+use rand::{Rng, SeedableRng};
+
+const SETTLE: Duration = Duration::from_secs(120);
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn config() -> Config {
+    Config {
+        partitions: 64,
+        hint_delivery_interval_ms: 200,
+        replica_timeout_ms: 500,
+        request_timeout_ms: 3_000,
+        gossip_interval_ms: 200,
+        handoff_interval_ms: 200,
+        ..Config::default()
+    }
+}
+
+fn value(key: &str) -> Bytes {
+    Bytes::from(format!("value of {key}"))
+}
+
+/// Keys acknowledged so far, with their values.
+type Acked = Arc<Mutex<BTreeMap<String, Bytes>>>;
+
+/// Writers put fresh keys through random nodes; readers read keys
+/// acknowledged before the read began, at R = 2 (W = 2, N = 3), and count
+/// every read that misses one.
+fn spawn_load(
+    cluster: &Arc<Cluster>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> (Acked, Vec<tokio::task::JoinHandle<Vec<String>>>) {
+    let acked: Acked = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..3u64 {
+        let (cluster, acked, stop) = (Arc::clone(cluster), Arc::clone(&acked), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ w);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}-{i}");
+                i += 1;
+                let via = rng.random_range(0..cluster.len());
+                if let Some(node) = cluster.node(via) {
+                    let v = value(&key);
+                    if node.put(key.as_bytes(), v.clone(), None, WriteOptions::default()).await.is_ok() {
+                        acked.lock().unwrap().insert(key, v);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+            }
+            Vec::new()
+        }));
+    }
+    for r in 0..2u64 {
+        let (cluster, acked, stop) = (Arc::clone(cluster), Arc::clone(&acked), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (100 + r));
+            let mut misses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let pick = {
+                    let acked = acked.lock().unwrap();
+                    if acked.is_empty() {
+                        None
+                    } else {
+                        let n = rng.random_range(0..acked.len());
+                        acked.iter().nth(n).map(|(k, v)| (k.clone(), v.clone()))
+                    }
+                };
+                if let Some((key, expected)) = pick {
+                    let via = rng.random_range(0..cluster.len());
+                    if let Some(node) = cluster.node(via) {
+                        if let Ok(got) = node.get(key.as_bytes(), ReadOptions::default()).await {
+                            if got.values != vec![expected] {
+                                misses.push(format!("{key} read {:?} through node {via}", got.values));
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+            }
+            misses
+        }));
+    }
+    (acked, tasks)
+}
+
+/// Stages `changes` on `node`, checks the plan, commits it and returns it.
+async fn apply(node: &Node, changes: &[Change]) -> dynamo_core::topology::Plan {
+    for &c in changes {
+        node.stage(c).unwrap();
+    }
+    let plan = node.plan().unwrap();
+    let committed = node.commit(Some(plan.base_epoch)).await.unwrap();
+    assert_eq!(committed, plan, "the commit applies the plan shown");
+    plan
+}
+
+async fn assert_every_replica_holds(cluster: &Cluster, acked: &BTreeMap<String, Bytes>) {
+    let ring = cluster.current_ring();
+    for (key, expected) in acked {
+        let partition = ring.partition_of(key.as_bytes());
+        for &id in ring.preference_list(partition) {
+            let i = cluster.index_of(id).unwrap();
+            let state = cluster.replica_state(i, key.as_bytes()).await.unwrap();
+            let values: Vec<Bytes> =
+                state.map(|s| s.live().filter_map(|x| x.value.clone()).collect()).unwrap_or_default();
+            assert_eq!(values, vec![expected.clone()], "{key} on node {id} (seed {})", cluster.seed());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cluster_grows_to_five_and_shrinks_to_three_under_load_losing_nothing() {
+    let cluster =
+        Arc::new(Cluster::builder().nodes(3).joiners(2).gossip().config(config()).build().await.unwrap());
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, tasks) = spawn_load(&cluster, cluster.seed(), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let before = cluster.current_ring();
+    let grow = apply(&cluster.node(0).unwrap(), &[Change::Join(NodeId(4)), Change::Join(NodeId(5))]).await;
+    let grown = cluster.current_ring();
+    assert_eq!(grown.epoch(), before.epoch() + 1);
+    // Only partitions the newcomers take change owner: the minimum.
+    let taken = grown.owned_count(NodeId(4)) + grown.owned_count(NodeId(5));
+    assert_eq!(grow.ownership_moves, taken);
+    assert_eq!(grow.ownership_moves, before.moved_partitions(&grown).len());
+    cluster.wait_handoff_settled(SETTLE).await.unwrap();
+    let counts: Vec<usize> = (1..=5).map(|i| grown.owned_count(NodeId(i))).collect();
+    assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "balanced: {counts:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let shrink =
+        apply(&cluster.node(1).unwrap(), &[Change::Leave(NodeId(4)), Change::Leave(NodeId(5))]).await;
+    assert!(shrink.transfers.iter().all(|t| t.to.0 <= 3));
+    cluster.wait_handoff_settled(SETTLE).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut misses = Vec::new();
+    for t in tasks {
+        misses.extend(t.await.unwrap());
+    }
+    assert!(misses.is_empty(), "reads at R + W > N missed acknowledged writes: {misses:?}");
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 300, "the load ran throughout: {} writes acknowledged", acked.len());
+    // Every acknowledged key on every replica of the final ring, without
+    // a read to repair it; the nodes that left hold nothing.
+    assert_every_replica_holds(&cluster, &acked).await;
+    for left in [3, 4] {
+        for key in acked.keys().take(200) {
+            assert_eq!(
+                cluster.replica_state(left, key.as_bytes()).await.unwrap(),
+                None,
+                "node {} kept {key}",
+                left + 1
+            );
+        }
+    }
+    let status = cluster.node(0).unwrap().handoff_status();
+    assert_eq!(status.count(TransferState::Done), shrink.transfers.len());
+    let counts: Vec<usize> = (1..=3).map(|i| cluster.current_ring().owned_count(NodeId(i))).collect();
+    assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "balanced: {counts:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_node_removed_for_good_leaves_every_key_with_n_copies() {
+    let cluster = Cluster::builder().nodes(4).gossip().w(3).config(config()).build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let mut acked = BTreeMap::new();
+    for i in 0..400 {
+        let key = format!("k{i}");
+        cluster
+            .node(i % 4)
+            .unwrap()
+            .put(key.as_bytes(), value(&key), None, WriteOptions::default())
+            .await
+            .unwrap();
+        acked.insert(key.clone(), value(&key));
+    }
+    cluster.kill(3).await;
+    let node = cluster.node(0).unwrap();
+    let e = node.stage(Change::Remove(NodeId(1))).unwrap_err();
+    assert!(matches!(e, Error::TopologyRefused(_)), "{e}");
+    let plan = apply(&node, &[Change::Remove(NodeId(4))]).await;
+    assert!(plan.transfers.iter().all(|t| !t.from.contains(&NodeId(4))), "a removed node is never asked");
+    cluster.wait_handoff_settled(SETTLE).await.unwrap();
+    assert_every_replica_holds(&cluster, &acked).await;
+    // Fewer than N would remain: refused, nothing staged.
+    let e = node.stage(Change::Leave(NodeId(3))).and_then(|_| node.plan()).unwrap_err();
+    assert!(e.to_string().contains("fewer than N"), "{e}");
+    node.clear_staged();
+    cluster.shutdown().await;
+}
+
+/// Kills `victim` (the receiver or a sender) while a copy is active, then
+/// restarts it: the move completes and every key has N copies.
+async fn interrupted_copy_completes(kill_receiver: bool) {
+    let config = Config { handoff_max_bytes_per_sec: 20_000, handoff_batch_bytes: 2_000, ..config() };
+    let cluster = Cluster::builder().nodes(3).joiners(1).gossip().w(3).config(config).build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let mut acked = BTreeMap::new();
+    for i in 0..1_000 {
+        let key = format!("k{i}");
+        cluster
+            .node(i % 3)
+            .unwrap()
+            .put(key.as_bytes(), value(&key), None, WriteOptions::default())
+            .await
+            .unwrap();
+        acked.insert(key.clone(), value(&key));
+    }
+    let plan = apply(&cluster.node(0).unwrap(), &[Change::Join(NodeId(4))]).await;
+    // Wait until node 4 is part-way through a copy.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let active = loop {
+        let status = cluster.node(3).unwrap().handoff_status();
+        if let Some(t) = status
+            .transfers
+            .iter()
+            .find(|t| t.to == NodeId(4) && t.state == TransferState::Active && t.keys > 0)
+        {
+            break t.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no copy started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim = if kill_receiver { 3 } else { cluster.index_of(active.from[0]).unwrap() };
+    cluster.kill(victim).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!cluster.handoff_settled(), "the move was still under way: {plan:?}");
+    cluster.restart(victim).await.unwrap();
+    cluster.wait_handoff_settled(SETTLE).await.unwrap();
+    assert_every_replica_holds(&cluster, &acked).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_interrupted_by_killing_the_receiver_completes_after_restart() {
+    interrupted_copy_completes(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_interrupted_by_killing_the_sender_completes_after_restart() {
+    interrupted_copy_completes(false).await;
+}
