@@ -10,6 +10,7 @@
 //! reached, is the [sloppy quorum](crate::sloppy_quorum)'s choice.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,6 +124,12 @@ impl Coordinator {
                 }
                 Err(e @ Error::TooManySiblings { .. }) => {
                     let _ = progress.send(Outcome::Refused(e));
+                    false
+                }
+                Err(Error::StaleRing { .. }) => {
+                    // The owner is up and at a newer ring: a stand-in's hint
+                    // would hide the write from reads of the owners.
+                    let _ = progress.send(Outcome::Failed);
                     false
                 }
                 Err(e) => {
@@ -297,8 +304,13 @@ impl Coordinator {
         }
         let state = Bytes::from(written.state.encode());
         let limit = u32::try_from(self.config.max_siblings).ok();
-        let replicate =
-            Request::Replicate { key: req.key.clone(), state: state.clone(), sibling_limit: limit }.encode();
+        let replicate = Request::Replicate {
+            key: req.key.clone(),
+            state: state.clone(),
+            sibling_limit: limit,
+            epoch: ring.epoch(),
+        }
+        .encode();
         let remote: Vec<Target> = targets.into_iter().filter(|t| t.node != self.id).collect();
         let remote_owners: Vec<NodeId> = remote.iter().filter(|t| !t.is_stand_in()).map(|t| t.node).collect();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -344,7 +356,11 @@ impl Coordinator {
                             // Every replica answered and too few accepted:
                             // the write is refused, so it must not take
                             // effect later through the copies that exist.
-                            self.retract_refused(&req.key, partition, hash, local, &written.dot, remote_owners).await;
+                            // If the retraction cannot be stored, the write
+                            // may still take effect: the outcome is unknown,
+                            // and the client hears so rather than "refused".
+                            self.retract_refused(&req.key, partition, hash, local, &written.dot, remote_owners)
+                                .await?;
                             return Err(e);
                         }
                         return Err(Error::QuorumFailed { acks, needed });
@@ -364,6 +380,9 @@ impl Coordinator {
     /// the refusal, then pushes the retraction to the replicas in the
     /// background; they drop their copy when they merge it (read repair
     /// does, should a push fail).
+    ///
+    /// # Errors
+    /// The store error when the local retraction cannot be stored.
     async fn retract_refused(
         self: &Arc<Self>,
         key: &Bytes,
@@ -372,18 +391,22 @@ impl Coordinator {
         local: Target,
         dot: &Dot,
         replicas: Vec<NodeId>,
-    ) {
+    ) -> Result<()> {
         let state = match self.replica.retract(local.slot(), partition, key, hash, dot).await {
             Ok(Some(state)) => state,
-            Ok(None) => return,
+            Ok(None) => return Ok(()),
             Err(e) => {
-                tracing::warn!(node = %self.id, error = %e, "cannot retract a refused write");
-                return;
+                tracing::warn!(node = %self.id, error = %e, "cannot retract a refused write: its outcome is unknown");
+                return Err(e);
             }
         };
-        let frame =
-            Request::Replicate { key: key.clone(), state: Bytes::from(state.encode()), sibling_limit: None }
-                .encode();
+        let frame = Request::Replicate {
+            key: key.clone(),
+            state: Bytes::from(state.encode()),
+            sibling_limit: None,
+            epoch: 0,
+        }
+        .encode();
         let core = Arc::clone(self);
         tokio::spawn(async move {
             for node in replicas {
@@ -392,6 +415,7 @@ impl Coordinator {
                 }
             }
         });
+        Ok(())
     }
 
     /// Reads `key` from R replicas and merges their answers; stale
@@ -406,28 +430,53 @@ impl Coordinator {
     }
 
     /// [`read`](Self::read) with an absolute deadline.
+    ///
+    /// While this node sees the key's partition still moving, it reads the
+    /// previous owners; if one of them answers that it dropped its copy,
+    /// the move has settled (a node drops only then) and the read starts
+    /// again on the new owners.
     async fn read_until(self: &Arc<Self>, key: Bytes, r: usize, deadline: Instant) -> Result<SiblingSet> {
         check_key(&self.config, &key)?;
         check_quorum(&self.config, "r", r)?;
         bump(&self.metrics.gets);
         let ring = self.ring()?;
         let partition = ring.partition_of(&key);
-        let hash = key_hash(&key);
         let view = self.membership.view();
-        let plan = plan_read(
-            &ring,
-            partition,
-            view.read_owners(&ring, partition),
-            self.detector.as_ref(),
-            self.config.sloppy_quorum,
-        );
+        let owners = view.read_owners(&ring, partition).to_vec();
         drop(view);
+        let moved = Arc::new(AtomicBool::new(false));
+        let first = self.read_from(&ring, key.clone(), r, deadline, &owners, Arc::clone(&moved)).await;
+        let new_owners = ring.preference_list(partition);
+        match first {
+            Err(_) if moved.load(Ordering::Relaxed) && owners != new_owners => {
+                self.read_from(&ring, key, r, deadline, new_owners, Arc::new(AtomicBool::new(false))).await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads `key` from R of `owners` (and their stand-ins); sets `moved`
+    /// when an owner answers that it no longer replicates the partition.
+    async fn read_from(
+        self: &Arc<Self>,
+        ring: &Ring,
+        key: Bytes,
+        r: usize,
+        deadline: Instant,
+        owners: &[NodeId],
+        moved: Arc<AtomicBool>,
+    ) -> Result<SiblingSet> {
+        let partition = ring.partition_of(&key);
+        let hash = key_hash(&key);
+        let plan = plan_read(ring, partition, owners, self.detector.as_ref(), self.config.sloppy_quorum);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let core = Arc::clone(self);
         let k = key.clone();
+        let flag = Arc::clone(&moved);
         let call = move |t: Target| {
             let core = Arc::clone(&core);
             let key = k.clone();
+            let moved = Arc::clone(&flag);
             async move {
                 if t.node == core.id {
                     return core.replica.load(t.slot(), partition, &key).await;
@@ -439,7 +488,13 @@ impl Coordinator {
                     Response::State(Some(bytes)) => SiblingSet::decode(&bytes)
                         .map(Some)
                         .map_err(|e| Error::Protocol(format!("replica sent a bad state: {e}"))),
-                    Response::Error(e) => Err(e.into_error()),
+                    Response::Error(e) => {
+                        let e = e.into_error();
+                        if matches!(e, Error::NotReplica { .. }) {
+                            moved.store(true, Ordering::Relaxed);
+                        }
+                        Err(e)
+                    }
                     other => Err(Error::Protocol(format!("unexpected answer to a read: {other:?}"))),
                 }
             }
@@ -472,7 +527,13 @@ impl Coordinator {
                             merged.merge(&s);
                         }
                     }
-                    Some(Outcome::Failed | Outcome::Refused(_)) => {}
+                    Some(Outcome::Failed | Outcome::Refused(_)) => {
+                        // An owner dropped its copy: the partition settled
+                        // and the caller reads the new owners instead.
+                        if moved.load(Ordering::Relaxed) {
+                            return Err(Error::NotReplica { partition, epoch: ring.epoch() });
+                        }
+                    }
                     None => {
                         bump(&self.metrics.quorum_failures);
                         return Err(Error::QuorumFailed { acks: slots.len(), needed: r });

@@ -150,6 +150,26 @@ pub enum Error {
         /// The ring's epoch now.
         current: u64,
     },
+    /// A replica refused a new write planned under an older ring epoch than
+    /// its own (the coordinator has not learned a topology change yet);
+    /// nothing was stored.
+    #[error("the write was planned under ring epoch {request}, and this replica is at epoch {current}; nothing was stored")]
+    StaleRing {
+        /// The coordinator's ring epoch.
+        request: u64,
+        /// The replica's.
+        current: u64,
+    },
+    /// The node does not replicate the key's partition (a topology change
+    /// moved it away and its data has settled elsewhere); nothing was read
+    /// or stored.
+    #[error("this node no longer replicates partition {partition} (ring epoch {epoch})")]
+    NotReplica {
+        /// The partition.
+        partition: u32,
+        /// The node's ring epoch.
+        epoch: u64,
+    },
     /// The node refused work it has no room for; nothing was executed.
     #[error("node is overloaded: {0}")]
     Overloaded(String),
@@ -167,6 +187,8 @@ impl Error {
                 | Error::Overloaded(_)
                 | Error::Store(_)
                 | Error::NotAMember(_)
+                | Error::StaleRing { .. }
+                | Error::NotReplica { .. }
         )
     }
 }

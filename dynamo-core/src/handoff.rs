@@ -185,6 +185,7 @@ impl Handoff {
         drop(view);
         let max = max_bytes.clamp(1, MAX_BATCH_BYTES) as usize;
         let (entries, done) = self.replica.scan_partition(partition, after, max).await?;
+        tracing::debug!(node = %self.id, %to, partition, keys = entries.len(), done, "served a handoff batch");
         let bytes: u64 = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         {
             let mut progress = self.progress();
@@ -249,6 +250,7 @@ impl Handoff {
         // The report lets the losing nodes drop their copy: this one must
         // survive a crash first.
         self.replica.flush().await?;
+        tracing::debug!(node = %self.id, partition, epoch, ?sources, "copied a gained partition");
         self.gossip.report_received(epoch, partition).await;
         crate::metrics::bump(&self.metrics.handoff_partitions_received);
         Ok(())

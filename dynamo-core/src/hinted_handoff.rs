@@ -75,9 +75,15 @@ impl HintedHandoff {
         let hash = key_hash(&hint.key);
         let view = self.membership.view();
         let ring = view.require_ring()?;
+        // While the partition moves, a hint for a node that loses it goes to
+        // every node written to: the losing node may drop its copy once
+        // the gaining ones have theirs, which this hint would not be in.
         let (owners, _) = view.write_owners(ring, hint.partition);
-        let targets: Vec<NodeId> =
-            if owners.contains(&hint.owner) { vec![hint.owner] } else { owners.into_owned() };
+        let targets: Vec<NodeId> = if ring.preference_list(hint.partition).contains(&hint.owner) {
+            vec![hint.owner]
+        } else {
+            owners.into_owned()
+        };
         drop(view);
         for target in targets {
             if target == self.id {
@@ -86,9 +92,13 @@ impl HintedHandoff {
                 self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
                 continue;
             }
-            let frame =
-                Request::Replicate { key: hint.key.clone(), state: hint.state.clone(), sibling_limit: None }
-                    .encode();
+            let frame = Request::Replicate {
+                key: hint.key.clone(),
+                state: hint.state.clone(),
+                sibling_limit: None,
+                epoch: 0,
+            }
+            .encode();
             match self.peers.call(target, frame, self.config.replica_timeout()).await? {
                 Response::Ack => {}
                 Response::Error(e) => return Err(e.into_error()),

@@ -122,6 +122,19 @@ impl ClusterView {
         }
     }
 
+    /// Whether `node` holds `partition`'s data under this view: it is
+    /// written to (see [`ClusterView::write_owners`]). A node that is not
+    /// has dropped (or is dropping) its copy.
+    ///
+    /// # Panics
+    /// If `partition` is out of range of `ring`.
+    pub fn replicates(&self, ring: &Ring, node: NodeId, partition: u32) -> bool {
+        ring.preference_list(partition).contains(&node)
+            || self.handover.as_ref().is_some_and(|h| {
+                !h.is_settled(partition) && h.previous().preference_list(partition).contains(&node)
+            })
+    }
+
     /// The nodes a write of `partition` goes to, and how many
     /// acknowledgements it needs beyond W: its preference list and 0, or
     /// while its data is still moving, the old and new lists together and

@@ -334,18 +334,27 @@ impl NodeBuilder {
         let transport = self.transport.ok_or_else(|| missing("transport"))?;
         // The ring the node starts under must match the data's, before the
         // store is touched.
+        let persisted = match (&self.membership, &self.ring, &self.gossip) {
+            (None, None, Some(_)) => Gossip::persisted_ring(&store).await?,
+            _ => None,
+        };
         let given = match (&self.membership, &self.ring, &self.gossip) {
             (Some(m), _, _) => m.view().ring().map(|r| Ring::clone(r)),
             (None, Some(ring), _) => Some(ring.clone()),
-            (None, None, Some(g)) => match Gossip::persisted_ring(&store).await? {
-                Some(ring) => Some(ring),
-                None => g.initial_ring.clone(),
-            },
+            (None, None, Some(g)) => persisted.clone().or_else(|| g.initial_ring.clone()),
             (None, None, None) => return Err(missing("membership, ring or gossip settings")),
         };
-        if let Some(ring) = &given {
-            check_ring(&config, ring)?;
-            stored_ring::check(&store, ring, self.adopt_ring).await?;
+        match (&given, &persisted) {
+            // The ring committed topology changes led this node to.
+            (Some(ring), Some(_)) => {
+                check_ring(&config, ring)?;
+                stored_ring::record(&store, ring).await?;
+            }
+            (Some(ring), None) => {
+                check_ring(&config, ring)?;
+                stored_ring::check(&store, ring, self.adopt_ring).await?;
+            }
+            (None, _) => {}
         }
         let clock = Arc::new(HybridClock::new(self.clock));
         let replica = Arc::new(

@@ -52,9 +52,13 @@ impl ReadRepair {
         if stale.is_empty() {
             return;
         }
-        let frame =
-            Request::Replicate { key: key.clone(), state: Bytes::from(merged.encode()), sibling_limit: None }
-                .encode();
+        let frame = Request::Replicate {
+            key: key.clone(),
+            state: Bytes::from(merged.encode()),
+            sibling_limit: None,
+            epoch: 0,
+        }
+        .encode();
         for node in stale {
             let result = if node == self.id {
                 self.replica.merge(Slot::Data, partition, &key, hash, &merged, None).await.map(|_| ())

@@ -59,8 +59,20 @@ impl ReplicaService {
         let result = match req {
             Request::Ping => Ok(Response::Pong),
             Request::Get { key, hint_for } => self.get(&key, hint_for).await.map(Response::State),
-            Request::Replicate { key, state, sibling_limit } => {
-                self.merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
+            Request::Replicate { key, state, sibling_limit, epoch } => {
+                match self.stale_coordinator(&key, epoch) {
+                    // A new write from a coordinator behind a topology change
+                    // that moves the key's partition.
+                    Some(current) if sibling_limit.is_some() => {
+                        Err(Error::StaleRing { request: epoch, current })
+                    }
+                    _ => match self.check_replicates(&key) {
+                        Ok(()) => {
+                            self.merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                }
             }
             Request::StoreHint { owner, key, state } => {
                 let r = self.merge(Slot::HintFor(owner), &key, &state, None).await;
@@ -90,8 +102,42 @@ impl ReplicaService {
         result.unwrap_or_else(|e| Response::error(&e))
     }
 
+    /// This node's ring epoch, if a write planned under ring `epoch` is
+    /// behind a topology change that moves `key`'s partition (a change
+    /// that leaves the partition's preference list alone does not count).
+    fn stale_coordinator(&self, key: &[u8], epoch: u64) -> Option<u64> {
+        let view = self.membership.view();
+        let ring = view.ring()?;
+        if epoch >= ring.epoch() {
+            return None;
+        }
+        let partition = ring.partition_of(key);
+        let unmoved = view.handover().is_some_and(|h| {
+            h.previous().epoch() == epoch
+                && h.previous().preference_list(partition) == ring.preference_list(partition)
+        });
+        (!unmoved).then_some(ring.epoch())
+    }
+
+    /// Refuses a key whose partition this node no longer replicates: its
+    /// copy is dropped (or being dropped), so an answer from it would pass
+    /// for "not found", and a write to it would be lost.
+    fn check_replicates(&self, key: &[u8]) -> Result<()> {
+        let view = self.membership.view();
+        let ring = view.require_ring()?;
+        let partition = ring.partition_of(key);
+        // Only gossiping nodes move data; a fixed ring keeps what it has.
+        if self.handoff.is_none() || view.replicates(ring, self.coordinator.id, partition) {
+            return Ok(());
+        }
+        Err(Error::NotReplica { partition, epoch: ring.epoch() })
+    }
+
     async fn get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {
         check_key(&self.config, key)?;
+        if hint_for.is_none() {
+            self.check_replicates(key)?;
+        }
         let slot = hint_for.map_or(Slot::Data, Slot::HintFor);
         self.replica.load_raw(slot, self.partition_of(key)?, key).await
     }

@@ -59,6 +59,23 @@ impl RingIdentity {
     }
 }
 
+/// Records `ring` as the one the store's data follows, whatever was
+/// recorded before: for a ring the node's own persisted gossip state holds
+/// (the cluster moved to it through committed topology changes, and the
+/// record may lag it after a crash).
+///
+/// # Errors
+/// Store errors.
+pub(crate) async fn record(store: &Arc<dyn Store>, ring: &Ring) -> Result<()> {
+    let batch = RingIdentity::of(ring).record();
+    run_store(store, move |s| {
+        s.write(batch)?;
+        s.flush()
+    })
+    .await?;
+    Ok(())
+}
+
 /// Checks `ring` against the ring recorded in `store`. A store with no
 /// record (new, or written before records existed) records `ring`; with
 /// `adopt`, a different recorded ring is replaced (and a warning logged).

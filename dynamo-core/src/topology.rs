@@ -59,9 +59,9 @@ impl Change {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Change::Join(n) => write!(f, "join {n}"),
-            Change::Leave(n) => write!(f, "leave {n}"),
-            Change::Remove(n) => write!(f, "remove {n}"),
+            Change::Join(n) => write!(f, "join {}", n.0),
+            Change::Leave(n) => write!(f, "leave {}", n.0),
+            Change::Remove(n) => write!(f, "remove {}", n.0),
         }
     }
 }
@@ -128,6 +128,7 @@ pub fn check_change(
 ) -> Result<()> {
     let refuse = |why: String| Err(Error::TopologyRefused(why));
     let node = change.node();
+    let id = node.0;
     if let Some(earlier) = staged.iter().find(|c| c.node() == node) {
         return refuse(format!("{earlier} is already staged; `clear` the staged changes to change it"));
     }
@@ -136,23 +137,33 @@ pub fn check_change(
         Change::Join(_) => {
             let Some(info) = known.iter().find(|m| m.id == node) else {
                 return refuse(format!(
-                    "node {node} is unknown: start it with a seed of this cluster so gossip learns it, then join it"
+                    "node {id} is unknown: start it with a seed of this cluster so gossip learns it, then join it"
                 ));
             };
             if in_ring {
-                return refuse(format!("node {node} is already a member of the ring"));
+                return refuse(format!("node {id} is already a member of the ring"));
             }
             if let Some(other) = ring.members().iter().find(|m| m.addr == info.addr) {
-                return refuse(format!("node {node}'s address {} is member {}'s", info.addr, other.id));
+                return refuse(format!("node {id}'s address {} is member {}'s", info.addr, other.id.0));
             }
         }
         Change::Leave(_) | Change::Remove(_) if !in_ring => {
-            return refuse(format!("node {node} is not a member of the ring"));
+            return refuse(format!("node {id} is not a member of the ring"));
         }
         Change::Remove(_) if node == local => {
-            return refuse(format!("node {node} cannot remove itself: ask another node, or `leave {node}`"));
+            return refuse(format!("node {id} cannot remove itself: ask another node, or `leave {id}`"));
         }
-        Change::Leave(_) | Change::Remove(_) => {}
+        Change::Leave(_) | Change::Remove(_) => {
+            let departing = staged.iter().filter(|c| !matches!(c, Change::Join(_))).count() + 1;
+            let joining = staged.iter().filter(|c| matches!(c, Change::Join(_))).count();
+            let left = (ring.members().len() + joining).saturating_sub(departing);
+            if left < ring.replicas() {
+                return refuse(format!(
+                    "{change} would leave {left} members, fewer than N = {}",
+                    ring.replicas()
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -173,7 +184,7 @@ pub fn plan(ring: &Ring, known: &[MemberInfo], changes: &[Change]) -> Result<(Ri
         match change {
             Change::Join(id) => {
                 let info = known.iter().find(|m| m.id == id).ok_or_else(|| {
-                    Error::TopologyRefused(format!("node {id} is no longer known to gossip"))
+                    Error::TopologyRefused(format!("node {} is no longer known to gossip", id.0))
                 })?;
                 members.push(crate::gossip::ring_member(info));
             }
@@ -383,7 +394,11 @@ mod tests {
         let mut same_addr = known.clone();
         same_addr[3].addr = "n2".into();
         let e = check_change(&ring, &same_addr, me, &[], Change::Join(NodeId(4))).unwrap_err();
-        assert!(e.to_string().contains("address n2 is member n2's"), "{e}");
+        assert!(e.to_string().contains("address n2 is member 2's"), "{e}");
+        // A leave that would leave fewer than N members, counting what is staged.
+        let e = check_change(&ring, &known, me, &[], Change::Leave(NodeId(3))).unwrap_err();
+        assert!(e.to_string().contains("fewer than N = 3"), "{e}");
+        check_change(&ring, &known, me, &[Change::Join(NodeId(4))], Change::Leave(NodeId(3))).unwrap();
         check_change(&ring, &known, me, &[], Change::Join(NodeId(4))).unwrap();
         let e = plan(&ring, &known, &[Change::Leave(NodeId(3))]).unwrap_err();
         assert!(e.to_string().contains("fewer than N = 3"), "{e}");

@@ -487,12 +487,27 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.gossip_converged() {
             if tokio::time::Instant::now() >= deadline {
+                let states: Vec<(usize, dynamo_core::gossip::GossipState)> =
+                    (0..self.len()).filter_map(|i| Some((i, self.node(i)?.gossip_state()?))).collect();
                 let distinct: std::collections::BTreeSet<u64> =
-                    (0..self.len()).filter_map(|i| self.node(i)?.gossip_state()).map(|s| s.hash()).collect();
+                    states.iter().map(|(_, s)| s.hash()).collect();
+                let views: Vec<String> = states
+                    .iter()
+                    .map(|(i, s)| {
+                        let d = s.digest();
+                        let members: Vec<String> = d
+                            .members
+                            .iter()
+                            .map(|(id, st)| format!("{id}@{}.{}", st.generation, st.version))
+                            .collect();
+                        format!("node {i}: ring {:?}, {}", d.ring.map(|r| r.epoch), members.join(" "))
+                    })
+                    .collect();
                 return Err(format!(
-                    "{} distinct gossip states after {timeout:?} (seed {})",
+                    "{} distinct gossip states after {timeout:?} (seed {}): {}",
                     distinct.len(),
-                    self.seed
+                    self.seed,
+                    views.join("; ")
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

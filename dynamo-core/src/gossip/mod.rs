@@ -18,7 +18,7 @@
 
 pub mod state;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ impl Gossip {
         let mut info = settings.local.clone();
         let held = state.member(local);
         let handoff = held.map(|e| e.handoff.clone()).unwrap_or_default();
-        info.status = status_in(state.ring(), local, held.map(|e| e.info.status));
+        info.status = status_in(state.ring(), local, held.map(|e| e.info.status), true);
         state.merge_entry(MemberEntry { info, generation, version: 0, handoff });
         let gossip = Gossip {
             local,
@@ -338,7 +338,8 @@ impl Gossip {
         };
         // The local entry follows the ring: active while it lists us.
         if let Some(mine) = inner.state.member(self.local) {
-            let status = status_in(inner.state.ring(), self.local, Some(mine.info.status));
+            let moving = handover.as_ref().is_some_and(|h| !h.all_settled());
+            let status = status_in(inner.state.ring(), self.local, Some(mine.info.status), moving);
             if mine.info.status != status {
                 let mut entry = mine.clone();
                 entry.info.status = status;
@@ -497,12 +498,21 @@ impl Gossip {
     /// round; a seed while no other member is known.
     fn next_target(&self) -> Option<(Option<NodeId>, String)> {
         let mut inner = self.lock();
-        let others: Vec<(NodeId, String)> = inner
+        // Every member gossip knows, and every member of the ring (a node
+        // that learned the ring before meeting its members must not depend
+        // on the seed alone: the seed may be down, or removed).
+        let mut others: BTreeMap<NodeId, String> = inner
             .state
             .members()
             .filter(|e| e.info.id != self.local)
             .map(|e| (e.info.id, e.info.addr.clone()))
             .collect();
+        if let Some(ring) = inner.state.ring() {
+            for m in ring.members.iter().filter(|m| m.id != self.local) {
+                others.entry(m.id).or_insert_with(|| m.addr.clone());
+            }
+        }
+        let others: Vec<(NodeId, String)> = others.into_iter().collect();
         if others.is_empty() || inner.state.ring().is_none() {
             let mine = inner.state.member(self.local).map(|e| e.info.addr.clone()).unwrap_or_default();
             let seeds: Vec<&String> = self.seeds.iter().filter(|s| **s != mine).collect();
@@ -597,14 +607,15 @@ async fn call(wiring: &Wiring, addr: &str, frame: Bytes) -> Result<Response> {
 }
 
 /// A member's status under `ring`: active while the ring lists it,
-/// leaving while only the ring it moves away from does, left once it is in
-/// neither after having been a member, joining before it ever was one.
-fn status_in(ring: Option<&RingLayout>, id: NodeId, was: Option<MemberStatus>) -> MemberStatus {
+/// leaving while only the ring data is `moving` away from does, left once
+/// it is in neither (or its data has moved) after having been a member,
+/// joining before it ever was one.
+fn status_in(ring: Option<&RingLayout>, id: NodeId, was: Option<MemberStatus>, moving: bool) -> MemberStatus {
     let Some(ring) = ring else { return was.unwrap_or(MemberStatus::Joining) };
     if ring.members.iter().any(|m| m.id == id) {
         return MemberStatus::Active;
     }
-    if ring.transition.as_ref().is_some_and(|t| t.members.iter().any(|m| m.id == id)) {
+    if moving && ring.transition.as_ref().is_some_and(|t| t.members.iter().any(|m| m.id == id)) {
         return MemberStatus::Leaving;
     }
     match was {

@@ -51,6 +51,12 @@ pub enum Request {
         /// siblings than this and than it held. `None` for repairs and
         /// hint delivery, which always merge.
         sibling_limit: Option<u32>,
+        /// For a new client write, the ring epoch its coordinator planned
+        /// it under: a replica at a later epoch refuses it (answering
+        /// [`Error::StaleRing`]), since a coordinator that has not seen a
+        /// topology change would count acknowledgements a move can lose.
+        /// 0 for repairs and hint delivery.
+        epoch: u64,
     },
     /// Keep `state` as a hint for `owner`, who could not be reached, and
     /// deliver it when it answers again. Answered with [`Response::Ack`].
@@ -281,6 +287,14 @@ enum WireErrorKind {
         planned: u64,
         current: u64,
     },
+    StaleRing {
+        request: u64,
+        current: u64,
+    },
+    NotReplica {
+        partition: u32,
+        epoch: u64,
+    },
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -331,6 +345,12 @@ impl From<&Error> for WireError {
             Error::StalePlan { planned, current } => {
                 WireErrorKind::StalePlan { planned: *planned, current: *current }
             }
+            Error::StaleRing { request, current } => {
+                WireErrorKind::StaleRing { request: *request, current: *current }
+            }
+            Error::NotReplica { partition, epoch } => {
+                WireErrorKind::NotReplica { partition: *partition, epoch: *epoch }
+            }
             _ => WireErrorKind::Other,
         };
         let kind = postcard::to_stdvec(&kind).expect("error kinds always serialize");
@@ -376,6 +396,8 @@ impl WireError {
             WireErrorKind::Overloaded(m) => Error::Overloaded(m),
             WireErrorKind::TopologyRefused(m) => Error::TopologyRefused(m),
             WireErrorKind::StalePlan { planned, current } => Error::StalePlan { planned, current },
+            WireErrorKind::StaleRing { request, current } => Error::StaleRing { request, current },
+            WireErrorKind::NotReplica { partition, epoch } => Error::NotReplica { partition, epoch },
             WireErrorKind::Other => Error::Remote(self.message),
             WireErrorKind::ForeignCluster { ours, theirs } => Error::ForeignCluster { ours, theirs },
             WireErrorKind::NotReady(m) => Error::NotReady(m),
@@ -466,6 +488,7 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 state: Bytes::from_static(b"\x01abc"),
                 sibling_limit: Some(100),
+                epoch: 3,
             },
             Request::StoreHint { owner: NodeId(9), key: Bytes::from_static(b"k"), state: Bytes::new() },
             Request::Coordinate(WriteRequest {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dynamo_core::fault_point::{Fault, FaultInjector, FaultPoint};
 use dynamo_core::member::NodeId;
+use dynamo_core::topology::Change;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -29,6 +30,8 @@ struct Probabilities {
     after_send: f64,
     /// Whether any store write failure was injected (errors are expected then).
     injected_store_failure: bool,
+    /// Nodes removed from the cluster for good: never started again.
+    retired: Vec<usize>,
 }
 
 impl SeededFaults {
@@ -41,6 +44,7 @@ impl SeededFaults {
                 before_send: 0.0,
                 after_send: 0.0,
                 injected_store_failure: false,
+                retired: Vec::new(),
             }),
         }
     }
@@ -58,6 +62,10 @@ impl SeededFaults {
     /// Whether a store write failure was injected during the run.
     pub(crate) fn injected_store_failure(&self) -> bool {
         self.lock().injected_store_failure
+    }
+
+    fn retired(&self, i: usize) -> bool {
+        self.lock().retired.contains(&i)
     }
 }
 
@@ -96,12 +104,25 @@ pub(crate) async fn apply(cluster: &Cluster, faults: &SeededFaults, kind: &Fault
         FaultKind::Isolate(i) => cluster.isolate(*i),
         FaultKind::HealNetwork => cluster.heal(),
         FaultKind::Crash(i) => cluster.kill(*i).await,
-        FaultKind::Restart(i) => {
+        FaultKind::Restart(i) if !faults.retired(*i) => {
             // A start that fails (an injected store failure) is retried at the heal.
             let _ = cluster.start(*i).await;
         }
-        FaultKind::Wipe(i) => {
+        FaultKind::Wipe(i) if !faults.retired(*i) => {
             let _ = cluster.wipe_and_restart(*i).await;
+        }
+        FaultKind::Restart(_) | FaultKind::Wipe(_) => {}
+        FaultKind::Join(i) => {
+            commit(cluster, *i, Change::Join(NodeId(*i as u64 + 1))).await;
+        }
+        FaultKind::Leave(i) => {
+            commit(cluster, *i, Change::Leave(NodeId(*i as u64 + 1))).await;
+        }
+        FaultKind::Remove(i) => {
+            cluster.kill(*i).await;
+            if commit(cluster, *i, Change::Remove(NodeId(*i as u64 + 1))).await {
+                faults.lock().retired.push(*i);
+            }
         }
         FaultKind::Pause(i) => cluster.pause(*i),
         FaultKind::Resume(i) => cluster.resume(*i),
@@ -131,7 +152,31 @@ pub(crate) async fn heal(cluster: &Cluster, faults: &Arc<SeededFaults>) -> Resul
     for i in 0..cluster.len() {
         cluster.resume(i);
         cluster.clock(i).reset();
+        if faults.retired(i) {
+            continue;
+        }
         cluster.start(i).await.map_err(|e| format!("node {i} does not start again: {e}"))?;
     }
     Ok(())
+}
+
+/// Stages `change` (about node `about`) on the first running node that
+/// knows a ring, other than `about`, and commits it; returns whether the
+/// commit was accepted (a refusal, such as a move still under way, leaves
+/// the cluster as it was).
+async fn commit(cluster: &Cluster, about: usize, change: Change) -> bool {
+    let Some(node) = (0..cluster.len())
+        .filter(|&i| i != about)
+        .filter_map(|i| cluster.node(i))
+        .find(|n| n.ring().is_some())
+    else {
+        return false;
+    };
+    node.clear_staged();
+    let committed = match node.stage(change) {
+        Ok(_) => node.commit(None).await.is_ok(),
+        Err(_) => false,
+    };
+    node.clear_staged();
+    committed
 }

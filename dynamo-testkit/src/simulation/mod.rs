@@ -11,7 +11,10 @@
 //! crashes and restarts with the store kept (losing unflushed writes with
 //! buffered stores) or wiped; frozen nodes (SIGSTOP) that resume late;
 //! clocks that jump or drift per node; failing or slow store writes and
-//! transport errors after a request was sent (core's fault points). The
+//! transport errors after a request was sent (core's fault points); with
+//! gossip, topology changes committed mid-run (a join, a leave, or the
+//! removal of a node dead for good), often with a crash while the data
+//! moves. The
 //! clients of the [`Workload`] run concurrently with the schedule. Then the
 //! faults stop, the cluster heals, and the checks run:
 //!
@@ -19,7 +22,8 @@
 //! - no acknowledged delete is undone (a value the deleting read saw never
 //!   reads back);
 //! - every key converges to one state on all its replicas, and with gossip
-//!   every node's view of the members and the ring to one state;
+//!   every node's view of the members and the ring to one state, and every
+//!   committed topology change settles (its data where the ring says);
 //! - a write refused for the sibling bound never takes effect;
 //! - no panic, and no error log unless store failures were injected;
 //! - the application's own [`Invariant`]s.
@@ -308,10 +312,16 @@ impl Simulation {
                 return Err(fail("gossip-convergence", None, e, Vec::new()));
             }
         }
+        if plan.gossip {
+            if let Err(e) = cluster.wait_handoff_settled(CONVERGE).await {
+                return Err(fail("handoff-settled", None, e, Vec::new()));
+            }
+        }
         if let Err(e) = cluster.wait_converged(CONVERGE).await {
             return Err(fail("convergence", None, e, Vec::new()));
         }
-        let finals = cluster.read_all(0).await.map_err(|e| {
+        let reader = (0..cluster.len()).find(|&i| cluster.node(i).is_some()).unwrap_or(0);
+        let finals = cluster.read_all(reader).await.map_err(|e| {
             fail("final-read", None, format!("a read at R = N failed after the heal: {e}"), vec![])
         })?;
         let mut states: BTreeMap<Bytes, Option<SiblingSet>> = BTreeMap::new();
@@ -368,6 +378,7 @@ impl Simulation {
             replica_timeout_ms: 400,
             hint_delivery_interval_ms: 200,
             suspect_period_ms: 300,
+            handoff_interval_ms: 200,
             ..Config::default()
         };
         let mut builder = Cluster::builder()

@@ -56,6 +56,14 @@ pub enum FaultKind {
     /// Calls fail before the request is sent with the first probability,
     /// and after it was executed with the second.
     SendFaults(f64, f64),
+    /// A topology change joins this (joining) node: staged and committed
+    /// through a live founding node; handoff moves data to it.
+    Join(usize),
+    /// A topology change makes this node leave (it hands its data off).
+    Leave(usize),
+    /// The node dies for good (its disk with it) and is removed: its data
+    /// is rebuilt from the other replicas.
+    Remove(usize),
 }
 
 /// A fault and when it happens.
@@ -149,6 +157,11 @@ impl SimPlan {
         plan.faults = draw_faults(&mut rng, &plan);
         // Drawn last, so that adding it left every earlier plan as it was.
         plan.joiners = usize::from(plan.gossip && rng.random_bool(0.3));
+        // Topology changes, drawn after everything else for the same reason.
+        if let Some(change) = draw_topology(&mut rng, &plan) {
+            plan.faults.extend(change);
+            plan.faults.sort_by_key(|f| f.at);
+        }
         plan
     }
 
@@ -158,6 +171,48 @@ impl SimPlan {
     fn destructive_allowed(&self) -> bool {
         self.w >= 2
     }
+}
+
+/// With gossip, half the runs change the topology once mid-run: a join of
+/// the joining node, a leave, or (if no other fault destroys a copy) the
+/// removal of a node that died for good; often a node crashes (or, with
+/// buffered stores, freezes) while the data moves, and comes back.
+fn draw_topology(rng: &mut ChaCha8Rng, plan: &SimPlan) -> Option<Vec<ScheduledFault>> {
+    if !plan.gossip || !rng.random_bool(0.5) {
+        return None;
+    }
+    let destructive_used = !plan.destructive_allowed()
+        || plan.faults.iter().any(|f| {
+            matches!(f.kind, FaultKind::Wipe(_)) || plan.buffered && matches!(f.kind, FaultKind::Crash(_))
+        });
+    let mut options = Vec::new();
+    if plan.joiners > 0 {
+        options.push(FaultKind::Join(plan.nodes));
+    }
+    if plan.nodes > plan.n {
+        options.push(FaultKind::Leave(rng.random_range(0..plan.nodes)));
+        if !destructive_used {
+            options.push(FaultKind::Remove(rng.random_range(0..plan.nodes)));
+        }
+    }
+    if options.is_empty() {
+        return None;
+    }
+    let kind = options.swap_remove(rng.random_range(0..options.len()));
+    let at = Duration::from_millis(rng.random_range(HORIZON_MS / 5..HORIZON_MS * 3 / 4));
+    let mut out = vec![ScheduledFault { at, kind }];
+    if rng.random_bool(0.5) {
+        let victim = rng.random_range(0..plan.nodes + plan.joiners);
+        let (down, up) = if plan.buffered {
+            (FaultKind::Pause(victim), FaultKind::Resume(victim))
+        } else {
+            (FaultKind::Crash(victim), FaultKind::Restart(victim))
+        };
+        let crash = at + Duration::from_millis(rng.random_range(1..300));
+        out.push(ScheduledFault { at: crash, kind: down });
+        out.push(ScheduledFault { at: crash + Duration::from_millis(rng.random_range(50..1_000)), kind: up });
+    }
+    Some(out)
 }
 
 fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
@@ -299,7 +354,7 @@ mod tests {
                 .faults
                 .iter()
                 .filter(|f| {
-                    matches!(f.kind, FaultKind::Wipe(_))
+                    matches!(f.kind, FaultKind::Wipe(_) | FaultKind::Remove(_))
                         || plan.buffered && matches!(f.kind, FaultKind::Crash(_))
                 })
                 .count();
@@ -308,7 +363,7 @@ mod tests {
                 kinds.insert(std::mem::discriminant(&f.kind));
             }
         }
-        assert_eq!(kinds.len(), 16, "every fault kind is drawn");
+        assert_eq!(kinds.len(), 19, "every fault kind is drawn");
         assert_eq!(shapes.len(), 8, "strong and weak quorums, sloppy and strict, both reconcilers");
     }
 }
