@@ -130,6 +130,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Grow or shrink the cluster: stage join, leave or remove, see the
+    /// plan, commit it, and watch the data move (`cluster status`).
+    Cluster(crate::cluster_cmd::ClusterArgs),
     /// Load-test a cluster: closed-loop reads and writes, latency percentiles.
     ///
     /// Writes are blind PUTs (no context): run the cluster with a reconciler
@@ -255,6 +258,7 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
             ApiClient::new(&url)?.delete(&key, context.as_deref(), w).await?;
         }
         Command::Status { url, json } => print_status(&ApiClient::new(&url)?, json).await?,
+        Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
         Command::Bench(args) => crate::bench::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
-//! A small HTTP client for the API, behind the `get`, `put`, `delete` and
-//! `status` commands (and `dev`'s readiness checks).
+//! A small HTTP client for the API, behind the `get`, `put`, `delete`,
+//! `status` and `cluster` commands (and `dev`'s readiness checks).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -163,6 +163,29 @@ impl ApiClient {
             return Err(error_of(resp).await);
         }
         Ok(resp.json().await?)
+    }
+
+    /// `POST` of a JSON admin path with no body, e.g.
+    /// `/admin/cluster/join/4`; the JSON answer.
+    ///
+    /// # Errors
+    /// Transport failures and error answers, with the server's message.
+    pub async fn post_json(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("POST {}{path}", self.base))?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// The base URL requests go to (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Whether `/health` answers now.

@@ -19,6 +19,11 @@
 //!   answered in the same form by [`crate::http_listener`].
 //! - `GET /health`, `/metrics`, `/admin/ring[?key=]`, `/admin/members`,
 //!   `/admin/hints`, `/admin/local/{key}` (what this node itself stores).
+//! - Topology changes and their progress ([`crate::admin_cluster`]):
+//!   `GET /admin/cluster`, `POST /admin/cluster/{join,leave,remove}/{id}`,
+//!   `GET /admin/cluster/plan`, `POST /admin/cluster/commit[?epoch=N]`,
+//!   `POST /admin/cluster/clear`, `GET /admin/handoff`; a refused change
+//!   is 400, a stale plan 409, a node that has no ring yet 503.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +46,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http_listener::BodyTimeout;
-use crate::metrics::{MetricsFormat, PeerSample, ServerMetrics};
+use crate::metrics::{MetricsFormat, PeerSample, ServerMetrics, TransferCounts};
 
 /// The header carrying the opaque causal context.
 pub const CONTEXT_HEADER: &str = "x-dynamo-context";
@@ -75,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/local/", get(empty_key))
         .route("/admin/local/{key}/", get(key_with_slash))
         .route("/admin/local/{key}/{*rest}", get(key_with_slash))
+        .merge(crate::admin_cluster::routes())
         // After the routes: it applies to those registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -92,11 +98,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, body: json!({ "error": message.into() }), close: false }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -119,7 +125,11 @@ impl From<Error> for ApiError {
             | Error::KeyTooLong { .. }
             | Error::InvalidContext(_)
             | Error::InvalidContentType(_)
-            | Error::InvalidQuorum { .. } => (StatusCode::BAD_REQUEST, json!({ "error": message })),
+            | Error::InvalidQuorum { .. }
+            | Error::TopologyRefused(_) => (StatusCode::BAD_REQUEST, json!({ "error": message })),
+            Error::StalePlan { planned, current } => {
+                (StatusCode::CONFLICT, json!({ "error": message, "planned": planned, "current": current }))
+            }
             Error::ValueTooLarge { size, max } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": message, "size": size, "max": max }))
             }
@@ -403,7 +413,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no such resource: {}; the API serves /kv/{{key}}, /health, /metrics and /admin/ring, /admin/members, /admin/hints, /admin/local/{{key}}",
+            "no such resource: {}; the API serves /kv/{{key}}, /health, /metrics and /admin/ring, /admin/members, /admin/hints, /admin/local/{{key}}, /admin/cluster (join, leave, remove, plan, commit, clear), /admin/handoff",
             uri.path()
         ),
     )
@@ -439,7 +449,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             PeerSample { peer: m.id.0, up: health.available, phi: health.phi }
         })
         .collect();
-    let text = state.metrics.render(format, &state.node.metrics(), pending, &peers);
+    let transfers = TransferCounts::of(&state.node.handoff_status());
+    let text = state.metrics.render(format, &state.node.metrics(), pending, &peers, transfers);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 

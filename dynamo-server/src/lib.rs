@@ -7,10 +7,12 @@
 //! `dynamo_server::ServerBuilder::new().reconciler(Arc::new(MyReconciler)).run()`
 //! (see [`cli`] and `examples/cart_server.rs`).
 
+pub mod admin_cluster;
 pub mod backends;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster_cmd;
 pub mod config;
 pub mod dev;
 pub mod http;

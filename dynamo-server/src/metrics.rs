@@ -1,5 +1,6 @@
-//! Prometheus metrics: request latency histograms per operation, and the
-//! node's own counters (quorum failures, hints, read repairs, forwards).
+//! Prometheus metrics: request latency histograms per operation, the
+//! node's own counters (quorum failures, hints, read repairs, forwards,
+//! ownership handoff) and the transfers of the current topology move.
 //!
 //! Served in the Prometheus text format 0.0.4 by default, which every
 //! Prometheus server parses, and in OpenMetrics 1.0 to a scraper that asks
@@ -44,6 +45,38 @@ pub struct PeerSample {
     pub phi: Option<f64>,
 }
 
+/// Labels of the handoff transfer gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransferLabels {
+    /// `pending`, `active` or `done`.
+    pub state: &'static str,
+}
+
+/// The transfers of the current topology move in each state, as this node
+/// sees them (see [`dynamo_core::handoff::HandoffStatus`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCounts {
+    /// Not started, or interrupted and to start again.
+    pub pending: u64,
+    /// Being copied.
+    pub active: u64,
+    /// Copied: the gaining node holds the whole partition.
+    pub done: u64,
+}
+
+impl TransferCounts {
+    /// The counts of a handoff status.
+    pub fn of(status: &dynamo_core::handoff::HandoffStatus) -> Self {
+        use dynamo_core::handoff::TransferState;
+        let count = |state| status.count(state) as u64;
+        TransferCounts {
+            pending: count(TransferState::Pending),
+            active: count(TransferState::Active),
+            done: count(TransferState::Done),
+        }
+    }
+}
+
 /// The node's counters mirrored into the registry at scrape time.
 struct CoreCounters {
     quorum_failures: Counter,
@@ -53,6 +86,12 @@ struct CoreCounters {
     forwarded: Counter,
     forwards_expired: Counter,
     fallback_writes: Counter,
+    handoff_partitions_received: Counter,
+    handoff_keys_received: Counter,
+    handoff_bytes_received: Counter,
+    handoff_keys_sent: Counter,
+    handoff_bytes_sent: Counter,
+    handoff_partitions_dropped: Counter,
 }
 
 /// The server's metrics registry.
@@ -63,6 +102,7 @@ pub struct ServerMetrics {
     hints_pending: Gauge,
     peer_up: Family<PeerLabels, Gauge>,
     peer_phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    transfers: Family<TransferLabels, Gauge>,
 }
 
 /// The exposition format of a scrape.
@@ -159,6 +199,12 @@ impl ServerMetrics {
             forwarded: Counter::default(),
             forwards_expired: Counter::default(),
             fallback_writes: Counter::default(),
+            handoff_partitions_received: Counter::default(),
+            handoff_keys_received: Counter::default(),
+            handoff_bytes_received: Counter::default(),
+            handoff_keys_sent: Counter::default(),
+            handoff_bytes_sent: Counter::default(),
+            handoff_partitions_dropped: Counter::default(),
         };
         registry.register(
             "quorum_failures",
@@ -179,6 +225,40 @@ impl ServerMetrics {
             core.forwards_expired.clone(),
         );
         registry.register("fallback_writes", "Writes taken by a fallback node", core.fallback_writes.clone());
+        for (name, help, counter) in [
+            (
+                "handoff_partitions_received",
+                "Partitions this node finished copying during ownership handoff",
+                &core.handoff_partitions_received,
+            ),
+            (
+                "handoff_keys_received",
+                "Keys this node received during ownership handoff",
+                &core.handoff_keys_received,
+            ),
+            (
+                "handoff_bytes_received",
+                "Bytes of key states this node received during ownership handoff",
+                &core.handoff_bytes_received,
+            ),
+            (
+                "handoff_keys_sent",
+                "Keys this node sent to nodes gaining its partitions",
+                &core.handoff_keys_sent,
+            ),
+            (
+                "handoff_bytes_sent",
+                "Bytes of key states this node sent to nodes gaining its partitions",
+                &core.handoff_bytes_sent,
+            ),
+            (
+                "handoff_partitions_dropped",
+                "Partitions this node deleted because it no longer replicates them",
+                &core.handoff_partitions_dropped,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         let hints_pending = Gauge::default();
         registry.register("hints_pending", "Hints this node holds, not yet delivered", hints_pending.clone());
         let peer_up = Family::<PeerLabels, Gauge>::default();
@@ -193,7 +273,24 @@ impl ServerMetrics {
             "The phi-accrual suspicion of the peer (8: convicted)",
             peer_phi.clone(),
         );
-        ServerMetrics { registry, requests, core: Mutex::new(core), hints_pending, peer_up, peer_phi }
+        let transfers = Family::<TransferLabels, Gauge>::default();
+        registry.register(
+            "handoff_transfers",
+            "Partition copies of the current topology move, by state, as this node sees them",
+            transfers.clone(),
+        );
+        for state in ["pending", "active", "done"] {
+            let _ = transfers.get_or_create(&TransferLabels { state });
+        }
+        ServerMetrics {
+            registry,
+            requests,
+            core: Mutex::new(core),
+            hints_pending,
+            peer_up,
+            peer_phi,
+            transfers,
+        }
     }
 
     /// Records one request's latency.
@@ -202,13 +299,15 @@ impl ServerMetrics {
     }
 
     /// Renders the registry in `format`, after bringing the node's
-    /// counters, pending hints and per-peer health up to date.
+    /// counters, pending hints, per-peer health and the current move's
+    /// transfers up to date.
     pub fn render(
         &self,
         format: MetricsFormat,
         node: &MetricsSnapshot,
         hints_pending: u64,
         peers: &[PeerSample],
+        transfers: TransferCounts,
     ) -> String {
         self.peer_up.clear();
         self.peer_phi.clear();
@@ -230,6 +329,19 @@ impl ServerMetrics {
             sync(&core.forwarded, node.forwarded);
             sync(&core.forwards_expired, node.forwards_expired);
             sync(&core.fallback_writes, node.fallback_writes);
+            sync(&core.handoff_partitions_received, node.handoff_partitions_received);
+            sync(&core.handoff_keys_received, node.handoff_keys_received);
+            sync(&core.handoff_bytes_received, node.handoff_bytes_received);
+            sync(&core.handoff_keys_sent, node.handoff_keys_sent);
+            sync(&core.handoff_bytes_sent, node.handoff_bytes_sent);
+            sync(&core.handoff_partitions_dropped, node.handoff_partitions_dropped);
+        }
+        for (state, count) in
+            [("pending", transfers.pending), ("active", transfers.active), ("done", transfers.done)]
+        {
+            self.transfers
+                .get_or_create(&TransferLabels { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         self.hints_pending.set(hints_pending as i64);
         let mut out = String::new();
@@ -256,6 +368,7 @@ mod tests {
             snap,
             pending,
             &[PeerSample { peer: 2, up: true, phi: Some(0.5) }],
+            TransferCounts { pending: 3, active: 2, done: 7 },
         );
         Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
@@ -269,18 +382,24 @@ mod tests {
         let m = ServerMetrics::new();
         m.observe("put", "ok", Duration::from_micros(300));
         let snap = MetricsSnapshot { read_repairs: 3, hints_delivered: 2, ..Default::default() };
-        let text = m.render(MetricsFormat::Prometheus, &snap, 5, &[]);
+        let text = m.render(MetricsFormat::Prometheus, &snap, 5, &[], TransferCounts::default());
         assert!(
             text.contains("dynamo_request_duration_seconds_count{op=\"put\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("dynamo_read_repairs_total 3"), "{text}");
         assert!(text.contains("dynamo_hints_pending 5"), "{text}");
-        let again = m.render(MetricsFormat::Prometheus, &MetricsSnapshot { read_repairs: 4, ..snap }, 0, &[]);
+        let again = m.render(
+            MetricsFormat::Prometheus,
+            &MetricsSnapshot { read_repairs: 4, ..snap },
+            0,
+            &[],
+            TransferCounts::default(),
+        );
         assert!(again.contains("dynamo_read_repairs_total 4"), "{again}");
         let peers =
             [PeerSample { peer: 2, up: true, phi: Some(0.25) }, PeerSample { peer: 3, up: false, phi: None }];
-        let text = m.render(MetricsFormat::Prometheus, &snap, 0, &peers);
+        let text = m.render(MetricsFormat::Prometheus, &snap, 0, &peers, TransferCounts::default());
         assert!(
             text.contains("dynamo_peer_up{peer=\"2\"} 1") && text.contains("dynamo_peer_up{peer=\"3\"} 0"),
             "{text}"
@@ -298,7 +417,13 @@ mod tests {
         let m = ServerMetrics::with_request_timeout(Duration::from_secs(5));
         m.observe("put", "ok", Duration::from_micros(300));
         m.observe("get", "error", Duration::from_secs(5));
-        let snap = MetricsSnapshot { read_repairs: 3, quorum_failures: 1, ..Default::default() };
+        let snap = MetricsSnapshot {
+            read_repairs: 3,
+            quorum_failures: 1,
+            handoff_keys_received: 1200,
+            handoff_bytes_sent: 64_000,
+            ..Default::default()
+        };
         let scrape = scraped(&m, &snap, 5);
         for counter in [
             "quorum_failures",
@@ -308,12 +433,38 @@ mod tests {
             "forwarded",
             "forwards_expired",
             "fallback_writes",
+            "handoff_partitions_received",
+            "handoff_keys_received",
+            "handoff_bytes_received",
+            "handoff_keys_sent",
+            "handoff_bytes_sent",
+            "handoff_partitions_dropped",
         ] {
             let value = sample(&scrape, &format!("dynamo_{counter}_total"));
             assert!(matches!(value, Value::Counter(_)), "dynamo_{counter}_total read as {value:?}");
         }
         assert_eq!(sample(&scrape, "dynamo_read_repairs_total"), &Value::Counter(3.0));
         assert_eq!(sample(&scrape, "dynamo_hints_pending"), &Value::Gauge(5.0));
+        assert_eq!(sample(&scrape, "dynamo_handoff_keys_received_total"), &Value::Counter(1200.0));
+        assert_eq!(sample(&scrape, "dynamo_handoff_bytes_sent_total"), &Value::Counter(64_000.0));
+        let transfers: Vec<(String, f64)> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "dynamo_handoff_transfers")
+            .map(|s| match s.value {
+                Value::Gauge(v) => (s.labels.get("state").unwrap_or_default().to_string(), v),
+                ref other => panic!("dynamo_handoff_transfers read as {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            transfers.len(),
+            3,
+            "one gauge per state: {:?}",
+            scrape.samples.iter().map(|s| &s.metric).collect::<Vec<_>>()
+        );
+        for (state, expected) in [("pending", 3.0), ("active", 2.0), ("done", 7.0)] {
+            assert!(transfers.contains(&(state.to_string(), expected)), "{state}: {transfers:?}");
+        }
         let histograms: Vec<_> = scrape
             .samples
             .iter()
@@ -353,7 +504,13 @@ mod tests {
             MetricsFormat::Prometheus
         );
         let m = ServerMetrics::new();
-        let text = m.render(MetricsFormat::OpenMetrics, &MetricsSnapshot::default(), 0, &[]);
+        let text = m.render(
+            MetricsFormat::OpenMetrics,
+            &MetricsSnapshot::default(),
+            0,
+            &[],
+            TransferCounts::default(),
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE dynamo_read_repairs counter\ndynamo_read_repairs_total 0"), "{text}");
         assert!(MetricsFormat::OpenMetrics.content_type().starts_with("application/openmetrics-text"));

@@ -19,9 +19,10 @@ struct Dev {
     output: Arc<Mutex<String>>,
 }
 
-/// Three consecutive free ports for HTTP and three for peers.
+/// Four consecutive free ports for HTTP and four for peers (three nodes
+/// and one `dev add`).
 fn free_bases() -> (u16, u16) {
-    let free = |base: u16| (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+    let free = |base: u16| (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
     // Tests run in parallel: each call starts from its own place.
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -116,6 +117,22 @@ fn has_exited(pid: i32) -> bool {
 
 fn dev_command(data_dir: &Path, request: &[&str]) -> Output {
     Command::new(EXE).arg("dev").args(request).arg("--data-dir").arg(data_dir).output().unwrap()
+}
+
+/// A JSON answer of GET `path` on 127.0.0.1:`port`, if it is a 200.
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }
 
 fn healthy(port: u16) -> bool {
@@ -221,4 +238,69 @@ fn a_second_dev_is_refused_by_name() {
     let nobody = dev_command(other.path(), &["restart", "1"]);
     let err = String::from_utf8_lossy(&nobody.stderr);
     assert!(!nobody.status.success() && err.contains("no `dynamo-server dev` is running"), "{err}");
+}
+
+/// `dev add` starts node 4 as dev's child with the running nodes as its
+/// seeds and no member list: the cluster knows it as a joining member at
+/// once, `cluster join 4` + `commit` give it partitions, `dev status`
+/// and `dev restart 4` know it, and Ctrl-C stops it with the others.
+#[test]
+fn dev_add_starts_a_node_that_joins_by_gossip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, peer) = free_bases();
+    let dev = Dev::start(dir.path(), http, peer);
+
+    let added = dev_command(dir.path(), &["add"]);
+    let text = String::from_utf8_lossy(&added.stdout).to_string();
+    assert!(added.status.success(), "{text}{}", String::from_utf8_lossy(&added.stderr));
+    let url = format!("http://127.0.0.1:{}", http + 3);
+    assert!(text.starts_with("node 4 added: pid "), "{text}");
+    assert!(text.contains(&format!(", {url}, log ")), "{text}");
+    assert!(text.contains("cluster join 4") && text.contains("dev restart 4"), "{text}");
+    let seeds: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", peer + i)).collect();
+    assert!(text.contains(&format!("(seeds: {})", seeds.join(", "))), "{text}");
+    let pid: i32 = text.split("pid ").nth(1).and_then(|s| s.split(',').next()).unwrap().parse().unwrap();
+    assert_eq!(proc_stat(pid).map(|s| s.1), Some(dev.pid()), "the added node is dev's child");
+    dev.wait_for(&format!("node 4 added: pid {pid}"));
+
+    // Its config: no member list, every running node a seed.
+    let config = std::fs::read_to_string(dir.path().join("node-4/dynamo.toml")).unwrap();
+    let config: dynamo_server::config::ServerConfig =
+        toml::from_str(config.split_once("\n\n").unwrap().1).unwrap();
+    assert!(config.members.is_empty(), "{config:?}");
+    assert_eq!(config.cluster.seeds, seeds);
+    assert_eq!((config.cluster.n, config.cluster.r, config.cluster.w), (3, 2, 2));
+
+    // Node 1 already knows it (dev add waited for that), owning nothing.
+    let members = get_json(http, "/admin/members").unwrap();
+    let four = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).cloned();
+    assert_eq!(four.as_ref().map(|m| m["membership"].clone()), Some("joining".into()), "{members}");
+    let status = String::from_utf8_lossy(&dev_command(dir.path(), &["status"]).stdout).to_string();
+    assert!(status.contains(&format!("node 4  {url}  running  pid {pid}")), "{status}");
+
+    let node1 = format!("http://127.0.0.1:{http}");
+    for args in [&["join", "4"][..], &["commit"][..]] {
+        let out = Command::new(EXE).arg("cluster").args(args).args(["--url", &node1]).output().unwrap();
+        assert!(out.status.success(), "cluster {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    wait_until("node 4 to own partitions and the move to settle", || {
+        let cluster = get_json(http + 3, "/admin/cluster")?;
+        let handoff = get_json(http + 3, "/admin/handoff")?;
+        let me = cluster["members"].as_array()?.iter().find(|m| m["id"] == 4)?.clone();
+        (me["partitions"].as_u64()? > 0 && handoff["settled"] == true).then_some(())
+    });
+
+    let restarted = dev_command(dir.path(), &["restart", "4"]);
+    let text = String::from_utf8_lossy(&restarted.stdout).to_string();
+    assert!(restarted.status.success(), "{text}{}", String::from_utf8_lossy(&restarted.stderr));
+    let new_pid: i32 = text.split("pid ").nth(1).and_then(|s| s.split(',').next()).unwrap().parse().unwrap();
+    assert!(healthy(http + 3));
+
+    let nodes = [dev.node_pid(1), dev.node_pid(2), dev.node_pid(3), new_pid];
+    kill(Pid::from_raw(dev.pid()), Signal::SIGINT).unwrap();
+    let mut dev = dev;
+    assert!(dev.child.wait().unwrap().success(), "{}", dev.output());
+    for pid in nodes {
+        wait_until("every node, the added one too, to stop with dev", || has_exited(pid).then_some(()));
+    }
 }

@@ -1,8 +1,8 @@
 //! Talking to a running `dev`: `dynamo-server dev restart 3` from any
 //! terminal connects to the Unix socket `<data_dir>/dev.sock`, sends one
-//! line (`restart 3`, `stop 3`, `status`) and prints the answer. A node
-//! restarted this way is `dev`'s child again: reported if it exits, and
-//! stopped with the others on Ctrl-C.
+//! line (`restart 3`, `stop 3`, `status`, `add`) and prints the answer. A
+//! node restarted or added this way is `dev`'s child: reported if it
+//! exits, and stopped with the others on Ctrl-C.
 //!
 //! The answer's first line is `ok` or `error`; the rest is for the person
 //! who asked.
@@ -22,8 +22,9 @@ pub const SOCKET: &str = "dev.sock";
 const MAX_REQUEST: u64 = 256;
 
 /// Longest a client waits for an answer: a restart waits for the old
-/// process to stop (at most 10 s) and the new one to answer (at most 30 s).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// process to stop (at most 10 s) and the new one to answer (at most 30 s);
+/// an added node must answer and be known to the others (30 s each).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// What a client asks of `dev`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
@@ -41,6 +42,11 @@ pub enum Request {
     },
     /// Show every node's state and PID.
     Status,
+    /// Start one more node (the next id, the next ports) with the running
+    /// nodes as its gossip seeds, and wait until the cluster knows it. It
+    /// joins as a member owning nothing: `cluster join N`, `cluster plan`
+    /// and `cluster commit` give it partitions.
+    Add,
 }
 
 impl Request {
@@ -50,6 +56,7 @@ impl Request {
             Request::Restart { node } => format!("restart {node}"),
             Request::Stop { node } => format!("stop {node}"),
             Request::Status => "status".to_string(),
+            Request::Add => "add".to_string(),
         }
     }
 
@@ -64,7 +71,8 @@ impl Request {
             ["restart", n] => Ok(Request::Restart { node: node(n)? }),
             ["stop", n] => Ok(Request::Stop { node: node(n)? }),
             ["status"] => Ok(Request::Status),
-            _ => Err(format!("unknown request {line:?}; use `restart N`, `stop N` or `status`")),
+            ["add"] => Ok(Request::Add),
+            _ => Err(format!("unknown request {line:?}; use `restart N`, `stop N`, `status` or `add`")),
         }
     }
 }
@@ -161,7 +169,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_bad_ones_say_what_is_understood() {
-        for r in [Request::Restart { node: 3 }, Request::Stop { node: 1 }, Request::Status] {
+        for r in [Request::Restart { node: 3 }, Request::Stop { node: 1 }, Request::Status, Request::Add] {
             assert_eq!(Request::parse(&r.to_line()), Ok(r));
         }
         assert_eq!(Request::parse(" restart  2 \n"), Ok(Request::Restart { node: 2 }));

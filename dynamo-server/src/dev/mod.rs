@@ -10,6 +10,10 @@
 //! - `dynamo-server dev restart N` (from any terminal) restarts node N as
 //!   `dev`'s child again, and answers once it serves; `stop N` and
 //!   `status` too (see [`control`]);
+//! - `dynamo-server dev add` starts one more node, with the running nodes
+//!   as its gossip seeds and no member list: it joins the cluster as a
+//!   member owning nothing, for `cluster join`, `plan` and `commit` to
+//!   give it partitions (see [`crate::cluster_cmd`]);
 //! - the nodes die with `dev`, even when it is SIGKILLed (see [`process`]);
 //! - one `dev` per data directory (see [`lock`]), and ports already in use
 //!   are refused by name before anything starts;

@@ -57,6 +57,8 @@ struct Running {
 struct Node {
     id: u64,
     url: String,
+    /// Its peer address, a seed for the nodes `dev add` starts.
+    peer: String,
     config: PathBuf,
     log: PathBuf,
     running: Option<Running>,
@@ -79,6 +81,10 @@ struct Cluster {
     exe: PathBuf,
     /// How to name the data directory in printed commands.
     data_dir_arg: String,
+    /// Node 1's configuration, which `dev add` derives a new node's from.
+    template: ServerConfig,
+    /// HTTP and peer ports of node 1; node i listens on these + i - 1.
+    ports: (u16, u16),
     nodes: Vec<Node>,
     exits: mpsc::UnboundedSender<Exit>,
 }
@@ -107,6 +113,8 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
         } else {
             format!(" --data-dir {}", args.data_dir.display())
         },
+        template: configs[0].clone(),
+        ports: (args.http_port, args.peer_port),
         nodes: Vec::with_capacity(configs.len()),
         exits: exits_tx,
     };
@@ -114,6 +122,7 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
         cluster.nodes.push(Node {
             id: c.node_id,
             url: format!("http://{}", c.http.listen),
+            peer: c.peer.listen.clone(),
             config: configs::write_config(c)?,
             log: configs::log_path(c),
             running: None,
@@ -243,7 +252,11 @@ impl Cluster {
             println!("  node {}  {}  pid {}  log {}", node.id, node.url, pid, node.log.display());
         }
         println!("dev reports a node that exits; restart one (it stays dev's child) with:");
-        println!("  {} dev restart N{}    (also: stop N, status)", self.exe.display(), self.data_dir_arg);
+        println!(
+            "  {} dev restart N{}    (also: stop N, status, add)",
+            self.exe.display(),
+            self.data_dir_arg
+        );
         println!("try:  curl -i -X PUT --data-binary hello {}/kv/greeting", self.nodes[0].url);
         println!("Ctrl-C stops every node.");
     }
@@ -280,6 +293,10 @@ impl Cluster {
         let (i, restart) = match request {
             Request::Status => {
                 let _ = reply.send(Ok(self.status()));
+                return;
+            }
+            Request::Add => {
+                self.add(reply);
                 return;
             }
             Request::Stop { node } => (self.node_index(node), false),
@@ -337,6 +354,98 @@ impl Cluster {
             let answer = answer.map_err(|e| format!("node {id} (pid {pid}) {e}; see {}", log.display()));
             let _ = reply.send(answer);
         });
+    }
+
+    /// `dev add`: writes the next node's config (no member list, the
+    /// running nodes as seeds, so it joins by gossip as a member owning
+    /// nothing), starts it as a child, and answers once it serves and
+    /// node 1 (or the first node running) knows it.
+    fn add(&mut self, reply: Reply) {
+        let config = match self.next_config() {
+            Ok(config) => config,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return;
+            }
+        };
+        let path = match configs::write_config(&config) {
+            Ok(path) => path,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return;
+            }
+        };
+        self.nodes.push(Node {
+            id: config.node_id,
+            url: format!("http://{}", config.http.listen),
+            peer: config.peer.listen.clone(),
+            config: path.clone(),
+            log: configs::log_path(&config),
+            running: None,
+            generation: 0,
+            after_exit: AfterExit::Report,
+            last_exit: None,
+        });
+        let i = self.nodes.len() - 1;
+        let pid = match self.start(i) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.nodes.pop();
+                let _ = reply.send(Err(format!("{e:#}")));
+                return;
+            }
+        };
+        let node = &self.nodes[i];
+        println!("node {} added: pid {pid}, {}, log {}", node.id, node.url, node.log.display());
+        let alive = node.running.as_ref().map(|r| r.alive.clone()).unwrap_or_default();
+        let seed = self.nodes.iter().find(|n| n.running.is_some() && n.id != node.id).map(|n| n.url.clone());
+        let (id, url, log) = (node.id, node.url.clone(), node.log.clone());
+        let text = format!(
+            "node {id} added: pid {pid}, {url}, log {}
+  config {} (seeds: {})
+  it is a joining member and owns nothing yet; give it partitions with
+    {exe} cluster join {id}
+    {exe} cluster plan
+    {exe} cluster commit
+  restart it: {exe} dev restart {id}{}
+",
+            log.display(),
+            path.display(),
+            config.cluster.seeds.join(", "),
+            self.data_dir_arg,
+            exe = self.exe.display(),
+        );
+        tokio::spawn(async move {
+            let mut answer = wait_serving(&url, &alive).await;
+            if let (Ok(()), Some(seed)) = (&answer, seed) {
+                answer = wait_known(&seed, id).await;
+            }
+            let answer = answer
+                .map(|()| text)
+                .map_err(|e| format!("node {id} (pid {pid}) {e}; see {}", log.display()));
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// The configuration of the node `dev add` starts next.
+    fn next_config(&self) -> anyhow::Result<ServerConfig> {
+        if !self.template.gossips() {
+            bail!("this dev cluster has one node, which does not gossip: start dev with --nodes 2 or more to add nodes");
+        }
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let index = usize::try_from(id - 1).context("node id")?;
+        let data_root = self.template.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut c = self.template.clone();
+        c.node_id = id;
+        c.data_dir = data_root.join(format!("node-{id}"));
+        c.members = Vec::new();
+        c.http.listen = format!("127.0.0.1:{}", configs::port(self.ports.0, index)?);
+        c.peer.listen = format!("127.0.0.1:{}", configs::port(self.ports.1, index)?);
+        c.peer.advertise = None;
+        c.cluster.seeds = self.nodes.iter().map(|n| n.peer.clone()).collect();
+        c.validate()?;
+        check_ports(std::slice::from_ref(&c))?;
+        Ok(c)
     }
 
     fn status(&self) -> String {
@@ -408,6 +517,31 @@ async fn wait_serving(url: &str, alive: &AtomicBool) -> Result<(), String> {
         }
         if Instant::now() > deadline {
             return Err(format!("did not answer at {url} within {} s", READY_TIMEOUT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the node at `seed_url` lists member `id` (gossip has
+/// carried the new node's entry to it), so a `cluster join` sent to it
+/// right away knows the node.
+async fn wait_known(seed_url: &str, id: u64) -> Result<(), String> {
+    let client = ApiClient::new(seed_url).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let members = tokio::time::timeout(Duration::from_secs(1), client.json("/admin/members")).await;
+        if let Ok(Ok(members)) = members {
+            let listed =
+                members["members"].as_array().into_iter().flatten().any(|m| m["id"].as_u64() == Some(id));
+            if listed {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "serves, but {seed_url} did not learn of it by gossip within {} s",
+                READY_TIMEOUT.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
