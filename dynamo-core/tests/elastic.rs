@@ -300,3 +300,61 @@ async fn a_copy_interrupted_by_killing_the_receiver_completes_after_restart() {
 async fn a_copy_interrupted_by_killing_the_sender_completes_after_restart() {
     interrupted_copy_completes(false).await;
 }
+
+/// A handoff pull for a partition the asker does not gain, under another
+/// ring epoch, or for a partition out of range, is refused and changes
+/// nothing; the gaining node's own pull is served.
+#[tokio::test(start_paused = true)]
+async fn handoff_pulls_that_do_not_match_the_move_are_refused() {
+    use dynamo_core::transport::protocol::{Request, Response};
+    use dynamo_core::transport::Transport;
+    let config = Config { handoff_max_bytes_per_sec: 1, ..config() };
+    let cluster = Cluster::builder().nodes(3).joiners(1).gossip().w(3).config(config).build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        cluster
+            .node(0)
+            .unwrap()
+            .put(key.as_bytes(), value(&key), None, WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let plan = apply(&cluster.node(0).unwrap(), &[Change::Join(NodeId(4))]).await;
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let t = plan.transfers[0].clone();
+    let source = cluster.index_of(t.from[0]).unwrap();
+    let addr = cluster.current_ring().member(t.from[0]).unwrap().addr.clone();
+    let probe = cluster.net().endpoint("probe");
+    let not_gained = (0..64).find(|p| !plan.transfers.iter().any(|x| x.partition == *p)).unwrap();
+    let pull = |epoch: u64, to: NodeId, partition: u32| Request::HandoffPull {
+        epoch,
+        to,
+        partition,
+        after: None,
+        max_bytes: 1 << 20,
+    };
+    let before = cluster.node(source).unwrap().metrics();
+    for (request, expected) in [
+        (pull(plan.epoch, NodeId(4), not_gained), "does not gain"),
+        (pull(plan.epoch, NodeId(2), t.partition), "does not gain"),
+        (pull(plan.epoch, NodeId(4), 1 << 20), "does not gain"),
+        (pull(plan.epoch + 1, NodeId(4), t.partition), "ring epoch"),
+    ] {
+        let answer = probe.call(&addr, request.encode(), Duration::from_secs(1)).await.unwrap();
+        match Response::decode(&answer).unwrap() {
+            Response::Error(e) => {
+                let e = e.into_error();
+                assert!(e.to_string().contains(expected), "{e}");
+            }
+            other => panic!("a bad pull was answered: {other:?}"),
+        }
+    }
+    assert_eq!(cluster.node(source).unwrap().metrics().handoff_keys_sent, before.handoff_keys_sent);
+    let answer = probe
+        .call(&addr, pull(plan.epoch, t.to, t.partition).encode(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(matches!(Response::decode(&answer).unwrap(), Response::HandoffBatch { done: true, .. }));
+    cluster.shutdown().await;
+}

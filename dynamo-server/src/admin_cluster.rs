@@ -33,9 +33,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use dynamo_core::handoff::{HandoffStatus, TransferState};
 use dynamo_core::member::NodeId;
-use dynamo_core::node::Node;
 use dynamo_core::topology::Change;
-use dynamo_core::Error;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -104,47 +102,7 @@ fn node_id(id: Result<Path<String>, PathRejection>) -> Result<NodeId, ApiError> 
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id: use the number `status` shows")))
 }
 
-/// Refuses a leave or remove that would leave fewer than N members once
-/// every staged change is applied, before it is staged. The core refuses
-/// such a set of changes only when it plans them; an operator should hear
-/// it from the change that causes it, with nothing staged.
-fn check_members_left(node: &Node, change: Change) -> Result<(), ApiError> {
-    if node.gossip_state().is_none() || matches!(change, Change::Join(_)) {
-        return Ok(());
-    }
-    let view = node.membership().view();
-    let Some(ring) = view.ring() else { return Ok(()) };
-    let staged = node.staged();
-    let removes_itself = matches!(change, Change::Remove(n) if n == node.id());
-    if removes_itself
-        || ring.member(change.node()).is_none()
-        || staged.iter().any(|c| c.node() == change.node())
-    {
-        // The core refuses these, saying why.
-        return Ok(());
-    }
-    let mut members = ring.members().len();
-    for c in &staged {
-        match c {
-            Change::Join(_) => members += 1,
-            Change::Leave(_) | Change::Remove(_) => members = members.saturating_sub(1),
-        }
-    }
-    let left = members.saturating_sub(1);
-    if left < ring.replicas() {
-        return Err(Error::TopologyRefused(format!(
-            "{} {} would leave {left} members in the ring, fewer than N = {}; join a node first",
-            if matches!(change, Change::Leave(_)) { "leave" } else { "remove" },
-            change.node().0,
-            ring.replicas()
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 fn stage(state: &AppState, change: Change) -> Result<Json<Value>, ApiError> {
-    check_members_left(&state.node, change)?;
     let staged = state.node.stage(change)?;
     Ok(Json(json!({ "staged": staged })))
 }

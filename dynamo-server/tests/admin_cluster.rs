@@ -422,7 +422,7 @@ async fn the_cluster_commands_print_what_an_operator_needs() {
     assert!(text.starts_with("staged: join 4\n"), "{text}");
     let (ok, text, err) = run(&["join", "99"]).await;
     assert!(!ok && text.is_empty(), "{text}");
-    assert!(err.contains("400 Bad Request") && err.contains("node n99 is unknown"), "{err}");
+    assert!(err.contains("400 Bad Request") && err.contains("node 99 is unknown"), "{err}");
 
     let (ok, plan, err) = run(&["plan"]).await;
     assert!(ok, "{err}");
