@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -38,6 +39,9 @@ use crate::peers::Peers;
 use crate::replica::{Replica, Slot};
 use crate::ring::key_hash;
 use crate::transport::protocol::{Request, Response};
+
+/// Keys of a received batch merged at once.
+const MERGES_IN_FLIGHT: usize = 64;
 
 /// The most bytes one handoff batch may carry, whatever a peer asks for.
 const MAX_BATCH_BYTES: u32 = 8 << 20;
@@ -222,27 +226,39 @@ impl Handoff {
                             )))
                         }
                     };
-                let mut bytes = 0u64;
-                for (key, state) in &entries {
-                    let incoming = SiblingSet::decode(state)
-                        .map_err(|e| Error::Protocol(format!("handoff sent a bad state for {key:?}: {e}")))?;
-                    self.replica.merge(Slot::Data, partition, key, key_hash(key), &incoming, None).await?;
-                    bytes += (key.len() + state.len()) as u64;
-                }
+                let bytes: u64 = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+                // Merged concurrently, so the store's group commit makes one
+                // batch (and one fsync) of many keys.
+                let count = entries.len() as u64;
+                let last = entries.last().map(|(key, _)| key.clone());
+                let merges = entries.into_iter().map(|(key, state)| {
+                    let replica = Arc::clone(&self.replica);
+                    async move {
+                        let incoming = SiblingSet::decode(&state).map_err(|e| {
+                            Error::Protocol(format!("handoff sent a bad state for {key:?}: {e}"))
+                        })?;
+                        replica.merge(Slot::Data, partition, &key, key_hash(&key), &incoming, None).await?;
+                        Ok::<(), Error>(())
+                    }
+                });
+                futures::stream::iter(merges)
+                    .buffer_unordered(MERGES_IN_FLIGHT)
+                    .try_for_each(|()| async { Ok(()) })
+                    .await?;
                 {
                     let mut progress = self.progress();
                     let received = progress.at(epoch).received.entry(partition).or_default();
-                    received.keys += entries.len() as u64;
+                    received.keys += count;
                     received.bytes += bytes;
                 }
-                crate::metrics::add(&self.metrics.handoff_keys_received, entries.len() as u64);
+                crate::metrics::add(&self.metrics.handoff_keys_received, count);
                 crate::metrics::add(&self.metrics.handoff_bytes_received, bytes);
                 if self.config.handoff_max_bytes_per_sec > 0 && bytes > 0 {
                     let secs = bytes as f64 / self.config.handoff_max_bytes_per_sec as f64;
                     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                 }
-                match entries.last() {
-                    Some((key, _)) if !done => after = Some(key.clone()),
+                match last {
+                    Some(key) if !done => after = Some(key),
                     _ => break,
                 }
             }

@@ -859,6 +859,7 @@ impl Node {
         let mut layout = next.layout();
         layout.transition = Some(transition);
         gossip.commit_ring(plan.base_epoch, layout).await?;
+        gossip.spread_now().await;
         self.clear_staged();
         tracing::info!(node = %self.core.id, epoch = plan.epoch, changes = ?plan.changes, transfers = plan.transfers.len(), "committed a topology change");
         Ok(plan)

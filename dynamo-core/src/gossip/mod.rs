@@ -80,6 +80,9 @@ struct Inner {
     hash: u64,
     /// The ring built from `state.ring()`, rebuilt only when it changes.
     ring: Option<(RingLayout, Arc<Ring>)>,
+    /// The move to that ring with nothing settled yet (its previous ring
+    /// built once), for the ring it was built for.
+    handover: Option<(Arc<Ring>, Handover)>,
     rng: ChaCha8Rng,
     /// Members still to meet in this round of the list.
     order: Vec<NodeId>,
@@ -175,6 +178,7 @@ impl Gossip {
                 hash: state.hash(),
                 state,
                 ring: None,
+                handover: None,
                 rng: ChaCha8Rng::seed_from_u64(seed ^ local.0.rotate_left(17)),
                 order: Vec::new(),
                 warned: BTreeSet::new(),
@@ -262,6 +266,24 @@ impl Gossip {
         Ok(())
     }
 
+    /// Exchanges state with every known member at once (each exchange
+    /// within the replica timeout), rather than one per interval: after a
+    /// commit, so that coordinators stop planning writes under the old
+    /// ring (which replicas at the new one refuse) within one round trip.
+    pub(crate) async fn spread_now(&self) {
+        let Some(wiring) = self.wiring.get() else { return };
+        let peers: Vec<String> = {
+            let inner = self.lock();
+            inner.state.members().filter(|e| e.info.id != self.local).map(|e| e.info.addr.clone()).collect()
+        };
+        let exchanges = peers.iter().map(|addr| self.exchange(wiring, addr));
+        for result in futures::future::join_all(exchanges).await {
+            if let Err(e) = result {
+                tracing::debug!(node = %self.local, error = %e, "could not spread the new ring at once; gossip will");
+            }
+        }
+    }
+
     /// Records that this node holds a complete copy of `partition`, gained
     /// under ring `epoch`; gossip spreads the report.
     pub(crate) async fn report_received(&self, epoch: u64, partition: u32) {
@@ -321,8 +343,18 @@ impl Gossip {
             },
             (_, None) => None,
         };
+        let cached = match (&ring, &inner.handover) {
+            (Some(ring), Some((built_for, base))) if Arc::ptr_eq(ring, built_for) => Some(Ok(base.clone())),
+            _ => None,
+        };
         let handover = match (&ring, inner.state.ring().and_then(|l| l.transition.as_ref())) {
-            (Some(ring), Some(transition)) => match Handover::of(ring, transition) {
+            (Some(ring), Some(transition)) => match cached.unwrap_or_else(|| {
+                let built = Handover::of(ring, transition);
+                if let Ok(base) = &built {
+                    inner.handover = Some((Arc::clone(ring), base.clone()));
+                }
+                built
+            }) {
                 Ok(mut handover) => {
                     let state = &inner.state;
                     let epoch = ring.epoch();
