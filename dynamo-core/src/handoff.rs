@@ -39,6 +39,7 @@ use crate::peers::Peers;
 use crate::replica::{Replica, Slot};
 use crate::ring::key_hash;
 use crate::transport::protocol::{Request, Response};
+use crate::validation::check_key;
 
 /// Keys of a received batch merged at once.
 const MERGES_IN_FLIGHT: usize = 64;
@@ -205,6 +206,7 @@ impl Handoff {
     /// Copies `partition` from each of `sources` into the local data,
     /// flushes, and reports it complete.
     async fn copy(&self, epoch: u64, partition: u32, sources: &[NodeId]) -> Result<()> {
+        let ring = Arc::clone(self.membership.view().require_ring()?);
         for &source in sources {
             let mut after = None;
             loop {
@@ -227,16 +229,27 @@ impl Handoff {
                         }
                     };
                 let bytes: u64 = entries.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-                // Merged concurrently, so the store's group commit makes one
-                // batch (and one fsync) of many keys.
                 let count = entries.len() as u64;
                 let last = entries.last().map(|(key, _)| key.clone());
-                let merges = entries.into_iter().map(|(key, state)| {
+                // A batch is checked whole before anything of it is stored.
+                let mut states = Vec::with_capacity(entries.len());
+                for (key, state) in entries {
+                    check_key(&self.config, &key)?;
+                    if ring.partition_of(&key) != partition {
+                        return Err(Error::Protocol(format!(
+                            "handoff of partition {partition} sent key {key:?} of partition {}",
+                            ring.partition_of(&key)
+                        )));
+                    }
+                    let incoming = SiblingSet::decode(&state)
+                        .map_err(|e| Error::Protocol(format!("handoff sent a bad state for {key:?}: {e}")))?;
+                    states.push((key, incoming));
+                }
+                // Merged concurrently, so the store's group commit makes one
+                // batch (and one fsync) of many keys.
+                let merges = states.into_iter().map(|(key, incoming)| {
                     let replica = Arc::clone(&self.replica);
                     async move {
-                        let incoming = SiblingSet::decode(&state).map_err(|e| {
-                            Error::Protocol(format!("handoff sent a bad state for {key:?}: {e}"))
-                        })?;
                         replica.merge(Slot::Data, partition, &key, key_hash(&key), &incoming, None).await?;
                         Ok::<(), Error>(())
                     }
