@@ -112,16 +112,7 @@ impl Ring {
         if members.is_empty() {
             return Err(RingError::NoMembers);
         }
-        let mut members = members;
-        members.sort_by_key(|m| m.id);
-        for (i, m) in members.iter().enumerate() {
-            if m.capacity == 0 {
-                return Err(RingError::ZeroCapacity(m.id));
-            }
-            if i > 0 && members[i - 1].id == m.id {
-                return Err(RingError::DuplicateMember(m.id));
-            }
-        }
+        let members = checked_members(members)?;
         let q = partitions as usize;
         let targets = claim_targets(&members, q, &vec![0; members.len()]);
         let radius = replicas.min(members.len()).min(q) - 1;
@@ -268,16 +259,7 @@ impl Ring {
         if members.is_empty() {
             return Err(RingError::NoMembers);
         }
-        let mut members = members;
-        members.sort_by_key(|m| m.id);
-        for (i, m) in members.iter().enumerate() {
-            if m.capacity == 0 {
-                return Err(RingError::ZeroCapacity(m.id));
-            }
-            if i > 0 && members[i - 1].id == m.id {
-                return Err(RingError::DuplicateMember(m.id));
-            }
-        }
+        let members = checked_members(members)?;
         Ok(self.derive(members))
     }
 
@@ -330,16 +312,7 @@ impl Ring {
         if members.is_empty() {
             return Err(RingError::NoMembers);
         }
-        let mut members = members;
-        members.sort_by_key(|m| m.id);
-        for (i, m) in members.iter().enumerate() {
-            if m.capacity == 0 {
-                return Err(RingError::ZeroCapacity(m.id));
-            }
-            if i > 0 && members[i - 1].id == m.id {
-                return Err(RingError::DuplicateMember(m.id));
-            }
-        }
+        let members = checked_members(members)?;
         let layout = owners
             .iter()
             .map(|o| members.binary_search_by_key(o, |m| m.id).map_err(|_| RingError::UnknownMember(*o)))
@@ -389,6 +362,20 @@ pub struct Transition {
     pub owners: Vec<NodeId>,
     /// Members removed by the change (never asked for their data).
     pub removed: Vec<NodeId>,
+}
+
+/// `members` sorted by id, checked: no capacity of 0, no id twice.
+fn checked_members(mut members: Vec<Member>) -> Result<Vec<Member>, RingError> {
+    members.sort_by_key(|m| m.id);
+    for (i, m) in members.iter().enumerate() {
+        if m.capacity == 0 {
+            return Err(RingError::ZeroCapacity(m.id));
+        }
+        if i > 0 && members[i - 1].id == m.id {
+            return Err(RingError::DuplicateMember(m.id));
+        }
+    }
+    Ok(members)
 }
 
 /// Each member's partition target (by index): the floor of `q * cap / sum`,
