@@ -546,6 +546,13 @@ impl SiblingSet {
             .expect("postcard into a Vec cannot fail for these types")
     }
 
+    /// Whether `bytes` are in the format [`encode`](SiblingSet::encode)
+    /// writes today (so they are that state's canonical encoding, if they
+    /// decode), rather than an older one.
+    pub(crate) fn is_current_encoding(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&FORMAT_VERSION)
+    }
+
     /// Decodes what [`encode`](SiblingSet::encode) produced. Never panics.
     ///
     /// # Errors

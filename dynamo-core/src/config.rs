@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::AdmissionSettings;
 use crate::error::{Error, Result};
 use crate::ring::DEFAULT_PARTITIONS;
 
@@ -72,6 +73,38 @@ pub struct Config {
     /// Ceiling on the bytes per second a node copies during handoff
     /// (0: no ceiling).
     pub handoff_max_bytes_per_sec: u64,
+    /// Whether replicas compare their Merkle trees and repair what differs
+    /// (anti-entropy, Dynamo §4.7), so keys nobody reads converge too.
+    pub anti_entropy: bool,
+    /// Time between two anti-entropy rounds, in milliseconds: each round
+    /// compares every partition this node replicates with one other
+    /// replica of it, taking the replicas in turn.
+    pub aae_interval_ms: u64,
+    /// How often every Merkle tree is rebuilt from a scan of its
+    /// partition, in milliseconds (Riak rebuilds weekly), to catch what
+    /// the incremental updates cannot see (silent disk corruption).
+    pub aae_rebuild_interval_ms: u64,
+    /// Most bytes of key states one anti-entropy exchange ships each way;
+    /// what is left over is repaired by the next round.
+    pub aae_max_bytes: u32,
+    /// How old a tombstone must be before it may be purged, in
+    /// milliseconds (Cassandra's `gc_grace_seconds`: 10 days); it is purged
+    /// only once every replica of its partition also holds it. Hints older
+    /// than this are dropped instead of delivered (anti-entropy repairs
+    /// what they carried), so a hint can never bring a purged key back.
+    pub tombstone_grace_ms: u64,
+    /// Time between two tombstone purge passes, in milliseconds.
+    pub tombstone_purge_interval_ms: u64,
+    /// Admission control (Dynamo §6.5): the foreground p99 latency, in
+    /// milliseconds over the last 10 s, above which background work
+    /// (anti-entropy, hint delivery, handoff) is given fewer slots.
+    pub background_target_p99_ms: u64,
+    /// Fewest background operations allowed at once, however slow the
+    /// foreground is (at least 1, so repairs keep moving).
+    pub background_min_slots: usize,
+    /// Most background operations allowed at once while the foreground
+    /// meets its target.
+    pub background_max_slots: usize,
 }
 
 impl Default for Config {
@@ -101,6 +134,15 @@ impl Default for Config {
             handoff_concurrency: 2,
             handoff_batch_bytes: 1 << 20,
             handoff_max_bytes_per_sec: 64 << 20,
+            anti_entropy: true,
+            aae_interval_ms: 10_000,
+            aae_rebuild_interval_ms: 7 * 24 * 3_600_000,
+            aae_max_bytes: 4 << 20,
+            tombstone_grace_ms: 10 * 24 * 3_600_000,
+            tombstone_purge_interval_ms: 3_600_000,
+            background_target_p99_ms: 50,
+            background_min_slots: 1,
+            background_max_slots: 4,
         }
     }
 }
@@ -140,6 +182,11 @@ impl Config {
             ("suspect_period_ms", self.suspect_period_ms),
             ("handoff_interval_ms", self.handoff_interval_ms),
             ("handoff_batch_bytes", u64::from(self.handoff_batch_bytes)),
+            ("aae_interval_ms", self.aae_interval_ms),
+            ("aae_rebuild_interval_ms", self.aae_rebuild_interval_ms),
+            ("aae_max_bytes", u64::from(self.aae_max_bytes)),
+            ("tombstone_purge_interval_ms", self.tombstone_purge_interval_ms),
+            ("background_target_p99_ms", self.background_target_p99_ms),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
@@ -153,11 +200,19 @@ impl Config {
             ("lock_stripes", self.lock_stripes),
             ("max_commit_batch", self.max_commit_batch),
             ("handoff_concurrency", self.handoff_concurrency),
+            ("background_min_slots", self.background_min_slots),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
             }
         }
+        if self.background_max_slots < self.background_min_slots {
+            return bad(format!(
+                "background_max_slots = {} must be at least background_min_slots = {}",
+                self.background_max_slots, self.background_min_slots
+            ));
+        }
+        self.admission().validate().map_err(|e| Error::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -184,6 +239,26 @@ impl Config {
     /// The handoff worker's period.
     pub fn handoff_interval(&self) -> Duration {
         Duration::from_millis(self.handoff_interval_ms)
+    }
+
+    /// The anti-entropy round period.
+    pub fn aae_interval(&self) -> Duration {
+        Duration::from_millis(self.aae_interval_ms)
+    }
+
+    /// The tombstone grace period.
+    pub fn tombstone_grace(&self) -> Duration {
+        Duration::from_millis(self.tombstone_grace_ms)
+    }
+
+    /// The admission controller's settings for background work.
+    pub fn admission(&self) -> AdmissionSettings {
+        AdmissionSettings {
+            target_p99: Duration::from_millis(self.background_target_p99_ms),
+            min_slots: self.background_min_slots,
+            max_slots: self.background_max_slots,
+            ..AdmissionSettings::default()
+        }
     }
 
     /// How long a failed node is skipped.

@@ -24,11 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::causality::SiblingSet;
+use crate::background::Background;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gossip::Gossip;
@@ -36,13 +35,8 @@ use crate::member::NodeId;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::replica::{Replica, Slot};
-use crate::ring::key_hash;
+use crate::replica::{check_batch, Replica};
 use crate::transport::protocol::{Request, Response};
-use crate::validation::check_key;
-
-/// Keys of a received batch merged at once.
-const MERGES_IN_FLIGHT: usize = 64;
 
 /// The most bytes one handoff batch may carry, whatever a peer asks for.
 const MAX_BATCH_BYTES: u32 = 8 << 20;
@@ -138,10 +132,13 @@ pub(crate) struct Handoff {
     pub(crate) replica: Arc<Replica>,
     pub(crate) peers: Arc<Peers>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Slots for background work: each batch copied holds one.
+    pub(crate) background: Arc<Background>,
     progress: Mutex<Progress>,
 }
 
 impl Handoff {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
         config: Arc<Config>,
@@ -150,8 +147,19 @@ impl Handoff {
         replica: Arc<Replica>,
         peers: Arc<Peers>,
         metrics: Arc<Metrics>,
+        background: Arc<Background>,
     ) -> Self {
-        Handoff { id, config, membership, gossip, replica, peers, metrics, progress: Mutex::default() }
+        Handoff {
+            id,
+            config,
+            membership,
+            gossip,
+            replica,
+            peers,
+            metrics,
+            background,
+            progress: Mutex::default(),
+        }
     }
 
     fn progress(&self) -> MutexGuard<'_, Progress> {
@@ -210,6 +218,7 @@ impl Handoff {
         for &source in sources {
             let mut after = None;
             loop {
+                let slot = self.background.slot(&self.metrics).await;
                 let frame = Request::HandoffPull {
                     epoch,
                     to: self.id,
@@ -232,32 +241,9 @@ impl Handoff {
                 let count = entries.len() as u64;
                 let last = entries.last().map(|(key, _)| key.clone());
                 // A batch is checked whole before anything of it is stored.
-                let mut states = Vec::with_capacity(entries.len());
-                for (key, state) in entries {
-                    check_key(&self.config, &key)?;
-                    if ring.partition_of(&key) != partition {
-                        return Err(Error::Protocol(format!(
-                            "handoff of partition {partition} sent key {key:?} of partition {}",
-                            ring.partition_of(&key)
-                        )));
-                    }
-                    let incoming = SiblingSet::decode(&state)
-                        .map_err(|e| Error::Protocol(format!("handoff sent a bad state for {key:?}: {e}")))?;
-                    states.push((key, incoming));
-                }
-                // Merged concurrently, so the store's group commit makes one
-                // batch (and one fsync) of many keys.
-                let merges = states.into_iter().map(|(key, incoming)| {
-                    let replica = Arc::clone(&self.replica);
-                    async move {
-                        replica.merge(Slot::Data, partition, &key, key_hash(&key), &incoming, None).await?;
-                        Ok::<(), Error>(())
-                    }
-                });
-                futures::stream::iter(merges)
-                    .buffer_unordered(MERGES_IN_FLIGHT)
-                    .try_for_each(|()| async { Ok(()) })
-                    .await?;
+                let states = check_batch(&self.config, &ring, partition, entries, "handoff")?;
+                self.replica.merge_many(partition, states).await?;
+                drop(slot);
                 {
                     let mut progress = self.progress();
                     let received = progress.at(epoch).received.entry(partition).or_default();

@@ -12,13 +12,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::background::Background;
+use crate::clock::HybridClock;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::member::NodeId;
 use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
 use crate::peers::Peers;
-use crate::replica::{decode_stored, Replica, Slot, StoredHint};
+use crate::replica::{decode_stored, Admit, Replica, Slot, StoredHint};
 use crate::ring::key_hash;
 use crate::transport::protocol::{Request, Response};
 
@@ -30,6 +32,8 @@ pub(crate) struct HintedHandoff {
     pub(crate) replica: Arc<Replica>,
     pub(crate) peers: Arc<Peers>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) background: Arc<Background>,
+    pub(crate) clock: Arc<HybridClock>,
 }
 
 impl HintedHandoff {
@@ -73,6 +77,21 @@ impl HintedHandoff {
     /// key's writes go to, so a hint never outlives its owner's membership.
     async fn deliver_one(&self, hint: &StoredHint) -> Result<bool> {
         let hash = key_hash(&hint.key);
+        // A hint older than the tombstone grace period may carry a value
+        // whose tombstone every replica has purged since: it is dropped,
+        // and anti-entropy repairs whatever else it carried.
+        let state = decode_stored(&hint.state)?;
+        let cutoff =
+            self.clock.physical_us().saturating_sub(self.config.tombstone_grace_ms.saturating_mul(1000));
+        if state.max_timestamp() < cutoff {
+            let removed = self.replica.remove_hint_if_unchanged(hint, hash).await?;
+            if removed {
+                bump(&self.metrics.hints_expired);
+                tracing::info!(node = %self.id, owner = %hint.owner, "dropped a hint older than the tombstone grace period");
+            }
+            return Ok(false);
+        }
+        let _slot = self.background.slot(&self.metrics).await;
         let view = self.membership.view();
         let ring = view.require_ring()?;
         // While the partition moves, a hint for a node that loses it goes to
@@ -88,8 +107,16 @@ impl HintedHandoff {
         for target in targets {
             if target == self.id {
                 // This node replicates the key (again): merge into its data.
-                let state = decode_stored(&hint.state)?;
-                self.replica.merge(Slot::Data, hint.partition, &hint.key, hash, &state, None).await?;
+                self.replica
+                    .merge(
+                        Slot::Data,
+                        hint.partition,
+                        &hint.key,
+                        hash,
+                        &state,
+                        Admit { bound: None, fresh_after_us: Some(cutoff) },
+                    )
+                    .await?;
                 continue;
             }
             let frame = Request::Replicate {

@@ -12,9 +12,11 @@
 //! - [`topology`]: staged joins, leaves and removes, plans, and the
 //!   transition between two rings; [`handoff`] moves the data.
 //! - [`node`]: a node assembled from plugins, and the embedded API.
-//! - [`merkle`]: per-partition Merkle (tictac) trees for anti-entropy, and
-//!   [`admission`]: the controller that sizes background work by foreground
-//!   latency (both pure; not wired into the node yet).
+//! - [`merkle`]: per-partition Merkle (tictac) trees, and [`antientropy`]:
+//!   the exchanges that compare them between replicas and repair what
+//!   differs, and the tombstone purge.
+//! - [`admission`]: the controller that sizes background work (exchanges,
+//!   hint delivery, handoff) by foreground latency.
 //!
 //! The request path, one module per role (each names its paper section):
 //! [`coordinator`] (client requests, quorums), [`sloppy_quorum`] (who is
@@ -25,6 +27,8 @@
 //! (`store_io`) are private.
 
 pub mod admission;
+pub mod antientropy;
+mod background;
 pub mod causality;
 pub mod clock;
 pub mod config;

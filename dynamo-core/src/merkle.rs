@@ -407,7 +407,7 @@ pub struct MerkleTree {
 
 /// What to do after comparing a peer's node hashes with the local tree
 /// ([`MerkleTree::respond`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     /// Every node the peer sent matches: nothing under them differs.
     InSync,

@@ -58,6 +58,24 @@ metrics! {
     handoff_bytes_sent,
     /// Partitions this node deleted because it no longer replicates them.
     handoff_partitions_dropped,
+    /// Anti-entropy exchanges this node completed as their initiator.
+    aae_exchanges,
+    /// Anti-entropy exchanges this node started that failed (peer down,
+    /// refused, timed out).
+    aae_exchanges_failed,
+    /// Keys whose local state an anti-entropy repair changed.
+    aae_keys_repaired,
+    /// Bytes of anti-entropy messages (hashes, digests, key states) sent.
+    aae_bytes_sent,
+    /// Bytes of anti-entropy messages received.
+    aae_bytes_received,
+    /// Tombstones purged from this node's store.
+    tombstones_purged,
+    /// Hints dropped undelivered because they were older than the
+    /// tombstone grace period (anti-entropy repairs what they carried).
+    hints_expired,
+    /// Times background work waited for a slot (admission control).
+    background_waits,
 }
 
 /// Adds `n` to a counter.

@@ -42,6 +42,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
+use crate::admission::AdmissionStats;
+use crate::antientropy::{AaeReport, AaeStatus, AntiEntropy};
+use crate::background::Background;
 use crate::causality::{Context, Sibling, SiblingSet};
 use crate::clock::{Clock, HybridClock, SystemClock};
 use crate::config::Config;
@@ -141,6 +144,10 @@ struct NodeParts {
     coordinator: Arc<Coordinator>,
     service: ReplicaService,
     handoff: Arc<HintedHandoff>,
+    /// Anti-entropy and tombstone purge.
+    aae: Arc<AntiEntropy>,
+    /// Slots for background work, sized by foreground latency.
+    background: Arc<Background>,
     gossip: Option<Arc<Gossip>>,
     /// Ownership handoff, when the node gossips.
     ownership: Option<Arc<Handoff>>,
@@ -171,6 +178,12 @@ impl FrameHandler for Handler {
     async fn handle(&self, frame: Bytes) -> Bytes {
         let response = match self.0.upgrade() {
             Some(core) if !core.closed.load(Ordering::Acquire) => match Request::decode(&frame) {
+                Ok(req) if req.is_anti_entropy() => {
+                    let response = core.service.serve(req).await.encode();
+                    crate::metrics::add(&core.metrics.aae_bytes_received, frame.len() as u64);
+                    crate::metrics::add(&core.metrics.aae_bytes_sent, response.len() as u64);
+                    return response;
+                }
                 Ok(req) => core.service.serve(req).await,
                 Err(e) => {
                     match frame_version(&frame) {
@@ -448,6 +461,7 @@ impl NodeBuilder {
                 replica_timeout: config.replica_timeout(),
             },
         });
+        let background = Arc::new(Background::new(config.admission()));
         let ownership = gossip.as_ref().map(|g| {
             Arc::new(Handoff::new(
                 self.id,
@@ -457,8 +471,19 @@ impl NodeBuilder {
                 Arc::clone(&replica),
                 Arc::clone(&peers),
                 Arc::clone(&metrics),
+                Arc::clone(&background),
             ))
         });
+        let aae = Arc::new(AntiEntropy::new(
+            self.id,
+            Arc::clone(&config),
+            Arc::clone(&membership),
+            Arc::clone(&replica),
+            Arc::clone(&peers),
+            Arc::clone(&metrics),
+            Arc::clone(&background),
+            Arc::clone(&clock),
+        ));
         let handoff = Arc::new(HintedHandoff {
             id: self.id,
             config: Arc::clone(&config),
@@ -466,6 +491,8 @@ impl NodeBuilder {
             replica: Arc::clone(&replica),
             peers,
             metrics: Arc::clone(&metrics),
+            background: Arc::clone(&background),
+            clock: Arc::clone(&clock),
         });
         if let Some(g) = &gossip {
             g.wire(
@@ -487,6 +514,7 @@ impl NodeBuilder {
                 recent: RecentRequests::default(),
                 gossip: gossip.clone(),
                 handoff: ownership.clone(),
+                aae: Arc::clone(&aae),
             },
             config,
             membership,
@@ -495,6 +523,8 @@ impl NodeBuilder {
             replica,
             coordinator,
             handoff: Arc::clone(&handoff),
+            aae: Arc::clone(&aae),
+            background,
             gossip: gossip.clone(),
             ownership: ownership.clone(),
             staged: Mutex::new((0, Vec::new())),
@@ -515,6 +545,9 @@ impl NodeBuilder {
         }
         if let Some(o) = &ownership {
             tasks.push(tokio::spawn(Handoff::run(Arc::downgrade(o))));
+        }
+        if parts.config.anti_entropy {
+            tasks.push(tokio::spawn(AntiEntropy::run(Arc::downgrade(&aae))));
         }
         drop(tasks);
         Ok(Node { core: parts })
@@ -627,8 +660,10 @@ impl Node {
         self.ensure_open()?;
         let r = opts.r.unwrap_or(self.core.config.r);
         let timeout = opts.timeout.unwrap_or(self.core.config.request_timeout());
-        let state = self.core.coordinator.read(Bytes::copy_from_slice(key), r, timeout).await?;
-        Ok(self.present(key, state))
+        let started = tokio::time::Instant::now();
+        let state = self.core.coordinator.read(Bytes::copy_from_slice(key), r, timeout).await;
+        self.core.background.record_foreground(started.elapsed());
+        Ok(self.present(key, state?))
     }
 
     fn present(&self, key: &[u8], state: SiblingSet) -> GetResult {
@@ -719,7 +754,10 @@ impl Node {
             timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
             start_by_us: 0,
         };
-        self.core.coordinator.write(req, timeout).await
+        let started = tokio::time::Instant::now();
+        let written = self.core.coordinator.write(req, timeout).await;
+        self.core.background.record_foreground(started.elapsed());
+        written
     }
 
     /// The preference list of `key`: the N nodes that own it (empty until
@@ -755,6 +793,35 @@ impl Node {
     pub async fn deliver_hints(&self) -> Result<usize> {
         self.ensure_open()?;
         self.core.handoff.deliver_hints().await
+    }
+
+    /// What anti-entropy has done on this node: exchanges, repairs, bytes,
+    /// purges, and each replicated partition's tree and last exchange.
+    pub fn aae_status(&self) -> AaeStatus {
+        self.core.aae.status()
+    }
+
+    /// Runs one anti-entropy round now, as the background task does every
+    /// `aae_interval_ms` (whether or not `anti_entropy` is on): builds
+    /// missing trees, then compares every replicated partition whose data
+    /// is not moving with its next replica and repairs both sides.
+    pub async fn aae_pass(&self) -> AaeReport {
+        self.core.aae.round().await
+    }
+
+    /// Runs one tombstone purge pass now over the partitions this node is
+    /// the first replica of, as the background task does every
+    /// `tombstone_purge_interval_ms`; returns how many tombstones this
+    /// node purged. A tombstone goes only once older than
+    /// `tombstone_grace_ms` and held by every replica.
+    pub async fn purge_pass(&self) -> u64 {
+        self.core.aae.purge_round().await
+    }
+
+    /// Admission control for background work: its slots now, the
+    /// foreground p99 it judges by, and how often it throttled.
+    pub fn admission(&self) -> AdmissionStats {
+        self.core.background.stats()
     }
 
     /// Hints held by this node, counted per owner.

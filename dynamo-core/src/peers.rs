@@ -32,6 +32,19 @@ impl Peers {
     /// [`TransportError`] for whether the request may have arrived),
     /// [`Error::Protocol`] for an answer that does not decode.
     pub(crate) async fn call(&self, node: NodeId, frame: Bytes, timeout: Duration) -> Result<Response> {
+        self.call_sized(node, frame, timeout).await.map(|(response, _)| response)
+    }
+
+    /// [`call`](Peers::call), also returning the answer's size in bytes.
+    ///
+    /// # Errors
+    /// As [`call`](Peers::call).
+    pub(crate) async fn call_sized(
+        &self,
+        node: NodeId,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> Result<(Response, usize)> {
         let addr = match self.membership.view().member(node) {
             Some(m) => m.addr.clone(),
             None => return Err(Error::NotAMember(node)),
@@ -56,7 +69,7 @@ impl Peers {
                 if let Some(v) = frame_version(&bytes).filter(|v| *v != PROTOCOL_VERSION) {
                     tracing::warn!(peer = %node, peer_version = v, version = PROTOCOL_VERSION, "a peer answers in another protocol version");
                 }
-                Response::decode(&bytes)
+                Response::decode(&bytes).map(|r| (r, bytes.len()))
             }
             Err(e) => {
                 self.detector.record_failure(node);

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::member::NodeId;
 use crate::metrics::{bump, Metrics};
 use crate::peers::Peers;
-use crate::replica::{Replica, Slot};
+use crate::replica::{Admit, Replica, Slot};
 use crate::sloppy_quorum::Target;
 use crate::transport::protocol::{Request, Response};
 
@@ -61,7 +61,10 @@ impl ReadRepair {
         .encode();
         for node in stale {
             let result = if node == self.id {
-                self.replica.merge(Slot::Data, partition, &key, hash, &merged, None).await.map(|_| ())
+                self.replica
+                    .merge(Slot::Data, partition, &key, hash, &merged, Admit::default())
+                    .await
+                    .map(|_| ())
             } else {
                 match self.peers.call(node, frame.clone(), self.replica_timeout).await {
                     Ok(Response::Ack) => Ok(()),

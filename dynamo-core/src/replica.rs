@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{Mutex, RwLock};
 
+use crate::antientropy::trees::{Finish, Trees};
 use crate::causality::{Actor, CausalContext, Context, Dot, SiblingSet};
 use crate::clock::HybridClock;
 use crate::config::Config;
@@ -20,6 +21,7 @@ use crate::epoch::{Epochs, StartKind};
 use crate::error::{Error, Result};
 use crate::fault_point::Faults;
 use crate::member::NodeId;
+use crate::merkle::{state_version, KeyDigest, LeafDigest, MerkleTree, TreeShape};
 use crate::reconcile::{Reconciler, Resolution};
 use crate::store::{Store, Table, WriteBatch};
 use crate::store_io::StoreIo;
@@ -115,6 +117,15 @@ fn too_many_siblings(key: &[u8], count: usize, max: usize) -> Error {
     Error::TooManySiblings { key: String::from_utf8_lossy(key).into_owned(), count, max }
 }
 
+/// What a merge refuses ([`Replica::merge`]); the default refuses nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Admit {
+    /// The sibling bound of a new write's replication.
+    pub(crate) bound: Option<usize>,
+    /// For a key absent here, the oldest newest-timestamp (µs) accepted.
+    pub(crate) fresh_after_us: Option<u64>,
+}
+
 /// The local store of key states and hints.
 pub(crate) struct Replica {
     node: NodeId,
@@ -128,7 +139,25 @@ pub(crate) struct Replica {
     /// and none starts after it.
     closed: RwLock<bool>,
     start: StartKind,
+    /// The Merkle tree of every partition kept here, updated by every
+    /// change of the data table.
+    trees: Trees,
 }
+
+/// The tree version of a stored state: the hash of its bytes when they
+/// are in today's (canonical) encoding, else of its re-encoding, so that
+/// equal states have equal versions on every node
+/// ([`state_version`]).
+fn stored_version(raw: &[u8], state: &SiblingSet) -> u64 {
+    if SiblingSet::is_current_encoding(raw) {
+        xxhash_rust::xxh3::xxh3_64(raw)
+    } else {
+        state_version(state)
+    }
+}
+
+/// The largest page of keys a partition scan reads at once.
+const SCAN_PAGE_BYTES: usize = 1 << 20;
 
 impl Replica {
     pub(crate) async fn open(
@@ -151,7 +180,13 @@ impl Replica {
             clock,
             closed: RwLock::new(false),
             start,
+            trees: Trees::new(TreeShape::DEFAULT),
         })
+    }
+
+    /// The node's Merkle trees.
+    pub(crate) fn trees(&self) -> &Trees {
+        &self.trees
     }
 
     /// How the store was found at start-up.
@@ -220,6 +255,19 @@ impl Replica {
         self.load_raw(slot, partition, key).await?.map(|b| decode_stored(&b)).transpose()
     }
 
+    /// The decoded state of `key` in `slot` and its tree version.
+    async fn load_versioned(
+        &self,
+        slot: Slot,
+        partition: u32,
+        key: &[u8],
+    ) -> Result<Option<(SiblingSet, u64)>> {
+        let Some(raw) = self.load_raw(slot, partition, key).await? else { return Ok(None) };
+        let state = decode_stored(&raw)?;
+        let version = stored_version(&raw, &state);
+        Ok(Some((state, version)))
+    }
+
     /// Applies the reconciler's deterministic winner, if it names one.
     fn prune(&self, key: &[u8], state: &mut SiblingSet) {
         if state.siblings().len() > 1 {
@@ -229,23 +277,50 @@ impl Replica {
         }
     }
 
-    async fn store_state(&self, slot: Slot, partition: u32, key: &[u8], state: &SiblingSet) -> Result<()> {
+    /// Stores `state` for `key`, whose stored version was `old`, and
+    /// records the change in the partition's tree. The caller holds the
+    /// key's stripe lock.
+    async fn store_state(
+        &self,
+        slot: Slot,
+        partition: u32,
+        key: &[u8],
+        old: Option<u64>,
+        state: &SiblingSet,
+    ) -> Result<()> {
+        let encoded = Bytes::from(state.encode());
+        let version = xxhash_rust::xxh3::xxh3_64(&encoded);
         let mut batch = WriteBatch::new();
-        batch.put(slot_table(slot), storage_key(slot, partition, key), state.encode());
-        Ok(self.io.commit(batch).await?)
+        batch.put(slot_table(slot), storage_key(slot, partition, key), encoded);
+        if slot != Slot::Data {
+            return Ok(self.io.commit(batch).await?);
+        }
+        let change = self.trees.begin_change(partition);
+        let result = self.io.commit(batch).await;
+        // On an error the write may or may not have been applied: the
+        // tree no longer knows the key's version.
+        change.end(key, result.is_ok().then_some((old, Some(version))));
+        Ok(result?)
     }
 
     /// Merges `incoming` into the local state of `key`; returns the merged
     /// state and whether anything changed (and was stored).
     ///
-    /// With `bound`, a merge that would leave more than that many siblings
+    /// With `admit.bound`, a merge that would leave more than that many siblings
     /// (and more than the local state had) is refused and nothing is
     /// stored: a replica never acknowledges a new write past the sibling
     /// limit. Repairs and hints merge without a bound, so replicas always
     /// converge.
     ///
+    /// With `admit.fresh_after_us`, a state for a key this node does not hold is
+    /// refused (nothing stored) when its newest timestamp is before it: a
+    /// write or hint that old may be of a key whose tombstone has been
+    /// purged since, and must not bring it back (anti-entropy, which
+    /// ships only what replicas hold, repairs keys that old).
+    ///
     /// # Errors
-    /// [`Error::TooManySiblings`], [`Error::ShuttingDown`] or a store error.
+    /// [`Error::TooManySiblings`], [`Error::Expired`], [`Error::ShuttingDown`]
+    /// or a store error.
     pub(crate) async fn merge(
         &self,
         slot: Slot,
@@ -253,15 +328,22 @@ impl Replica {
         key: &[u8],
         hash: u64,
         incoming: &SiblingSet,
-        bound: Option<usize>,
+        admit: Admit,
     ) -> Result<(SiblingSet, bool)> {
+        let Admit { bound, fresh_after_us } = admit;
         let closed = self.closed.read().await;
         if *closed {
             return Err(Error::ShuttingDown);
         }
         self.clock.observe(incoming.max_timestamp());
         let _guard = self.stripe(hash).lock().await;
-        let current = self.load(slot, partition, key).await?;
+        let (current, old) = self.load_versioned(slot, partition, key).await?.unzip();
+        if let Some(cutoff) = fresh_after_us {
+            let newest = incoming.max_timestamp();
+            if current.is_none() && newest < cutoff {
+                return Err(Error::Expired { late_ms: (cutoff - newest) / 1000 });
+            }
+        }
         let mut merged = current.clone().unwrap_or_default();
         merged.merge(incoming);
         self.prune(key, &mut merged);
@@ -273,7 +355,7 @@ impl Replica {
         }
         let changed = current.as_ref() != Some(&merged);
         if changed {
-            self.store_state(slot, partition, key, &merged).await?;
+            self.store_state(slot, partition, key, old, &merged).await?;
         }
         drop(closed);
         Ok((merged, changed))
@@ -292,7 +374,8 @@ impl Replica {
             return Err(Error::ShuttingDown);
         }
         let _guard = self.stripe(intent.hash).lock().await;
-        let mut state = self.load(intent.slot, intent.partition, intent.key).await?.unwrap_or_default();
+        let (state, old) = self.load_versioned(intent.slot, intent.partition, intent.key).await?.unzip();
+        let mut state = state.unwrap_or_default();
         if let Some(start_by) = intent.start_by_us {
             // Checked after the lock and the load, right before the dot is
             // made: a write that waited past its deadline is dropped.
@@ -319,7 +402,7 @@ impl Replica {
         if exceeds_bound(before, state.siblings().len(), intent.max_siblings) {
             return Err(too_many_siblings(intent.key, state.siblings().len(), intent.max_siblings));
         }
-        self.store_state(intent.slot, intent.partition, intent.key, &state).await?;
+        self.store_state(intent.slot, intent.partition, intent.key, old, &state).await?;
         drop(closed);
         let mut context = client_context;
         context.insert(dot);
@@ -346,11 +429,13 @@ impl Replica {
             return Err(Error::ShuttingDown);
         }
         let _guard = self.stripe(hash).lock().await;
-        let Some(mut state) = self.load(slot, partition, key).await? else { return Ok(None) };
+        let Some((mut state, old)) = self.load_versioned(slot, partition, key).await? else {
+            return Ok(None);
+        };
         if !state.retract(dot) {
             return Ok(None);
         }
-        self.store_state(slot, partition, key, &state).await?;
+        self.store_state(slot, partition, key, Some(old), &state).await?;
         drop(closed);
         Ok(Some(state))
     }
@@ -434,6 +519,7 @@ impl Replica {
         let start = partition.to_be_bytes();
         let end = partition.checked_add(1).map(u32::to_be_bytes);
         let mut dropped = 0;
+        self.trees.forget(partition);
         loop {
             let closed = self.closed.read().await;
             if *closed {
@@ -444,6 +530,7 @@ impl Replica {
                 .read(move |s| s.scan(Table::Data, &start, end.as_ref().map(|e| &e[..]), PAGE))
                 .await?;
             if rows.is_empty() {
+                self.trees.forget(partition);
                 return Ok(dropped);
             }
             let mut batch = WriteBatch::new();
@@ -454,6 +541,222 @@ impl Replica {
             self.io.commit(batch).await?;
             drop(closed);
         }
+    }
+
+    /// Every `(user key, raw state)` of `partition`, page by page: `each`
+    /// sees each page in key order.
+    async fn scan_all(&self, partition: u32, mut each: impl FnMut(Vec<(Bytes, Bytes)>)) -> Result<()> {
+        let mut after = None;
+        loop {
+            let (rows, done) = self.scan_partition(partition, after.take(), SCAN_PAGE_BYTES).await?;
+            after = rows.last().map(|(k, _)| k.clone());
+            each(rows);
+            if done || after.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Rebuilds `partition`'s Merkle tree from a scan of its keys while
+    /// writes go on (see [`crate::antientropy::trees`]). Returns `false`
+    /// when another rebuild of it is running, or when the partition was
+    /// forgotten meanwhile or stays too busy to settle (tried again later).
+    ///
+    /// # Errors
+    /// A store error or [`Error::ShuttingDown`]; the old tree, if any, stays.
+    pub(crate) async fn rebuild_tree(&self, partition: u32) -> Result<bool> {
+        /// Correction rounds before a busy partition is left for later.
+        const MAX_ROUNDS: usize = 256;
+        if !self.trees.begin_rebuild(partition) {
+            return Ok(false);
+        }
+        let result = self.rebuild_scanned(partition, MAX_ROUNDS).await;
+        if !matches!(result, Ok(true)) {
+            self.trees.abort_rebuild(partition);
+        }
+        result
+    }
+
+    async fn rebuild_scanned(&self, partition: u32, rounds: usize) -> Result<bool> {
+        let shape = self.trees.shape();
+        let mut tree = MerkleTree::new(shape);
+        // What the tree holds per key hash, to correct keys changed meanwhile.
+        let mut seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut bad = 0usize;
+        self.scan_all(partition, |rows| {
+            for (key, raw) in rows {
+                match SiblingSet::decode(&raw) {
+                    Ok(state) => {
+                        let version = stored_version(&raw, &state);
+                        tree.update(&key, None, Some(version));
+                        seen.insert(xxhash_rust::xxh3::xxh3_64(&key), version);
+                    }
+                    Err(_) => bad += 1,
+                }
+            }
+        })
+        .await?;
+        if bad > 0 {
+            tracing::warn!(node = %self.node, partition, keys = bad, "undecodable key states left out of the Merkle tree");
+        }
+        for _ in 0..rounds {
+            match self.trees.finish_rebuild(partition, &tree) {
+                Finish::Installed => return Ok(true),
+                Finish::Cancelled => return Ok(false),
+                Finish::Correct(keys) => {
+                    if keys.is_empty() {
+                        // Only changes under way hold the tree back.
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    for key in keys {
+                        let hash = crate::ring::key_hash(&key);
+                        let _guard = self.stripe(hash).lock().await;
+                        // An undecodable state is left out, as the scan does.
+                        let raw = self.load_raw(Slot::Data, partition, &key).await?;
+                        let now =
+                            raw.and_then(|r| SiblingSet::decode(&r).ok().map(|s| stored_version(&r, &s)));
+                        let id = xxhash_rust::xxh3::xxh3_64(&key);
+                        tree.update(&key, seen.get(&id).copied(), now);
+                        match now {
+                            Some(v) => seen.insert(id, v),
+                            None => seen.remove(&id),
+                        };
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The key digests of `leaves` (strictly increasing) of `partition`,
+    /// from a scan of the partition: one [`LeafDigest`] per leaf, keys in
+    /// ascending order.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn leaf_digests(&self, partition: u32, leaves: &[u32]) -> Result<Vec<LeafDigest>> {
+        let shape = self.trees.shape();
+        let mut out: Vec<LeafDigest> =
+            leaves.iter().map(|&leaf| LeafDigest { leaf, keys: Vec::new() }).collect();
+        self.scan_all(partition, |rows| {
+            for (key, raw) in rows {
+                let leaf = shape.leaf_of(&key);
+                let Ok(i) = leaves.binary_search(&leaf) else { continue };
+                let Ok(state) = SiblingSet::decode(&raw) else { continue };
+                let version = stored_version(&raw, &state);
+                out[i].keys.push(KeyDigest::new(key, version));
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// The tombstones of `partition` (states whose siblings are all
+    /// deletes) whose newest timestamp is before `before_us`, at most
+    /// `limit` of them, with their versions.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn old_tombstones(
+        &self,
+        partition: u32,
+        before_us: u64,
+        limit: usize,
+    ) -> Result<Vec<KeyDigest>> {
+        let mut out = Vec::new();
+        self.scan_all(partition, |rows| {
+            for (key, raw) in rows {
+                if out.len() >= limit {
+                    return;
+                }
+                let Ok(state) = SiblingSet::decode(&raw) else { continue };
+                if is_purgeable(&state, before_us) {
+                    out.push(KeyDigest::new(key, stored_version(&raw, &state)));
+                }
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// For each of `keys` (of `partition`), whether this node holds it as
+    /// a tombstone older than `before_us` at exactly the digest's version.
+    ///
+    /// # Errors
+    /// A store error.
+    pub(crate) async fn holds_tombstones(
+        &self,
+        partition: u32,
+        keys: &[KeyDigest],
+        before_us: u64,
+    ) -> Result<Vec<bool>> {
+        let mut held = Vec::with_capacity(keys.len());
+        for digest in keys {
+            let found = self.load_versioned(Slot::Data, partition, &digest.key).await?;
+            held.push(found.is_some_and(|(s, v)| v == digest.version && is_purgeable(&s, before_us)));
+        }
+        Ok(held)
+    }
+
+    /// Deletes each of `keys` (of `partition`) that is still a tombstone
+    /// older than `before_us` at exactly the digest's version, under the
+    /// key's stripe lock: a key written since the check keeps its state.
+    /// Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] or a store error.
+    pub(crate) async fn purge_tombstones(
+        &self,
+        partition: u32,
+        keys: &[KeyDigest],
+        before_us: u64,
+    ) -> Result<u64> {
+        let mut purged = 0;
+        for digest in keys {
+            let closed = self.closed.read().await;
+            if *closed {
+                return Err(Error::ShuttingDown);
+            }
+            let _guard = self.stripe(crate::ring::key_hash(&digest.key)).lock().await;
+            let Some((state, version)) = self.load_versioned(Slot::Data, partition, &digest.key).await?
+            else {
+                continue;
+            };
+            if version != digest.version || !is_purgeable(&state, before_us) {
+                continue;
+            }
+            let mut batch = WriteBatch::new();
+            batch.delete(Table::Data, storage_key(Slot::Data, partition, &digest.key));
+            let change = self.trees.begin_change(partition);
+            let result = self.io.commit(batch).await;
+            change.end(&digest.key, result.is_ok().then_some((Some(version), None)));
+            result?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// Merges the `states` of `partition`'s keys concurrently, so the
+    /// store's group commit makes one batch (and one fsync) of many keys;
+    /// returns how many changed the local state. Repairs merge without a
+    /// sibling bound.
+    ///
+    /// # Errors
+    /// The first merge's error (others may have been stored).
+    pub(crate) async fn merge_many(&self, partition: u32, states: Vec<(Bytes, SiblingSet)>) -> Result<u64> {
+        use futures::stream::{StreamExt, TryStreamExt};
+        /// Keys merged at once.
+        const IN_FLIGHT: usize = 64;
+        let merges = states.into_iter().map(|(key, incoming)| async move {
+            let (_, changed) = self
+                .merge(Slot::Data, partition, &key, crate::ring::key_hash(&key), &incoming, Admit::default())
+                .await?;
+            Ok::<u64, Error>(u64::from(changed))
+        });
+        futures::stream::iter(merges)
+            .buffer_unordered(IN_FLIGHT)
+            .try_fold(0, |n, c| async move { Ok(n + c) })
+            .await
     }
 
     /// Up to `limit` hints whose storage key is at or after `from`.
@@ -481,6 +784,44 @@ impl Replica {
         drop(closed);
         Ok(true)
     }
+}
+
+/// Whether `state` may be purged once every replica holds it: it has
+/// siblings and every one is a delete, the newest before `before_us`. (A
+/// state with no sibling at all, left by a retracted write, is kept: its
+/// context is what stops a late copy of that write.)
+pub(crate) fn is_purgeable(state: &SiblingSet, before_us: u64) -> bool {
+    !state.siblings().is_empty() && state.live_count() == 0 && state.max_timestamp() < before_us
+}
+
+/// Checks a batch of `(user key, encoded state)` pairs a peer sent for
+/// `partition` whole, before anything of it is stored: every key within
+/// the limits and of that partition under `ring`, every state decodable.
+///
+/// # Errors
+/// [`Error::Protocol`] (or the key's limit error) naming the first bad
+/// entry; `what` names the message for the log.
+pub(crate) fn check_batch(
+    config: &Config,
+    ring: &crate::ring::Ring,
+    partition: u32,
+    entries: Vec<(Bytes, Bytes)>,
+    what: &str,
+) -> Result<Vec<(Bytes, SiblingSet)>> {
+    let mut states = Vec::with_capacity(entries.len());
+    for (key, state) in entries {
+        crate::validation::check_key(config, &key)?;
+        if ring.partition_of(&key) != partition {
+            return Err(Error::Protocol(format!(
+                "{what} of partition {partition} sent key {key:?} of partition {}",
+                ring.partition_of(&key)
+            )));
+        }
+        let incoming = SiblingSet::decode(&state)
+            .map_err(|e| Error::Protocol(format!("{what} sent a bad state for {key:?}: {e}")))?;
+        states.push((key, incoming));
+    }
+    Ok(states)
 }
 
 /// Decodes a state read from the local store.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::antientropy::AntiEntropy;
 use crate::causality::{Context, SiblingSet};
 use crate::clock::HybridClock;
 use crate::config::Config;
@@ -21,7 +22,7 @@ use crate::member::NodeId;
 use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
 use crate::recent_requests::RecentRequests;
-use crate::replica::{Replica, Slot};
+use crate::replica::{Admit, Replica, Slot};
 use crate::ring::key_hash;
 use crate::transport::protocol::{Request, Response, WriteRequest};
 use crate::validation::{check_key, check_write, clamp_timeout};
@@ -41,6 +42,8 @@ pub(crate) struct ReplicaService {
     pub(crate) gossip: Option<Arc<Gossip>>,
     /// Ownership handoff, when the node gossips.
     pub(crate) handoff: Option<Arc<Handoff>>,
+    /// Anti-entropy and tombstone purge.
+    pub(crate) aae: Arc<AntiEntropy>,
 }
 
 impl ReplicaService {
@@ -98,6 +101,17 @@ impl ReplicaService {
                     "this node has a fixed member list: it hands nothing off".into(),
                 )),
             },
+            Request::AaeTree { from, partition, hashes } => self.aae.serve_tree(from, partition, &hashes),
+            Request::AaeKeys { from, partition, digests, max_bytes } => {
+                self.aae.serve_keys(from, partition, &digests, max_bytes).await
+            }
+            Request::AaePush { from, partition, states } => {
+                self.aae.serve_push(from, partition, states).await
+            }
+            Request::PurgeCheck { from, partition, keys } => {
+                self.aae.serve_purge_check(from, partition, &keys).await
+            }
+            Request::Purge { from, partition, keys } => self.aae.serve_purge(from, partition, &keys).await,
         };
         result.unwrap_or_else(|e| Response::error(&e))
     }
@@ -146,7 +160,20 @@ impl ReplicaService {
         check_key(&self.config, key)?;
         let incoming =
             SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
-        self.replica.merge(slot, self.partition_of(key)?, key, key_hash(key), &incoming, limit).await?;
+        // A write or hint older than the tombstone grace, for a key this
+        // node lacks, may be of a purged key.
+        let fresh_after =
+            self.clock.physical_us().saturating_sub(self.config.tombstone_grace_ms.saturating_mul(1000));
+        self.replica
+            .merge(
+                slot,
+                self.partition_of(key)?,
+                key,
+                key_hash(key),
+                &incoming,
+                Admit { bound: limit, fresh_after_us: Some(fresh_after) },
+            )
+            .await?;
         Ok(Response::Ack)
     }
 

@@ -16,14 +16,16 @@ use crate::causality::CausalContext;
 use crate::error::Error;
 use crate::gossip::{Digest, MemberEntry};
 use crate::member::NodeId;
+use crate::merkle::{KeyDigest, LeafDigests, NodeHashes, Step};
 use crate::ring::RingLayout;
 use crate::store::StoreError;
 
 /// The protocol version this build speaks. Version 2 gave forwarded
 /// writes an identity and a deadline, replication a sibling bound, and
 /// timestamps microseconds. Version 3 added ring transitions to gossip,
-/// handoff reports to member entries, and ownership handoff.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// handoff reports to member entries, and ownership handoff. Version 4
+/// added Merkle-tree anti-entropy and tombstone purge.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +116,75 @@ pub enum Request {
         /// key's state may cross it).
         max_bytes: u32,
     },
+    /// Anti-entropy: the sender's Merkle tree hashes of `partition` (its
+    /// root to open an exchange, then the nodes the receiver asked to
+    /// descend into). Answered with [`Response::AaeStep`]; refused unless
+    /// both nodes replicate the partition and the receiver's tree is built.
+    AaeTree {
+        /// The sending replica.
+        from: NodeId,
+        /// The partition compared.
+        partition: u32,
+        /// The sender's hashes, with its tree's shape.
+        hashes: NodeHashes,
+    },
+    /// Anti-entropy: the sender's key digests of the leaves found to
+    /// differ. Answered with [`Response::AaeKeys`].
+    AaeKeys {
+        /// The sending replica.
+        from: NodeId,
+        /// The partition compared.
+        partition: u32,
+        /// The sender's digests of the differing leaves.
+        digests: LeafDigests,
+        /// Most bytes of key states the answer may carry.
+        max_bytes: u32,
+    },
+    /// Anti-entropy: key states the receiver asked for, to merge with the
+    /// causal merge. Answered with [`Response::AaePushed`].
+    AaePush {
+        /// The sending replica.
+        from: NodeId,
+        /// The partition of every key.
+        partition: u32,
+        /// `(user key, encoded state)` pairs.
+        states: Vec<(Bytes, Bytes)>,
+    },
+    /// Tombstone purge: which of these tombstones the receiver holds at
+    /// exactly these versions. Answered with [`Response::PurgeHeld`].
+    PurgeCheck {
+        /// The replica running the purge.
+        from: NodeId,
+        /// The partition of every key.
+        partition: u32,
+        /// The tombstones, with their versions.
+        keys: Vec<KeyDigest>,
+    },
+    /// Tombstone purge: every replica holds these tombstones; delete each
+    /// that is still at its version. Answered with [`Response::Purged`].
+    Purge {
+        /// The replica running the purge.
+        from: NodeId,
+        /// The partition of every key.
+        partition: u32,
+        /// The tombstones, with their versions.
+        keys: Vec<KeyDigest>,
+    },
+}
+
+impl Request {
+    /// Whether the request belongs to anti-entropy or tombstone purge
+    /// (whose bytes the node counts apart).
+    pub fn is_anti_entropy(&self) -> bool {
+        matches!(
+            self,
+            Request::AaeTree { .. }
+                | Request::AaeKeys { .. }
+                | Request::AaePush { .. }
+                | Request::PurgeCheck { .. }
+                | Request::Purge { .. }
+        )
+    }
 }
 
 /// The identity of one client write: the node that received it from the
@@ -216,6 +287,30 @@ pub enum Response {
         entries: Vec<(Bytes, Bytes)>,
         /// Whether the partition's range ends with this batch.
         done: bool,
+    },
+    /// Answer to [`Request::AaeTree`]: what the receiver's tree says.
+    AaeStep(Step),
+    /// Answer to [`Request::AaeKeys`].
+    AaeKeys {
+        /// The answerer's states of the keys that differ or that only it
+        /// holds, as `(user key, encoded state)` pairs, up to the byte
+        /// limit asked for.
+        states: Vec<(Bytes, Bytes)>,
+        /// The keys whose states the answerer wants: those that differ and
+        /// those only the asker holds.
+        want: Vec<Bytes>,
+    },
+    /// Answer to [`Request::AaePush`]: how many keys the merge changed.
+    AaePushed {
+        /// Keys whose local state changed.
+        repaired: u32,
+    },
+    /// Answer to [`Request::PurgeCheck`]: one flag per key, in order.
+    PurgeHeld(Vec<bool>),
+    /// Answer to [`Request::Purge`]: how many keys were deleted.
+    Purged {
+        /// Keys deleted.
+        keys: u32,
     },
 }
 

@@ -1,0 +1,756 @@
+//! Anti-entropy (Dynamo §4.7): replicas of a partition compare Merkle
+//! trees and repair what differs, so a replica that missed writes
+//! converges even for keys nobody reads; and the tombstone purge that
+//! relies on it.
+//!
+//! **Trees.** Each node keeps one tree per partition it replicates
+//! ([`trees`]), updated on every change of a key's stored state, built
+//! from a scan of the partition when the node starts (or the partition is
+//! gained, or a change may have been lost), and rebuilt every
+//! `aae_rebuild_interval_ms` to catch what updates cannot see.
+//!
+//! **Exchange.** Every `aae_interval_ms` a node compares each partition it
+//! replicates (and whose data is not moving) with one other replica, the
+//! replicas taken in turn: it sends its root; the two sides answer each
+//! other with the hashes of the children of the nodes that differ until
+//! one knows the differing leaves ([`crate::merkle`]); the initiator sends
+//! its key digests of those leaves, the peer answers with its states of
+//! the keys that differ or only it holds and names the keys it wants, and
+//! the initiator sends those. Both sides merge what they receive with the
+//! causal merge, so a repair never drops a concurrent sibling. What
+//! crosses the wire grows with what differs, not with what is stored; the
+//! states shipped per exchange are bounded by `aae_max_bytes` each way,
+//! and what is left is repaired by the next round.
+//!
+//! **Purge.** A tombstone is deleted only once it is older than
+//! `tombstone_grace_ms` and every replica in the partition's preference
+//! list holds it at the same version: the partition's first replica asks
+//! the others ([`Request::PurgeCheck`]), then tells them to delete each key
+//! still at that version ([`Request::Purge`]) and deletes its own copy.
+//! Nothing can then bring the key back: no replica holds an older value,
+//! hints older than the grace period are dropped rather than delivered,
+//! and partitions whose data is moving are not purged.
+//!
+//! **Admission.** Every rebuild, exchange and purge of a partition holds a
+//! background slot ([`crate::background`]), so they yield to foreground
+//! latency.
+
+pub(crate) mod trees;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::background::Background;
+use crate::clock::HybridClock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::member::NodeId;
+use crate::membership::{ClusterView, Membership};
+use crate::merkle::{diff_keys, KeyDigest, LeafDigest, LeafDigests, NodeHashes, Step};
+use crate::metrics::{add, bump, Metrics};
+use crate::peers::Peers;
+use crate::replica::{check_batch, Replica, Slot};
+use crate::ring::Ring;
+use crate::transport::protocol::{Request, Response};
+use crate::validation::check_key;
+
+/// Most leaves one exchange digests; the rest wait for the next round.
+const MAX_LEAVES: usize = 256;
+
+/// Most tombstones one purge message names.
+const PURGE_BATCH: usize = 1024;
+
+/// Most keys a peer may name in one `want` list or purge message.
+const MAX_KEYS_PER_MESSAGE: usize = 64 * 1024;
+
+/// The most bytes of states one exchange ships, whatever a peer asks for.
+const MAX_EXCHANGE_BYTES: u32 = 16 << 20;
+
+/// What anti-entropy has done on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AaeStatus {
+    /// Whether the timer runs exchanges (`anti_entropy` in the config).
+    pub enabled: bool,
+    /// Exchanges this node completed as their initiator.
+    pub exchanges: u64,
+    /// Exchanges this node started that failed.
+    pub exchanges_failed: u64,
+    /// Keys whose local state a repair changed (as initiator or peer).
+    pub keys_repaired: u64,
+    /// Key states this node shipped in exchanges.
+    pub keys_sent: u64,
+    /// Bytes of anti-entropy messages this node sent (hashes, digests, states).
+    pub bytes_sent: u64,
+    /// Bytes of anti-entropy messages this node received.
+    pub bytes_received: u64,
+    /// Tombstones purged from this node's store.
+    pub tombstones_purged: u64,
+    /// Partitions whose tree is built.
+    pub trees_ready: u32,
+    /// One entry per partition this node replicates, ascending.
+    pub partitions: Vec<PartitionAae>,
+}
+
+/// Anti-entropy of one partition on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAae {
+    /// The partition.
+    pub partition: u32,
+    /// Whether its tree is built.
+    pub tree_ready: bool,
+    /// Wall clock (ms since the Unix epoch) of the last exchange this node
+    /// completed for it.
+    pub last_exchange_unix_ms: Option<u64>,
+    /// The peer of that exchange.
+    pub last_peer: Option<NodeId>,
+    /// Keys of it whose local state repairs changed, over the node's life.
+    pub keys_repaired: u64,
+    /// Bytes sent and received by the last exchange.
+    pub last_exchange_bytes: u64,
+}
+
+/// What one round (or purge pass) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AaeReport {
+    /// Exchanges completed.
+    pub exchanges: u32,
+    /// Exchanges that failed (peer down, refused, tree not built).
+    pub failed: u32,
+    /// Keys whose state changed, here or at the peers.
+    pub keys_repaired: u64,
+    /// Bytes sent and received.
+    pub bytes: u64,
+    /// Tombstones purged here.
+    pub purged: u64,
+}
+
+/// One exchange's counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    sent: u64,
+    received: u64,
+    repaired_here: u64,
+    repaired_there: u64,
+    shipped: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PartitionProgress {
+    last_exchange_unix_ms: Option<u64>,
+    last_peer: Option<NodeId>,
+    keys_repaired: u64,
+    last_exchange_bytes: u64,
+}
+
+#[derive(Default)]
+struct Progress {
+    partitions: BTreeMap<u32, PartitionProgress>,
+    /// Rounds so far: picks each partition's peer in turn.
+    turn: usize,
+    keys_sent: u64,
+}
+
+/// A node's anti-entropy: its exchanges and purges, and its answers to
+/// peers' ones.
+pub(crate) struct AntiEntropy {
+    pub(crate) id: NodeId,
+    pub(crate) config: Arc<Config>,
+    pub(crate) membership: Arc<dyn Membership>,
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) background: Arc<Background>,
+    pub(crate) clock: Arc<HybridClock>,
+    progress: Mutex<Progress>,
+}
+
+/// Whether `partition`'s data is where `ring` places it (no move under way).
+fn settled(view: &ClusterView, partition: u32) -> bool {
+    view.handover().is_none_or(|h| h.is_settled(partition))
+}
+
+fn unexpected(what: &str, other: &Response) -> Error {
+    Error::Protocol(format!("unexpected answer to {what}: {other:?}"))
+}
+
+impl AntiEntropy {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: NodeId,
+        config: Arc<Config>,
+        membership: Arc<dyn Membership>,
+        replica: Arc<Replica>,
+        peers: Arc<Peers>,
+        metrics: Arc<Metrics>,
+        background: Arc<Background>,
+        clock: Arc<HybridClock>,
+    ) -> AntiEntropy {
+        AntiEntropy {
+            id,
+            config,
+            membership,
+            replica,
+            peers,
+            metrics,
+            background,
+            clock,
+            progress: Mutex::default(),
+        }
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.request_timeout()
+    }
+
+    /// The deletion cutoff: tombstones whose newest timestamp is before it
+    /// are past their grace period.
+    fn grace_cutoff_us(&self) -> u64 {
+        let grace_us = self.config.tombstone_grace_ms.saturating_mul(1000);
+        self.clock.physical_us().saturating_sub(grace_us)
+    }
+
+    /// Sends `request` to `peer`, counting bytes both ways.
+    async fn call(&self, peer: NodeId, request: Request, tally: &mut Tally) -> Result<Response> {
+        let frame = request.encode();
+        tally.sent += frame.len() as u64;
+        add(&self.metrics.aae_bytes_sent, frame.len() as u64);
+        let (response, size) = self.peers.call_sized(peer, frame, self.timeout()).await?;
+        tally.received += size as u64;
+        add(&self.metrics.aae_bytes_received, size as u64);
+        match response {
+            Response::Error(e) => Err(e.into_error()),
+            other => Ok(other),
+        }
+    }
+
+    /// The ring, if `from` and this node both replicate `partition` and
+    /// its data is not moving: what a peer's anti-entropy or purge
+    /// message must find.
+    ///
+    /// # Errors
+    /// [`Error::NotReplica`] when this node does not replicate it (or its
+    /// data moves); [`Error::Protocol`] for a partition that does not exist
+    /// or a sender that does not replicate it.
+    fn check_peer(&self, from: NodeId, partition: u32) -> Result<Arc<Ring>> {
+        let view = self.membership.view();
+        let ring = Arc::clone(view.require_ring()?);
+        let refuse = |e: Error| {
+            tracing::warn!(node = %self.id, %from, partition, error = %e, "refused an anti-entropy message");
+            Err(e)
+        };
+        if partition >= ring.partitions() {
+            return refuse(Error::Protocol(format!(
+                "partition {partition} does not exist (the ring has {})",
+                ring.partitions()
+            )));
+        }
+        if !settled(&view, partition) || !view.replicates(&ring, self.id, partition) {
+            return refuse(Error::NotReplica { partition, epoch: ring.epoch() });
+        }
+        if !view.replicates(&ring, from, partition) {
+            return refuse(Error::Protocol(format!(
+                "node {from} does not replicate partition {partition} (ring epoch {})",
+                ring.epoch()
+            )));
+        }
+        Ok(ring)
+    }
+
+    /// Answers a peer's tree hashes ([`Request::AaeTree`]).
+    ///
+    /// # Errors
+    /// [`Error::NotReplica`], [`Error::NotReady`] while the tree is not
+    /// built, [`Error::Protocol`] for hashes of another shape or out of range.
+    pub(crate) fn serve_tree(&self, from: NodeId, partition: u32, hashes: &NodeHashes) -> Result<Response> {
+        self.check_peer(from, partition)?;
+        match self.replica.trees().respond(partition, hashes) {
+            None => {
+                Err(Error::NotReady(format!("the Merkle tree of partition {partition} is not built yet")))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(node = %self.id, %from, partition, error = %e, "refused bad Merkle tree hashes");
+                Err(Error::Protocol(format!("tree hashes of partition {partition}: {e}")))
+            }
+            Some(Ok(step)) => Ok(Response::AaeStep(step)),
+        }
+    }
+
+    /// Answers a peer's key digests ([`Request::AaeKeys`]): this node's
+    /// states of the keys that differ or only it holds (up to `max_bytes`),
+    /// and the keys it wants.
+    ///
+    /// # Errors
+    /// [`Error::NotReplica`]; [`Error::Protocol`] for digests of another
+    /// shape, unsorted, too many leaves, keys in the wrong leaf or
+    /// partition; store errors.
+    pub(crate) async fn serve_keys(
+        &self,
+        from: NodeId,
+        partition: u32,
+        digests: &LeafDigests,
+        max_bytes: u32,
+    ) -> Result<Response> {
+        let ring = self.check_peer(from, partition)?;
+        let bad = |m: String| {
+            tracing::warn!(node = %self.id, %from, partition, error = %m, "refused bad anti-entropy key digests");
+            Error::Protocol(format!("key digests of partition {partition}: {m}"))
+        };
+        let shape = self.replica.trees().shape();
+        if digests.shape != shape {
+            return Err(bad(format!("shape {} differs from ours, {shape}", digests.shape)));
+        }
+        shape.check_digests(digests).map_err(|e| bad(e.to_string()))?;
+        if digests.leaves.len() > MAX_LEAVES {
+            return Err(bad(format!("{} leaves, at most {MAX_LEAVES}", digests.leaves.len())));
+        }
+        for d in digests.leaves.iter().flat_map(|l| &l.keys) {
+            check_key(&self.config, &d.key).map_err(|e| bad(e.to_string()))?;
+            if ring.partition_of(&d.key) != partition {
+                return Err(bad(format!("key {:?} is not of this partition", d.key)));
+            }
+        }
+        let leaves: Vec<u32> = digests.leaves.iter().map(|l| l.leaf).collect();
+        let mine = self.replica.leaf_digests(partition, &leaves).await?;
+        let (send, want) = differences(&mine, &digests.leaves).map_err(|e| bad(e.to_string()))?;
+        let limit = max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
+        let states = self.load_states(partition, send, limit).await?;
+        self.progress().keys_sent += states.len() as u64;
+        Ok(Response::AaeKeys { states, want })
+    }
+
+    /// Merges the states a peer pushed ([`Request::AaePush`]).
+    ///
+    /// # Errors
+    /// [`Error::NotReplica`]; [`Error::Protocol`] (nothing stored) for a
+    /// bad key or state; store errors.
+    pub(crate) async fn serve_push(
+        &self,
+        from: NodeId,
+        partition: u32,
+        states: Vec<(Bytes, Bytes)>,
+    ) -> Result<Response> {
+        let ring = self.check_peer(from, partition)?;
+        if states.len() > MAX_KEYS_PER_MESSAGE {
+            return Err(Error::Protocol(format!(
+                "{} states in one push, at most {MAX_KEYS_PER_MESSAGE}",
+                states.len()
+            )));
+        }
+        let states = check_batch(&self.config, &ring, partition, states, "anti-entropy push").inspect_err(
+            |e| tracing::warn!(node = %self.id, %from, partition, error = %e, "refused an anti-entropy push"),
+        )?;
+        let repaired = self.replica.merge_many(partition, states).await?;
+        self.count_repaired(partition, repaired);
+        Ok(Response::AaePushed { repaired: u32::try_from(repaired).unwrap_or(u32::MAX) })
+    }
+
+    fn count_repaired(&self, partition: u32, repaired: u64) {
+        if repaired > 0 {
+            add(&self.metrics.aae_keys_repaired, repaired);
+            self.progress().partitions.entry(partition).or_default().keys_repaired += repaired;
+        }
+    }
+
+    /// The stored states of `keys` of `partition`, until `limit` bytes.
+    async fn load_states(
+        &self,
+        partition: u32,
+        keys: Vec<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for key in keys {
+            if bytes >= limit {
+                break;
+            }
+            if let Some(raw) = self.replica.load_raw(Slot::Data, partition, &key).await? {
+                bytes += key.len() + raw.len();
+                out.push((key, raw));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compares `partition` with `peer` and repairs both sides.
+    async fn exchange(&self, ring: &Ring, partition: u32, peer: NodeId) -> Result<Tally> {
+        let mut tally = Tally::default();
+        let trees = self.replica.trees();
+        let not_ready =
+            || Error::NotReady(format!("the Merkle tree of partition {partition} is not built yet"));
+        let mut msg = trees.root_hashes(partition).ok_or_else(not_ready)?;
+        let shape = trees.shape();
+        let mut leaves = None;
+        // Each round trip descends two levels; a bound stops a peer that
+        // never says "leaves".
+        for _ in 0..=shape.depth() {
+            let request = Request::AaeTree { from: self.id, partition, hashes: msg };
+            let step = match self.call(peer, request, &mut tally).await? {
+                Response::AaeStep(step) => step,
+                other => return Err(unexpected("a Merkle tree exchange", &other)),
+            };
+            let theirs = match step {
+                Step::InSync => return Ok(tally),
+                Step::Leaves(l) => {
+                    leaves = Some(l);
+                    break;
+                }
+                Step::Descend(theirs) => theirs,
+            };
+            match trees.respond(partition, &theirs).ok_or_else(not_ready)? {
+                Ok(Step::InSync) => return Ok(tally),
+                Ok(Step::Leaves(l)) => {
+                    leaves = Some(l);
+                    break;
+                }
+                Ok(Step::Descend(mine)) => msg = mine,
+                Err(e) => return Err(Error::Protocol(format!("peer {peer} sent bad tree hashes: {e}"))),
+            }
+        }
+        let Some(mut leaves) = leaves else {
+            return Err(Error::Protocol(format!(
+                "peer {peer} never reached the leaves of partition {partition}"
+            )));
+        };
+        if leaves.windows(2).any(|w| w[0] >= w[1]) || leaves.last().is_some_and(|&l| l >= shape.leaves()) {
+            return Err(Error::Protocol(format!("peer {peer} named bad leaves of partition {partition}")));
+        }
+        leaves.truncate(MAX_LEAVES);
+        let mine = self.replica.leaf_digests(partition, &leaves).await?;
+        let request = Request::AaeKeys {
+            from: self.id,
+            partition,
+            digests: LeafDigests { shape, leaves: mine },
+            max_bytes: self.config.aae_max_bytes,
+        };
+        let (states, want) = match self.call(peer, request, &mut tally).await? {
+            Response::AaeKeys { states, want } => (states, want),
+            other => return Err(unexpected("anti-entropy key digests", &other)),
+        };
+        if want.len() > MAX_KEYS_PER_MESSAGE {
+            return Err(Error::Protocol(format!("peer {peer} wants {} keys at once", want.len())));
+        }
+        let states = check_batch(&self.config, ring, partition, states, "anti-entropy")?;
+        tally.repaired_here = self.replica.merge_many(partition, states).await?;
+        self.count_repaired(partition, tally.repaired_here);
+        let mut wanted = Vec::with_capacity(want.len());
+        for key in want {
+            check_key(&self.config, &key)?;
+            if ring.partition_of(&key) != partition || !leaves.contains(&shape.leaf_of(&key)) {
+                return Err(Error::Protocol(format!(
+                    "peer {peer} wants key {key:?}, which it was not offered"
+                )));
+            }
+            wanted.push(key);
+        }
+        let limit = self.config.aae_max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
+        let states = self.load_states(partition, wanted, limit).await?;
+        if !states.is_empty() {
+            tally.shipped = states.len() as u64;
+            self.progress().keys_sent += tally.shipped;
+            let request = Request::AaePush { from: self.id, partition, states };
+            match self.call(peer, request, &mut tally).await? {
+                Response::AaePushed { repaired } => tally.repaired_there = u64::from(repaired),
+                other => return Err(unexpected("an anti-entropy push", &other)),
+            }
+        }
+        Ok(tally)
+    }
+
+    /// The partitions this node replicates under the current view.
+    fn replicated(&self) -> Option<(Arc<Ring>, Vec<u32>)> {
+        let view = self.membership.view();
+        let ring = Arc::clone(view.ring()?);
+        let mine = (0..ring.partitions()).filter(|&p| view.replicates(&ring, self.id, p)).collect();
+        Some((ring, mine))
+    }
+
+    /// Builds the trees of replicated partitions that have none (or whose
+    /// tree is older than the rebuild period), and forgets the others.
+    async fn maintain_trees(&self, mine: &[u32]) {
+        let trees = self.replica.trees();
+        for p in trees.partitions() {
+            if mine.binary_search(&p).is_err() {
+                trees.forget(p);
+            }
+        }
+        let period = Duration::from_millis(self.config.aae_rebuild_interval_ms);
+        for &p in mine {
+            let fresh = trees.built(p).is_some_and(|at| at.elapsed() < period);
+            if fresh {
+                continue;
+            }
+            let _slot = self.background.slot(&self.metrics).await;
+            match self.replica.rebuild_tree(p).await {
+                Ok(true) => tracing::debug!(node = %self.id, partition = p, "built a Merkle tree"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(node = %self.id, partition = p, error = %e, "cannot build a Merkle tree")
+                }
+            }
+        }
+    }
+
+    /// One round: trees brought up to date, then every replicated, settled
+    /// partition compared with its next replica (concurrently, as many as
+    /// admission control gives slots).
+    pub(crate) async fn round(&self) -> AaeReport {
+        let Some((ring, mine)) = self.replicated() else { return AaeReport::default() };
+        self.maintain_trees(&mine).await;
+        let turn = {
+            let mut progress = self.progress();
+            progress.turn = progress.turn.wrapping_add(1);
+            progress.turn
+        };
+        let pairs: Vec<(u32, NodeId)> = {
+            let view = self.membership.view();
+            mine.iter()
+                .filter(|&&p| settled(&view, p) && self.replica.trees().is_ready(p))
+                .filter_map(|&p| {
+                    let others: Vec<NodeId> =
+                        ring.preference_list(p).iter().copied().filter(|&n| n != self.id).collect();
+                    let peer = *others.get((turn + p as usize) % others.len().max(1))?;
+                    self.peers.detector.is_available(peer).then_some((p, peer))
+                })
+                .collect()
+        };
+        let exchanges = pairs.into_iter().map(|(p, peer)| {
+            let ring = Arc::clone(&ring);
+            async move {
+                let _slot = self.background.slot(&self.metrics).await;
+                (p, peer, self.exchange(&ring, p, peer).await)
+            }
+        });
+        let mut report = AaeReport::default();
+        let mut results = futures::stream::iter(exchanges).buffer_unordered(self.config.background_max_slots);
+        while let Some((p, peer, result)) = results.next().await {
+            match result {
+                Ok(t) => {
+                    report.exchanges += 1;
+                    report.keys_repaired += t.repaired_here + t.repaired_there;
+                    report.bytes += t.sent + t.received;
+                    bump(&self.metrics.aae_exchanges);
+                    let now_ms = self.clock.physical_us() / 1000;
+                    let mut progress = self.progress();
+                    let entry = progress.partitions.entry(p).or_default();
+                    entry.last_exchange_unix_ms = Some(now_ms);
+                    entry.last_peer = Some(peer);
+                    entry.last_exchange_bytes = t.sent + t.received;
+                    if t.repaired_here + t.repaired_there > 0 {
+                        tracing::debug!(node = %self.id, partition = p, %peer, here = t.repaired_here, there = t.repaired_there, bytes = t.sent + t.received, "anti-entropy repaired keys");
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    bump(&self.metrics.aae_exchanges_failed);
+                    tracing::debug!(node = %self.id, partition = p, %peer, error = %e, "anti-entropy exchange failed");
+                }
+            }
+        }
+        report
+    }
+
+    /// Purges the old tombstones of `partition` that every replica holds.
+    async fn purge_partition(&self, ring: &Ring, partition: u32) -> Result<u64> {
+        let cutoff = self.grace_cutoff_us();
+        let candidates = self.replica.old_tombstones(partition, cutoff, PURGE_BATCH).await?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let others: Vec<NodeId> =
+            ring.preference_list(partition).iter().copied().filter(|&n| n != self.id).collect();
+        let mut held = vec![true; candidates.len()];
+        let mut tally = Tally::default();
+        for &peer in &others {
+            let request = Request::PurgeCheck { from: self.id, partition, keys: candidates.clone() };
+            match self.call(peer, request, &mut tally).await? {
+                Response::PurgeHeld(flags) if flags.len() == held.len() => {
+                    held.iter_mut().zip(flags).for_each(|(h, f)| *h &= f);
+                }
+                other => return Err(unexpected("a purge check", &other)),
+            }
+        }
+        let keys: Vec<KeyDigest> =
+            candidates.into_iter().zip(held).filter_map(|(k, h)| h.then_some(k)).collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        for &peer in &others {
+            let request = Request::Purge { from: self.id, partition, keys: keys.clone() };
+            if let Err(e) = self.call(peer, request, &mut tally).await {
+                // Its copies stay: a tombstone never brings anything back,
+                // and the next pass tries again.
+                tracing::debug!(node = %self.id, partition, %peer, error = %e, "a replica did not purge");
+            }
+        }
+        let purged = self.replica.purge_tombstones(partition, &keys, cutoff).await?;
+        add(&self.metrics.tombstones_purged, purged);
+        Ok(purged)
+    }
+
+    /// One purge pass over the settled partitions this node is the first
+    /// replica of.
+    pub(crate) async fn purge_round(&self) -> u64 {
+        let Some((ring, mine)) = self.replicated() else { return 0 };
+        let primaries: Vec<u32> = {
+            let view = self.membership.view();
+            mine.into_iter()
+                .filter(|&p| settled(&view, p) && ring.preference_list(p).first() == Some(&self.id))
+                .collect()
+        };
+        let mut purged = 0;
+        for p in primaries {
+            let _slot = self.background.slot(&self.metrics).await;
+            match self.purge_partition(&ring, p).await {
+                Ok(n) => purged += n,
+                Err(e) => {
+                    tracing::debug!(node = %self.id, partition = p, error = %e, "tombstone purge skipped")
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(node = %self.id, tombstones = purged, "purged tombstones every replica holds");
+        }
+        purged
+    }
+
+    /// Answers a purge check ([`Request::PurgeCheck`]).
+    ///
+    /// # Errors
+    /// [`Error::NotReplica`]; [`Error::Protocol`] for too many keys or a
+    /// key of another partition; store errors.
+    pub(crate) async fn serve_purge_check(
+        &self,
+        from: NodeId,
+        partition: u32,
+        keys: &[KeyDigest],
+    ) -> Result<Response> {
+        self.check_purge_keys(from, partition, keys)?;
+        let held = self.replica.holds_tombstones(partition, keys, self.grace_cutoff_us()).await?;
+        Ok(Response::PurgeHeld(held))
+    }
+
+    /// Deletes the tombstones a purge names ([`Request::Purge`]) that are
+    /// still at their versions.
+    ///
+    /// # Errors
+    /// As [`serve_purge_check`](Self::serve_purge_check).
+    pub(crate) async fn serve_purge(
+        &self,
+        from: NodeId,
+        partition: u32,
+        keys: &[KeyDigest],
+    ) -> Result<Response> {
+        self.check_purge_keys(from, partition, keys)?;
+        let purged = self.replica.purge_tombstones(partition, keys, self.grace_cutoff_us()).await?;
+        add(&self.metrics.tombstones_purged, purged);
+        Ok(Response::Purged { keys: u32::try_from(purged).unwrap_or(u32::MAX) })
+    }
+
+    fn check_purge_keys(&self, from: NodeId, partition: u32, keys: &[KeyDigest]) -> Result<()> {
+        let ring = self.check_peer(from, partition)?;
+        if keys.len() > MAX_KEYS_PER_MESSAGE {
+            return Err(Error::Protocol(format!("{} keys in one purge message", keys.len())));
+        }
+        for d in keys {
+            check_key(&self.config, &d.key)?;
+            if ring.partition_of(&d.key) != partition {
+                return Err(Error::Protocol(format!(
+                    "purge of partition {partition} names key {:?} of another",
+                    d.key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What anti-entropy has done on this node.
+    pub(crate) fn status(&self) -> AaeStatus {
+        let m = self.metrics.snapshot();
+        let trees = self.replica.trees();
+        let mine = self.replicated().map(|(_, mine)| mine).unwrap_or_default();
+        let progress = self.progress();
+        let partitions: Vec<PartitionAae> = mine
+            .iter()
+            .map(|&p| {
+                let pp = progress.partitions.get(&p).cloned().unwrap_or_default();
+                PartitionAae {
+                    partition: p,
+                    tree_ready: trees.is_ready(p),
+                    last_exchange_unix_ms: pp.last_exchange_unix_ms,
+                    last_peer: pp.last_peer,
+                    keys_repaired: pp.keys_repaired,
+                    last_exchange_bytes: pp.last_exchange_bytes,
+                }
+            })
+            .collect();
+        AaeStatus {
+            enabled: self.config.anti_entropy,
+            exchanges: m.aae_exchanges,
+            exchanges_failed: m.aae_exchanges_failed,
+            keys_repaired: m.aae_keys_repaired,
+            keys_sent: progress.keys_sent,
+            bytes_sent: m.aae_bytes_sent,
+            bytes_received: m.aae_bytes_received,
+            tombstones_purged: m.tombstones_purged,
+            trees_ready: partitions.iter().filter(|p| p.tree_ready).count() as u32,
+            partitions,
+        }
+    }
+
+    /// Runs a round every `aae_interval_ms` (the first at once, which
+    /// builds the trees) and a purge pass every
+    /// `tombstone_purge_interval_ms`, until the node stops.
+    pub(crate) async fn run(aae: std::sync::Weak<AntiEntropy>) {
+        let Some((period, purge_period)) = aae
+            .upgrade()
+            .map(|a| (a.config.aae_interval(), Duration::from_millis(a.config.tombstone_purge_interval_ms)))
+        else {
+            return;
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut purge = tokio::time::interval_at(tokio::time::Instant::now() + purge_period, purge_period);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let purging = tokio::select! {
+                _ = tick.tick() => false,
+                _ = purge.tick() => true,
+            };
+            let Some(aae) = aae.upgrade() else { return };
+            if purging {
+                aae.purge_round().await;
+            } else {
+                aae.round().await;
+            }
+        }
+    }
+}
+
+/// What the answerer of a digest exchange sends (its states of keys that
+/// differ or only it holds) and wants (keys that differ or only the asker
+/// holds), leaf by leaf.
+///
+/// # Errors
+/// [`crate::merkle::MerkleError`] if a leaf's keys are not sorted.
+fn differences(
+    mine: &[LeafDigest],
+    theirs: &[LeafDigest],
+) -> std::result::Result<(Vec<Bytes>, Vec<Bytes>), crate::merkle::MerkleError> {
+    let (mut send, mut want) = (Vec::new(), Vec::new());
+    for (m, t) in mine.iter().zip(theirs) {
+        let diff = diff_keys(&m.keys, &t.keys)?;
+        send.extend(diff.to_send().cloned());
+        want.extend(diff.to_fetch().cloned());
+    }
+    Ok((send, want))
+}

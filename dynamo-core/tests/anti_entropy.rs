@@ -1,0 +1,373 @@
+//! Merkle-tree anti-entropy and tombstone purge on the simulated network
+//! (simulated time): a replica that missed writes converges with no read
+//! and no hint; a purged tombstone never comes back, whether the replica
+//! that missed the delete returns or a stale hint is delivered; peers'
+//! anti-entropy messages that do not fit are refused and change nothing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use dynamo_core::merkle::{KeyDigest, LeafDigest, LeafDigests, MerkleTree, TreeShape};
+use dynamo_core::prelude::*;
+use dynamo_core::transport::protocol::{Request, Response};
+use dynamo_testkit::Cluster;
+use futures::stream::{self, StreamExt};
+use tokio::time::Instant;
+
+/// The bound within which a returning replica converges, in simulated
+/// time, with `aae_interval_ms = 1000`: a few rounds, each repairing up to
+/// `aae_max_bytes` per partition.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn aae_config(grace_ms: u64) -> Config {
+    Config {
+        read_repair: false,
+        anti_entropy: true,
+        aae_interval_ms: 1_000,
+        tombstone_grace_ms: grace_ms,
+        tombstone_purge_interval_ms: 5_000,
+        partitions: 64,
+        ..Config::default()
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+/// The encoded state of `key` on node `i`, if it holds one.
+async fn encoded(cluster: &Cluster, i: usize, key: &[u8]) -> Option<Vec<u8>> {
+    cluster.replica_state(i, key).await.unwrap().map(|s| s.encode())
+}
+
+/// Waits (in simulated time) until `done` holds, failing with `what` at the deadline.
+async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while !done().await {
+        assert!(Instant::now() < until, "{what} not within {deadline:?} of simulated time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The issue's scenario: one replica of a 3-node N=3 cluster is down
+/// while 100,000 keys are written and 1,000 of them deleted. With N=3 on
+/// 3 nodes no node can stand in, so no hint exists; read repair is off
+/// and nothing reads. Anti-entropy alone brings the replica level, and
+/// what crosses the wire stays within a small multiple of what differed.
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_missed_writes_converges_with_no_read_and_no_hint() {
+    const KEYS: usize = 100_000;
+    const DELETED: usize = 1_000;
+    let cluster =
+        Cluster::builder().nodes(3).n(3).r(2).w(2).config(aae_config(864_000_000)).build().await.unwrap();
+    cluster.kill(2).await;
+    let node = cluster.node(0).unwrap();
+    let opts = WriteOptions::default();
+    let contexts: Vec<Context> = stream::iter(0..KEYS)
+        .map(|i| {
+            let node = node.clone();
+            async move { node.put(&key(i), Bytes::from(vec![b'v'; 100]), None, opts).await.unwrap() }
+        })
+        .buffered(128)
+        .collect()
+        .await;
+    stream::iter(0..DELETED)
+        .for_each_concurrent(128, |i| {
+            let (node, ctx) = (node.clone(), contexts[i * (KEYS / DELETED)].clone());
+            async move {
+                node.delete(&key(i * (KEYS / DELETED)), Some(&ctx), opts).await.unwrap();
+            }
+        })
+        .await;
+    // What node 2 lacks: every key's state as the others hold it.
+    let mut differing = 0u64;
+    for i in 0..KEYS {
+        let k = key(i);
+        differing += (k.len() + encoded(&cluster, 0, &k).await.expect("written").len()) as u64;
+    }
+    let bytes_before: u64 = (0..2).map(|i| cluster.node(i).unwrap().aae_status().bytes_sent).sum();
+    let started = Instant::now();
+    cluster.start(2).await.unwrap();
+    wait_until(CONVERGE, "node 2 converging", || async {
+        for i in (0..KEYS).rev() {
+            let k = key(i);
+            if encoded(&cluster, 2, &k).await != encoded(&cluster, 0, &k).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let took = started.elapsed();
+    for i in 0..3 {
+        let m = cluster.node(i).unwrap().metrics();
+        assert_eq!((m.hints_stored, m.read_repairs, m.gets), (0, 0, 0), "node {i}: no hint, no read");
+    }
+    for i in (0..KEYS).step_by(97) {
+        let k = key(i);
+        assert_eq!(encoded(&cluster, 1, &k).await, encoded(&cluster, 2, &k).await, "node 1 and 2 agree");
+    }
+    let sent: u64 =
+        (0..3).map(|i| cluster.node(i).unwrap().aae_status().bytes_sent).sum::<u64>() - bytes_before;
+    let repaired = cluster.node(2).unwrap().aae_status().keys_repaired;
+    let ratio = sent as f64 / differing as f64;
+    println!(
+        "converged in {took:?} (simulated); {repaired} keys repaired on node 2; {sent} bytes exchanged for \
+         {differing} bytes differing: ratio {ratio:.2}"
+    );
+    assert_eq!(repaired, KEYS as u64, "every key came to node 2 by anti-entropy");
+    assert!(ratio < 3.0, "anti-entropy sent {ratio:.2} times the differing data");
+    cluster.shutdown().await;
+}
+
+/// In sync, an exchange costs a root hash each way, whatever is stored.
+#[tokio::test(start_paused = true)]
+async fn replicas_in_sync_exchange_only_their_roots() {
+    let cluster = Cluster::builder().nodes(3).config(aae_config(864_000_000)).build().await.unwrap();
+    let c = cluster.client(0);
+    for i in 0..500 {
+        c.put(&key(i), Bytes::from_static(b"v"), None).await.unwrap();
+    }
+    let node = cluster.node(0).unwrap();
+    // Let every replica apply what W=2 acknowledged, then compare.
+    wait_until(CONVERGE, "the first round repairing nothing", || async {
+        let mut quiet = true;
+        for i in 0..3 {
+            quiet &= cluster.node(i).unwrap().aae_pass().await.keys_repaired == 0;
+        }
+        quiet
+    })
+    .await;
+    let report = node.aae_pass().await;
+    assert_eq!(report.keys_repaired, 0);
+    assert_eq!(report.exchanges, 64, "one exchange per partition: {report:?}");
+    assert!(report.bytes < 64 * 120, "{} bytes for 64 in-sync exchanges", report.bytes);
+    let status = node.aae_status();
+    assert_eq!(status.trees_ready, 64);
+    assert!(status.partitions.iter().all(|p| p.last_exchange_unix_ms.is_some()));
+    cluster.shutdown().await;
+}
+
+/// The value `node i` stores for `key`, as "absent", "tombstone" or the value.
+async fn held(cluster: &Cluster, i: usize, key: &[u8]) -> String {
+    match cluster.replica_state(i, key).await.unwrap() {
+        None => "absent".into(),
+        Some(s) if s.live_count() == 0 => "tombstone".into(),
+        Some(s) => format!("{:?}", s.live().map(|s| s.value.clone()).collect::<Vec<_>>()),
+    }
+}
+
+/// A tombstone is not purged while a replica that missed the delete is
+/// down, however old it is; once that replica is back, its old value
+/// does not return, and the tombstone goes from every replica.
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_missed_the_delete_never_brings_the_key_back() {
+    const GRACE: Duration = Duration::from_secs(60);
+    let cluster =
+        Cluster::builder().nodes(3).n(3).r(2).w(2).config(aae_config(60_000)).build().await.unwrap();
+    let c = cluster.client(0);
+    let ctx = c.put(b"doomed", Bytes::from_static(b"old"), None).await.unwrap();
+    wait_until(CONVERGE, "node 2 holding the value", || async {
+        held(&cluster, 2, b"doomed").await != "absent"
+    })
+    .await;
+    cluster.kill(2).await;
+    c.delete(b"doomed", Some(&ctx)).await.unwrap();
+    tokio::time::sleep(GRACE * 5).await;
+    for i in 0..2 {
+        cluster.node(i).unwrap().purge_pass().await;
+        assert_eq!(held(&cluster, i, b"doomed").await, "tombstone", "node {i} purged with a replica down");
+    }
+    cluster.start(2).await.unwrap();
+    assert_eq!(held(&cluster, 2, b"doomed").await, "[Some(b\"old\")]", "node 2 missed the delete");
+    wait_until(CONVERGE * 5, "the tombstone purged everywhere", || async {
+        let mut all = true;
+        for i in 0..3 {
+            let h = held(&cluster, i, b"doomed").await;
+            // Node 2 holds the old value until anti-entropy brings it the
+            // tombstone; the others must never take the value back.
+            assert!(i == 2 || h == "absent" || h == "tombstone", "node {i} holds {h}: the key came back");
+            all &= h == "absent";
+        }
+        all
+    })
+    .await;
+    let purged: u64 = (0..3).map(|i| cluster.node(i).unwrap().aae_status().tombstones_purged).sum();
+    assert_eq!(purged, 3, "each replica purged its tombstone once");
+    // More rounds, and a quorum read: still gone.
+    for i in 0..3 {
+        cluster.node(i).unwrap().aae_pass().await;
+    }
+    let got = cluster.client(1).get(b"doomed").await.unwrap();
+    assert!(got.values.is_empty(), "the purged key reads as {:?}", got.values);
+    for i in 0..3 {
+        assert_eq!(held(&cluster, i, b"doomed").await, "absent");
+    }
+    cluster.shutdown().await;
+}
+
+/// A hint that still carries a value whose tombstone has been purged is
+/// dropped, not delivered: it is older than the grace period.
+#[tokio::test(start_paused = true)]
+async fn a_stale_hint_delivered_after_the_purge_is_dropped() {
+    let cluster =
+        Cluster::builder().nodes(4).n(3).r(2).w(2).config(aae_config(60_000)).build().await.unwrap();
+    // A key whose preference list leaves out node 3, the fallback.
+    let k = cluster.key_where(|p| !p.contains(&3));
+    let owners = cluster.preference_list(&k);
+    let (coordinator, missed) = (owners[0], owners[2]);
+    let c = cluster.client(coordinator);
+    cluster.isolate(missed);
+    // A first write teaches the coordinator that `missed` is down; then a
+    // write of the key reaches the fallback (node 3) as a hint for it.
+    let probe = (0..).map(key).find(|p| *p != k && cluster.preference_list(p) == owners).unwrap();
+    let _ = c.put(&probe, Bytes::from_static(b"probe"), None).await;
+    let ctx = c.put(&k, Bytes::from_static(b"old"), None).await.unwrap();
+    wait_until(CONVERGE, "node 3 holding the hint", || async {
+        cluster
+            .node(3)
+            .unwrap()
+            .pending_hints()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(o, _)| *o == NodeId(missed as u64 + 1))
+    })
+    .await;
+    // Node 3 is cut off before it can deliver it; `missed` comes back and
+    // takes the delete.
+    cluster.heal();
+    cluster.isolate(3);
+    c.delete(&k, Some(&ctx)).await.unwrap();
+    wait_until(CONVERGE, "every owner holding the tombstone", || async {
+        let mut all = true;
+        for &i in &owners {
+            all &= held(&cluster, i, &k).await == "tombstone";
+        }
+        all
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    wait_until(CONVERGE, "the tombstone purged", || async {
+        cluster.node(owners[0]).unwrap().purge_pass().await;
+        let mut all = true;
+        for &i in &owners {
+            all &= held(&cluster, i, &k).await == "absent";
+        }
+        all
+    })
+    .await;
+    cluster.heal();
+    let fallback = cluster.node(3).unwrap();
+    fallback.deliver_hints().await.unwrap();
+    assert!(fallback.metrics().hints_expired >= 1, "the stale hint was dropped");
+    assert!(fallback.pending_hints().await.unwrap().is_empty());
+    for &i in &owners {
+        assert_eq!(held(&cluster, i, &k).await, "absent", "node {i}: the hint brought the key back");
+    }
+    cluster.shutdown().await;
+}
+
+/// Anti-entropy and purge messages that do not fit (a partition the
+/// sender does not replicate, another tree shape, keys of another
+/// partition, undecodable states) are refused, and nothing is stored.
+#[tokio::test(start_paused = true)]
+async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
+    let cluster = Cluster::builder().nodes(4).n(3).config(aae_config(60_000)).build().await.unwrap();
+    let k = cluster.key_where(|p| !p.contains(&3));
+    let owners = cluster.preference_list(&k);
+    cluster.client(owners[0]).put(&k, Bytes::from_static(b"v"), None).await.unwrap();
+    let ring = cluster.ring().clone();
+    let partition = ring.partition_of(&k);
+    let target = cluster.node(owners[0]).unwrap();
+    target.aae_pass().await;
+    let addr = ring.member(target.id()).unwrap().addr.clone();
+    let probe = cluster.net().endpoint("probe");
+    let outsider = NodeId(4);
+    let insider = cluster.node(owners[1]).unwrap().id();
+    let other_partition_key =
+        (0..).map(key).find(|c| ring.partition_of(c) != partition).expect("a key of another partition");
+    let shape = TreeShape::DEFAULT;
+    let bad_state = Bytes::from_static(b"\x03not a state");
+    let cases: Vec<(Request, &str)> = vec![
+        (
+            Request::AaeTree { from: outsider, partition, hashes: MerkleTree::new(shape).root_hashes() },
+            "does not replicate",
+        ),
+        (
+            Request::AaeTree {
+                from: insider,
+                partition,
+                hashes: MerkleTree::new(TreeShape::new(4, 2).unwrap()).root_hashes(),
+            },
+            "shape",
+        ),
+        (
+            Request::AaeTree {
+                from: insider,
+                partition: 1 << 20,
+                hashes: MerkleTree::new(shape).root_hashes(),
+            },
+            "does not exist",
+        ),
+        (
+            Request::AaeKeys {
+                from: insider,
+                partition,
+                digests: LeafDigests {
+                    shape,
+                    leaves: vec![LeafDigest {
+                        leaf: shape.leaf_of(&other_partition_key),
+                        keys: vec![KeyDigest::new(other_partition_key.clone(), 1)],
+                    }],
+                },
+                max_bytes: 1 << 20,
+            },
+            "not of this partition",
+        ),
+        (
+            Request::AaePush { from: insider, partition, states: vec![(Bytes::from(k.clone()), bad_state)] },
+            "bad state",
+        ),
+        (
+            Request::AaePush {
+                from: insider,
+                partition,
+                states: vec![(Bytes::from(other_partition_key.clone()), Bytes::new())],
+            },
+            "of partition",
+        ),
+        (
+            Request::PurgeCheck { from: outsider, partition, keys: vec![KeyDigest::new(k.clone(), 1)] },
+            "does not replicate",
+        ),
+        (
+            Request::Purge {
+                from: insider,
+                partition,
+                keys: vec![KeyDigest::new(other_partition_key.clone(), 1)],
+            },
+            "another",
+        ),
+    ];
+    let before = target.local_state(&k).await.unwrap().data;
+    for (request, expected) in cases {
+        let what = format!("{request:?}");
+        let answer = probe.call(&addr, request.encode(), Duration::from_secs(1)).await.unwrap();
+        match Response::decode(&answer).unwrap() {
+            Response::Error(e) => {
+                let e = e.into_error().to_string();
+                assert!(e.contains(expected), "{what}: {e}");
+            }
+            other => panic!("{what} was answered {other:?}"),
+        }
+    }
+    assert_eq!(target.local_state(&k).await.unwrap().data, before);
+    assert!(target.local_state(&other_partition_key).await.unwrap().data.is_none());
+    assert_eq!(target.metrics().aae_keys_repaired, 0);
+    cluster.shutdown().await;
+}
