@@ -371,3 +371,54 @@ async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
     assert_eq!(target.metrics().aae_keys_repaired, 0);
     cluster.shutdown().await;
 }
+
+/// Ownership handoff and purge: the node that gains a partition receives
+/// its tombstones (not the values they deleted), and once the move has
+/// settled and the grace has passed, the purge covers the new owner too.
+/// The keys never read back.
+#[tokio::test(start_paused = true)]
+async fn a_move_carries_tombstones_and_the_purge_covers_the_new_owner() {
+    let config = Config {
+        gossip_interval_ms: 200,
+        handoff_interval_ms: 200,
+        replica_timeout_ms: 500,
+        request_timeout_ms: 3_000,
+        ..aae_config(60_000)
+    };
+    let cluster = Cluster::builder().nodes(3).joiners(1).gossip().config(config).build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    let c = cluster.client(0);
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    for k in &keys {
+        let ctx = c.put(k, Bytes::from_static(b"old"), None).await.unwrap();
+        c.delete(k, Some(&ctx)).await.unwrap();
+    }
+    let node = cluster.node(0).unwrap();
+    node.stage(dynamo_core::topology::Change::Join(NodeId(4))).unwrap();
+    let plan = node.plan().unwrap();
+    node.commit(Some(plan.base_epoch)).await.unwrap();
+    cluster.wait_handoff_settled(Duration::from_secs(50)).await.unwrap();
+    let gained = cluster.node(3).unwrap().metrics().handoff_keys_received;
+    assert!(gained > 0, "the joining node received tombstones by handoff");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    // Under the new ring, every key is purged from all of its replicas.
+    wait_until(CONVERGE * 5, "every tombstone purged", || async {
+        let mut all = true;
+        for i in 0..4 {
+            cluster.node(i).unwrap().purge_pass().await;
+        }
+        for k in &keys {
+            for i in 0..4 {
+                let h = held(&cluster, i, k).await;
+                assert!(h == "absent" || h == "tombstone", "node {i} holds {h}: the key came back");
+                all &= h == "absent";
+            }
+        }
+        all
+    })
+    .await;
+    for k in keys.iter().step_by(7) {
+        assert!(cluster.client(3).get(k).await.unwrap().values.is_empty());
+    }
+    cluster.shutdown().await;
+}

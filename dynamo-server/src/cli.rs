@@ -133,6 +133,9 @@ enum Command {
     /// Grow or shrink the cluster: stage join, leave or remove, see the
     /// plan, commit it, and watch the data move (`cluster status`).
     Cluster(crate::cluster_cmd::ClusterArgs),
+    /// Anti-entropy: see its status (exchanges, repairs, trees, tombstone
+    /// purge, admission control) or run a round now (`aae run`).
+    Aae(crate::aae_cmd::AaeArgs),
     /// Load-test a cluster: closed-loop reads and writes, latency percentiles.
     ///
     /// Writes are blind PUTs (no context): run the cluster with a reconciler
@@ -259,6 +262,7 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
         }
         Command::Status { url, json } => print_status(&ApiClient::new(&url)?, json).await?,
         Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
+        Command::Aae(args) => crate::aae_cmd::run(args).await?,
         Command::Bench(args) => crate::bench::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)

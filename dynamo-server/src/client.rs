@@ -1,5 +1,5 @@
 //! A small HTTP client for the API, behind the `get`, `put`, `delete`,
-//! `status` and `cluster` commands (and `dev`'s readiness checks).
+//! `status`, `cluster` and `aae` commands (and `dev`'s readiness checks).
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -554,6 +554,57 @@ mod tests {
         }
     }
 
+    /// The core's anti-entropy, tombstone and admission keys flow from the
+    /// file and from `DYNAMO_CLUSTER__*` variables into the node's
+    /// configuration, like every other `[cluster]` key.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn anti_entropy_keys_come_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "aae.toml",
+                "[cluster]\nanti_entropy = false\naae_interval_ms = 500\naae_rebuild_interval_ms = 3600000\ntombstone_grace_ms = 60000\nbackground_min_slots = 2\nbackground_max_slots = 8\n",
+            )?;
+            jail.set_env("DYNAMO_CLUSTER__AAE_MAX_BYTES", "65536");
+            jail.set_env("DYNAMO_CLUSTER__TOMBSTONE_PURGE_INTERVAL_MS", "1000");
+            jail.set_env("DYNAMO_CLUSTER__BACKGROUND_TARGET_P99_MS", "20");
+            jail.set_env("DYNAMO_CLUSTER__AAE_INTERVAL_MS", "750");
+            let c = ServerConfig::load(Some(Path::new("aae.toml")), &CliOverrides::default())
+                .map_err(|e| e.to_string())?;
+            let got = &c.cluster;
+            assert!(!got.anti_entropy);
+            assert_eq!(got.aae_interval_ms, 750, "the environment wins over the file");
+            assert_eq!(got.aae_rebuild_interval_ms, 3_600_000);
+            assert_eq!(got.aae_max_bytes, 65_536);
+            assert_eq!(got.tombstone_grace_ms, 60_000);
+            assert_eq!(got.tombstone_purge_interval_ms, 1_000);
+            assert_eq!(got.background_target_p99_ms, 20);
+            assert_eq!((got.background_min_slots, got.background_max_slots), (2, 8));
+            Ok(())
+        });
+    }
+
+    /// Out-of-range anti-entropy and admission values are refused, named
+    /// as the user wrote them (under `[cluster]`).
+    #[test]
+    fn anti_entropy_values_out_of_range_are_refused_with_their_key() {
+        type Breaks = fn(&mut CoreConfig);
+        let cases: [(&str, Breaks); 4] = [
+            ("cluster.aae_interval_ms", |c| c.aae_interval_ms = 0),
+            ("cluster.tombstone_purge_interval_ms", |c| c.tombstone_purge_interval_ms = 0),
+            ("cluster.background_min_slots", |c| c.background_min_slots = 0),
+            ("cluster.background_max_slots", |c| (c.background_min_slots, c.background_max_slots) = (4, 2)),
+        ];
+        for (key, break_it) in cases {
+            let mut c = ServerConfig::default();
+            (c.cluster.n, c.cluster.r, c.cluster.w) = (1, 1, 1);
+            c.validate().unwrap();
+            break_it(&mut c.cluster);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn peer_limits_are_checked_by_key() {
         let check = |edit: fn(&mut PeerConfig), key: &str| {

@@ -24,6 +24,8 @@
 //!   `GET /admin/cluster/plan`, `POST /admin/cluster/commit[?epoch=N]`,
 //!   `POST /admin/cluster/clear`, `GET /admin/handoff`; a refused change
 //!   is 400, a stale plan 409, a node that has no ring yet 503.
+//! - Anti-entropy, tombstone purge and admission control
+//!   ([`crate::admin_aae`]): `GET /admin/aae`, `POST /admin/aae/run`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,7 +48,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http_listener::BodyTimeout;
-use crate::metrics::{MetricsFormat, PeerSample, ServerMetrics, TransferCounts};
+use crate::metrics::{BackgroundSample, MetricsFormat, PeerSample, ServerMetrics, TransferCounts};
 
 /// The header carrying the opaque causal context.
 pub const CONTEXT_HEADER: &str = "x-dynamo-context";
@@ -81,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/local/{key}/", get(key_with_slash))
         .route("/admin/local/{key}/{*rest}", get(key_with_slash))
         .merge(crate::admin_cluster::routes())
+        .merge(crate::admin_aae::routes())
         // After the routes: it applies to those registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -413,7 +416,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no such resource: {}; the API serves /kv/{{key}}, /health, /metrics and /admin/ring, /admin/members, /admin/hints, /admin/local/{{key}}, /admin/cluster (join, leave, remove, plan, commit, clear), /admin/handoff",
+            "no such resource: {}; the API serves /kv/{{key}}, /health, /metrics and /admin/ring, /admin/members, /admin/hints, /admin/local/{{key}}, /admin/cluster (join, leave, remove, plan, commit, clear), /admin/handoff, /admin/aae (and POST /admin/aae/run)",
             uri.path()
         ),
     )
@@ -450,7 +453,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         })
         .collect();
     let transfers = TransferCounts::of(&state.node.handoff_status());
-    let text = state.metrics.render(format, &state.node.metrics(), pending, &peers, transfers);
+    let background = BackgroundSample::of(&state.node.admission(), &state.node.aae_status());
+    let text = state.metrics.render(format, &state.node.metrics(), pending, &peers, transfers, background);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 

@@ -7,6 +7,8 @@
 //! `dynamo_server::ServerBuilder::new().reconciler(Arc::new(MyReconciler)).run()`
 //! (see [`cli`] and `examples/cart_server.rs`).
 
+pub mod aae_cmd;
+pub mod admin_aae;
 pub mod admin_cluster;
 pub mod backends;
 pub mod bench;

@@ -1,6 +1,8 @@
 //! Prometheus metrics: request latency histograms per operation, the
 //! node's own counters (quorum failures, hints, read repairs, forwards,
-//! ownership handoff) and the transfers of the current topology move.
+//! ownership handoff, anti-entropy, tombstone purge, background waits),
+//! the transfers of the current topology move, and the admission control
+//! of background work (slots, foreground p99, throttling).
 //!
 //! Served in the Prometheus text format 0.0.4 by default, which every
 //! Prometheus server parses, and in OpenMetrics 1.0 to a scraper that asks
@@ -77,6 +79,37 @@ impl TransferCounts {
     }
 }
 
+/// The state of background work at scrape time: the admission
+/// controller's (see [`dynamo_core::admission::AdmissionStats`]) and the
+/// anti-entropy trees built.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackgroundSample {
+    /// Background operations that may run at once now.
+    pub slots: u64,
+    /// The recent window's foreground p99, `None` while the window holds
+    /// no request (shown as 0).
+    pub p99: Option<Duration>,
+    /// How often the controller found a breach and throttled, since start.
+    pub throttled: u64,
+    /// Partitions whose anti-entropy tree is built.
+    pub trees_ready: u64,
+}
+
+impl BackgroundSample {
+    /// The sample of a node's admission stats and anti-entropy status.
+    pub fn of(
+        admission: &dynamo_core::admission::AdmissionStats,
+        aae: &dynamo_core::antientropy::AaeStatus,
+    ) -> Self {
+        BackgroundSample {
+            slots: admission.slots as u64,
+            p99: admission.p99,
+            throttled: admission.throttled,
+            trees_ready: u64::from(aae.trees_ready),
+        }
+    }
+}
+
 /// The node's counters mirrored into the registry at scrape time.
 struct CoreCounters {
     quorum_failures: Counter,
@@ -92,6 +125,15 @@ struct CoreCounters {
     handoff_keys_sent: Counter,
     handoff_bytes_sent: Counter,
     handoff_partitions_dropped: Counter,
+    aae_exchanges: Counter,
+    aae_exchanges_failed: Counter,
+    aae_keys_repaired: Counter,
+    aae_bytes_sent: Counter,
+    aae_bytes_received: Counter,
+    tombstones_purged: Counter,
+    hints_expired: Counter,
+    background_waits: Counter,
+    background_throttled: Counter,
 }
 
 /// The server's metrics registry.
@@ -103,6 +145,9 @@ pub struct ServerMetrics {
     peer_up: Family<PeerLabels, Gauge>,
     peer_phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     transfers: Family<TransferLabels, Gauge>,
+    background_slots: Gauge,
+    background_p99: Gauge<f64, AtomicU64>,
+    aae_trees_ready: Gauge,
 }
 
 /// The exposition format of a scrape.
@@ -205,6 +250,15 @@ impl ServerMetrics {
             handoff_keys_sent: Counter::default(),
             handoff_bytes_sent: Counter::default(),
             handoff_partitions_dropped: Counter::default(),
+            aae_exchanges: Counter::default(),
+            aae_exchanges_failed: Counter::default(),
+            aae_keys_repaired: Counter::default(),
+            aae_bytes_sent: Counter::default(),
+            aae_bytes_received: Counter::default(),
+            tombstones_purged: Counter::default(),
+            hints_expired: Counter::default(),
+            background_waits: Counter::default(),
+            background_throttled: Counter::default(),
         };
         registry.register(
             "quorum_failures",
@@ -256,6 +310,43 @@ impl ServerMetrics {
                 "Partitions this node deleted because it no longer replicates them",
                 &core.handoff_partitions_dropped,
             ),
+            ("aae_exchanges", "Anti-entropy exchanges this node completed as initiator", &core.aae_exchanges),
+            (
+                "aae_exchanges_failed",
+                "Anti-entropy exchanges this node started that failed",
+                &core.aae_exchanges_failed,
+            ),
+            (
+                "aae_keys_repaired",
+                "Keys whose state an anti-entropy repair changed on either side",
+                &core.aae_keys_repaired,
+            ),
+            ("aae_bytes_sent", "Bytes of anti-entropy messages this node sent", &core.aae_bytes_sent),
+            (
+                "aae_bytes_received",
+                "Bytes of anti-entropy messages this node received",
+                &core.aae_bytes_received,
+            ),
+            (
+                "tombstones_purged",
+                "Tombstones purged: past the grace period and held by every replica",
+                &core.tombstones_purged,
+            ),
+            (
+                "hints_expired",
+                "Hints dropped undelivered because they were older than the tombstone grace period",
+                &core.hints_expired,
+            ),
+            (
+                "background_waits",
+                "Times background work (anti-entropy, hint delivery, handoff) waited for a slot",
+                &core.background_waits,
+            ),
+            (
+                "background_throttled",
+                "Times admission control found the foreground p99 over its target and cut background slots",
+                &core.background_throttled,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
@@ -282,6 +373,24 @@ impl ServerMetrics {
         for state in ["pending", "active", "done"] {
             let _ = transfers.get_or_create(&TransferLabels { state });
         }
+        let background_slots = Gauge::default();
+        registry.register(
+            "background_slots",
+            "Background operations admission control lets run at once now",
+            background_slots.clone(),
+        );
+        let background_p99 = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "background_p99_seconds",
+            "Foreground p99 latency over the admission window (0 while the window is empty)",
+            background_p99.clone(),
+        );
+        let aae_trees_ready = Gauge::default();
+        registry.register(
+            "aae_trees_ready",
+            "Partitions whose anti-entropy Merkle tree is built",
+            aae_trees_ready.clone(),
+        );
         ServerMetrics {
             registry,
             requests,
@@ -290,6 +399,9 @@ impl ServerMetrics {
             peer_up,
             peer_phi,
             transfers,
+            background_slots,
+            background_p99,
+            aae_trees_ready,
         }
     }
 
@@ -299,8 +411,8 @@ impl ServerMetrics {
     }
 
     /// Renders the registry in `format`, after bringing the node's
-    /// counters, pending hints, per-peer health and the current move's
-    /// transfers up to date.
+    /// counters, pending hints, per-peer health, the current move's
+    /// transfers and the state of background work up to date.
     pub fn render(
         &self,
         format: MetricsFormat,
@@ -308,6 +420,7 @@ impl ServerMetrics {
         hints_pending: u64,
         peers: &[PeerSample],
         transfers: TransferCounts,
+        background: BackgroundSample,
     ) -> String {
         self.peer_up.clear();
         self.peer_phi.clear();
@@ -335,7 +448,20 @@ impl ServerMetrics {
             sync(&core.handoff_keys_sent, node.handoff_keys_sent);
             sync(&core.handoff_bytes_sent, node.handoff_bytes_sent);
             sync(&core.handoff_partitions_dropped, node.handoff_partitions_dropped);
+            sync(&core.aae_exchanges, node.aae_exchanges);
+            sync(&core.aae_exchanges_failed, node.aae_exchanges_failed);
+            sync(&core.aae_keys_repaired, node.aae_keys_repaired);
+            sync(&core.aae_bytes_sent, node.aae_bytes_sent);
+            sync(&core.aae_bytes_received, node.aae_bytes_received);
+            sync(&core.tombstones_purged, node.tombstones_purged);
+            sync(&core.hints_expired, node.hints_expired);
+            sync(&core.background_waits, node.background_waits);
+            sync(&core.background_throttled, background.throttled);
         }
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.background_slots.set(gauge(background.slots));
+        self.background_p99.set(background.p99.map_or(0.0, |d| d.as_secs_f64()));
+        self.aae_trees_ready.set(gauge(background.trees_ready));
         for (state, count) in
             [("pending", transfers.pending), ("active", transfers.active), ("done", transfers.done)]
         {
@@ -369,6 +495,12 @@ mod tests {
             pending,
             &[PeerSample { peer: 2, up: true, phi: Some(0.5) }],
             TransferCounts { pending: 3, active: 2, done: 7 },
+            BackgroundSample {
+                slots: 2,
+                p99: Some(Duration::from_millis(75)),
+                throttled: 4,
+                trees_ready: 86,
+            },
         );
         Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
     }
@@ -382,7 +514,8 @@ mod tests {
         let m = ServerMetrics::new();
         m.observe("put", "ok", Duration::from_micros(300));
         let snap = MetricsSnapshot { read_repairs: 3, hints_delivered: 2, ..Default::default() };
-        let text = m.render(MetricsFormat::Prometheus, &snap, 5, &[], TransferCounts::default());
+        let none = BackgroundSample::default();
+        let text = m.render(MetricsFormat::Prometheus, &snap, 5, &[], TransferCounts::default(), none);
         assert!(
             text.contains("dynamo_request_duration_seconds_count{op=\"put\",outcome=\"ok\"} 1"),
             "{text}"
@@ -395,11 +528,12 @@ mod tests {
             0,
             &[],
             TransferCounts::default(),
+            none,
         );
         assert!(again.contains("dynamo_read_repairs_total 4"), "{again}");
         let peers =
             [PeerSample { peer: 2, up: true, phi: Some(0.25) }, PeerSample { peer: 3, up: false, phi: None }];
-        let text = m.render(MetricsFormat::Prometheus, &snap, 0, &peers, TransferCounts::default());
+        let text = m.render(MetricsFormat::Prometheus, &snap, 0, &peers, TransferCounts::default(), none);
         assert!(
             text.contains("dynamo_peer_up{peer=\"2\"} 1") && text.contains("dynamo_peer_up{peer=\"3\"} 0"),
             "{text}"
@@ -422,6 +556,11 @@ mod tests {
             quorum_failures: 1,
             handoff_keys_received: 1200,
             handoff_bytes_sent: 64_000,
+            aae_keys_repaired: 5_000,
+            aae_bytes_received: 1_000_000,
+            tombstones_purged: 12,
+            hints_expired: 1,
+            background_waits: 9,
             ..Default::default()
         };
         let scrape = scraped(&m, &snap, 5);
@@ -439,6 +578,15 @@ mod tests {
             "handoff_keys_sent",
             "handoff_bytes_sent",
             "handoff_partitions_dropped",
+            "aae_exchanges",
+            "aae_exchanges_failed",
+            "aae_keys_repaired",
+            "aae_bytes_sent",
+            "aae_bytes_received",
+            "tombstones_purged",
+            "hints_expired",
+            "background_waits",
+            "background_throttled",
         ] {
             let value = sample(&scrape, &format!("dynamo_{counter}_total"));
             assert!(matches!(value, Value::Counter(_)), "dynamo_{counter}_total read as {value:?}");
@@ -447,6 +595,15 @@ mod tests {
         assert_eq!(sample(&scrape, "dynamo_hints_pending"), &Value::Gauge(5.0));
         assert_eq!(sample(&scrape, "dynamo_handoff_keys_received_total"), &Value::Counter(1200.0));
         assert_eq!(sample(&scrape, "dynamo_handoff_bytes_sent_total"), &Value::Counter(64_000.0));
+        assert_eq!(sample(&scrape, "dynamo_aae_keys_repaired_total"), &Value::Counter(5_000.0));
+        assert_eq!(sample(&scrape, "dynamo_aae_bytes_received_total"), &Value::Counter(1e6));
+        assert_eq!(sample(&scrape, "dynamo_tombstones_purged_total"), &Value::Counter(12.0));
+        assert_eq!(sample(&scrape, "dynamo_hints_expired_total"), &Value::Counter(1.0));
+        assert_eq!(sample(&scrape, "dynamo_background_waits_total"), &Value::Counter(9.0));
+        assert_eq!(sample(&scrape, "dynamo_background_throttled_total"), &Value::Counter(4.0));
+        assert_eq!(sample(&scrape, "dynamo_background_slots"), &Value::Gauge(2.0));
+        assert_eq!(sample(&scrape, "dynamo_background_p99_seconds"), &Value::Gauge(0.075));
+        assert_eq!(sample(&scrape, "dynamo_aae_trees_ready"), &Value::Gauge(86.0));
         let transfers: Vec<(String, f64)> = scrape
             .samples
             .iter()
@@ -510,6 +667,7 @@ mod tests {
             0,
             &[],
             TransferCounts::default(),
+            BackgroundSample::default(),
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE dynamo_read_repairs counter\ndynamo_read_repairs_total 0"), "{text}");

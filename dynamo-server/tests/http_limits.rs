@@ -184,6 +184,9 @@ async fn every_error_route_answers_with_a_json_error() {
         (reqwest::Method::OPTIONS, "/kv/x", 405, "method OPTIONS is not allowed"),
         (reqwest::Method::PATCH, "/kv/a/b", 405, "method PATCH is not allowed"),
         (reqwest::Method::POST, "/health", 405, "method POST is not allowed"),
+        (reqwest::Method::GET, "/admin/aae/run", 405, "method GET is not allowed on /admin/aae/run"),
+        (reqwest::Method::POST, "/admin/aae", 405, "method POST is not allowed on /admin/aae"),
+        (reqwest::Method::POST, "/admin/aae/run?partition=1", 400, "unknown field `partition`"),
     ];
     for (method, path, status, message) in cases {
         let resp = http.request(method.clone(), server.url(path)).body("v").send().await.unwrap();
@@ -195,7 +198,11 @@ async fn every_error_route_answers_with_a_json_error() {
         assert!(error.contains(message), "{method} {path}: {error:?} should mention {message:?}");
         if status == 405 {
             let allow = allow.unwrap_or_else(|| panic!("{method} {path}: 405 without Allow"));
-            let want: &[&str] = if path == "/health" { &["GET", "HEAD"] } else { &["GET", "PUT", "DELETE"] };
+            let want: &[&str] = match path {
+                "/health" | "/admin/aae" => &["GET", "HEAD"],
+                "/admin/aae/run" => &["POST"],
+                _ => &["GET", "PUT", "DELETE"],
+            };
             for m in want {
                 assert!(allow.contains(m), "{method} {path}: Allow {allow:?} lacks {m}");
             }
