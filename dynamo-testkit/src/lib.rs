@@ -7,11 +7,14 @@
 //!   [`BufferedStore`]s), and waits for replicas to converge.
 //! - [`conformance`]: the suites every Store and Transport backend runs.
 //! - [`transport_load`]: an echo handler and a closed-loop load for transport benchmarks.
+//! - [`aae_bench`]: the anti-entropy benchmark (1% of a million keys
+//!   repaired under a foreground load).
 //! - [`Client`] and [`history`]: record what clients did and check it: no
 //!   acknowledged write lost, no deleted key resurrected.
 //! - [`simulation`]: seeded runs that draw the cluster, the workload and
 //!   the faults from one `u64`, checked by invariants, swept by the thousand.
 
+pub mod aae_bench;
 pub mod backend;
 pub mod buffered_store;
 pub mod client;

@@ -40,6 +40,8 @@ fn main() -> ExitCode {
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let simulation = Simulation::new();
     let next = AtomicU64::new(0);
+    // Runs in which anti-entropy repaired keys, and in which tombstones were purged.
+    let (repairing, purging) = (AtomicU64::new(0), AtomicU64::new(0));
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -51,10 +53,13 @@ fn main() -> ExitCode {
                 }
                 let seed = args.from.wrapping_add(i);
                 match simulation.run(seed) {
-                    Ok(summary) if args.verbose => {
-                        println!("seed {seed} passed: {summary:?}; {}", simulation.plan(seed))
+                    Ok(summary) => {
+                        repairing.fetch_add(u64::from(summary.aae_keys_repaired > 0), Ordering::Relaxed);
+                        purging.fetch_add(u64::from(summary.tombstones_purged > 0), Ordering::Relaxed);
+                        if args.verbose {
+                            println!("seed {seed} passed: {summary:?}; {}", simulation.plan(seed));
+                        }
                     }
-                    Ok(_) => {}
                     Err(failure) => {
                         println!("{failure}");
                         failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(*failure);
@@ -69,6 +74,11 @@ fn main() -> ExitCode {
         "{:.0} seeds/s on {threads} threads ({:.1} s)",
         args.seeds as f64 / elapsed.as_secs_f64().max(1e-9),
         elapsed.as_secs_f64()
+    );
+    println!(
+        "anti-entropy repaired keys in {} runs; tombstones were purged in {} runs",
+        repairing.into_inner(),
+        purging.into_inner()
     );
     println!("{} seeds, {failed} failed", args.seeds);
     if failed == 0 {

@@ -14,10 +14,20 @@
 //! transport errors after a request was sent (core's fault points); with
 //! gossip, topology changes committed mid-run (a join, a leave, or the
 //! removal of a node dead for good), often with a crash while the data
-//! moves. The
+//! moves. Every run has Merkle-tree anti-entropy on, its period drawn
+//! (300 ms to 3 s of simulated time) and a ring of 8 to 32 partitions;
+//! some runs turn read repair off, and some draw a tombstone grace (12 or
+//! 16 s) short enough that purges happen before the checks. The
 //! clients of the [`Workload`] run concurrently with the schedule. Then the
 //! faults stop, the cluster heals, and the checks run:
 //!
+//! - with read repair off, before any read, every key's replicas converge
+//!   within 20 anti-entropy rounds (simulated) by the nodes' own timers;
+//! - with a short tombstone grace, every key deleted on all its replicas
+//!   is purged from each of them (within the grace, plus how far the
+//!   schedule's clock jumps may have pushed timestamps into the future,
+//!   plus 20 rounds), and
+//!   the checks below run after the purge;
 //! - no acknowledged set-union add is lost;
 //! - no acknowledged delete is undone (a value the deleting read saw never
 //!   reads back);
@@ -74,6 +84,18 @@ pub const HORIZON: Duration = Duration::from_secs(2);
 
 /// How long, in simulated time, a healed cluster gets to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
+/// How many anti-entropy rounds a healed cluster gets for its replicas to
+/// converge without reads (see [`aae_bound`]).
+const AAE_ROUNDS: u32 = 20;
+
+/// The simulated time within which, once healed, every key's replicas
+/// must agree without any read (plans with read repair off), and within
+/// which (past the grace) deleted keys must be purged: [`AAE_ROUNDS`]
+/// rounds of the plan's anti-entropy period.
+fn aae_bound(plan: &SimPlan) -> Duration {
+    Duration::from_millis(plan.aae_interval_ms) * AAE_ROUNDS
+}
+
 /// How often buffered stores flush on their own, in simulated time.
 const FLUSH_EVERY: Duration = Duration::from_millis(300);
 
@@ -102,6 +124,11 @@ pub struct RunSummary {
     /// A hash of the whole history and of every key's final state: equal
     /// for two runs of one seed.
     pub fingerprint: u64,
+    /// Keys whose state anti-entropy repairs changed, summed over the nodes
+    /// running at the end.
+    pub aae_keys_repaired: u64,
+    /// Tombstones purged, summed over the nodes running at the end.
+    pub tombstones_purged: u64,
 }
 
 /// A seed whose run broke a check.
@@ -317,8 +344,25 @@ impl Simulation {
                 return Err(fail("handoff-settled", None, e, Vec::new()));
             }
         }
+        if !plan.read_repair {
+            // Before any read: replicas converge by anti-entropy (and hints) alone.
+            if let Err(v) = checks::converges_without_reads(&cluster, aae_bound(plan)).await {
+                return Err(self.violated(&cluster, &history, plan, "aae-convergence", v).await);
+            }
+        }
         if let Err(e) = cluster.wait_converged(CONVERGE).await {
             return Err(fail("convergence", None, e, Vec::new()));
+        }
+        if let Some(grace) = plan.tombstone_grace_ms {
+            // Every delete all replicas saw is purged; the reads and checks
+            // below then see whether anything came back.
+            let bound = Duration::from_millis(grace) + plan.clock_lead() + aae_bound(plan);
+            if let Err(v) = checks::tombstones_purged(&cluster, bound).await {
+                return Err(self.violated(&cluster, &history, plan, "tombstone-purge", v).await);
+            }
+            if let Err(e) = cluster.wait_converged(CONVERGE).await {
+                return Err(fail("convergence", None, format!("after the purge: {e}"), Vec::new()));
+            }
         }
         let reader = (0..cluster.len()).find(|&i| cluster.node(i).is_some()).unwrap_or(0);
         let finals = cluster.read_all(reader).await.map_err(|e| {
@@ -335,9 +379,7 @@ impl Simulation {
         }
         let outcome = RunOutcome { plan, history: &history, finals: &finals, states: &states };
         if let Err((check, v)) = self.check(&outcome) {
-            let mut failure = fail(&check, Some(v.key.clone()), v.problem, history.excerpt(v.key.as_bytes()));
-            failure.replicas = stored_everywhere(&cluster, v.key.as_bytes()).await;
-            return Err(failure);
+            return Err(self.violated(&cluster, &history, plan, &check, v).await);
         }
         let events = history.events();
         let summary = RunSummary {
@@ -345,9 +387,38 @@ impl Simulation {
             operations: events.len(),
             acknowledged: events.iter().filter(|e| e.ok).count(),
             fingerprint: fingerprint(&events, &states),
+            aae_keys_repaired: 0,
+            tombstones_purged: 0,
         };
+        let summary = (0..cluster.len()).filter_map(|i| cluster.node(i)).fold(summary, |mut sum, node| {
+            let aae = node.aae_status();
+            sum.aae_keys_repaired += aae.keys_repaired;
+            sum.tombstones_purged += aae.tombstones_purged;
+            sum
+        });
         cluster.shutdown().await;
         Ok((summary, faults.injected_store_failure()))
+    }
+
+    /// The failure for a violation of `check`: the key's history and what
+    /// every node stores for it.
+    async fn violated(
+        &self,
+        cluster: &Cluster,
+        history: &crate::History,
+        plan: &SimPlan,
+        check: &str,
+        v: Violation,
+    ) -> Box<Failure> {
+        Box::new(Failure {
+            seed: plan.seed,
+            check: check.to_owned(),
+            excerpt: history.excerpt(v.key.as_bytes()),
+            replicas: stored_everywhere(cluster, v.key.as_bytes()).await,
+            key: Some(v.key),
+            detail: v.problem,
+            plan: plan.to_string(),
+        })
     }
 
     /// The built-in checks, then the application's invariants.
@@ -379,6 +450,16 @@ impl Simulation {
             hint_delivery_interval_ms: 200,
             suspect_period_ms: 300,
             handoff_interval_ms: 200,
+            partitions: plan.partitions,
+            read_repair: plan.read_repair,
+            anti_entropy: true,
+            aae_interval_ms: plan.aae_interval_ms,
+            tombstone_grace_ms: plan.tombstone_grace_ms.unwrap_or(Config::default().tombstone_grace_ms),
+            tombstone_purge_interval_ms: if plan.tombstone_grace_ms.is_some() {
+                plan::PURGE_INTERVAL_MS
+            } else {
+                Config::default().tombstone_purge_interval_ms
+            },
             ..Config::default()
         };
         let mut builder = Cluster::builder()
@@ -403,6 +484,15 @@ impl Simulation {
     }
 }
 
+/// A value as a failure shows it: short printable text as text (the
+/// built-in workload's registers), anything else by its size.
+pub(crate) fn show_value(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(text) if v.len() <= 32 && text.chars().all(|c| c.is_ascii_graphic()) => format!("{text:?}"),
+        _ => format!("{} bytes", v.len()),
+    }
+}
+
 /// What every node stores for `key`: its replica's siblings and its hints.
 async fn stored_everywhere(cluster: &Cluster, key: &[u8]) -> Vec<String> {
     let show = |s: &SiblingSet| {
@@ -410,8 +500,7 @@ async fn stored_everywhere(cluster: &Cluster, key: &[u8]) -> Vec<String> {
             .siblings()
             .iter()
             .map(|sib| {
-                let value =
-                    sib.value.as_ref().map_or("tombstone".to_owned(), |v| format!("{} bytes", v.len()));
+                let value = sib.value.as_ref().map_or("tombstone".to_owned(), |v| show_value(v));
                 format!("{value} @ n{}/{}:{}", sib.dot.actor.node.0, sib.dot.actor.epoch, sib.dot.counter)
             })
             .collect();

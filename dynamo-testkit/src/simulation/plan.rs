@@ -109,7 +109,44 @@ pub struct SimPlan {
     pub ops_per_client: usize,
     /// The fault schedule, in time order.
     pub faults: Vec<ScheduledFault>,
+    /// Whether reads push merged states back to stale replicas. Without
+    /// it, only hinted handoff and anti-entropy repair replicas, and the
+    /// run checks that anti-entropy alone converges every key after the
+    /// heal, with no client read.
+    pub read_repair: bool,
+    /// Period of the nodes' anti-entropy rounds, in simulated ms
+    /// (anti-entropy runs in every plan).
+    pub aae_interval_ms: u64,
+    /// A tombstone grace short enough for purges to happen during the run
+    /// (in simulated ms, with purge passes every [`PURGE_INTERVAL_MS`]), or
+    /// `None` for the default (days: no purge in a run).
+    pub tombstone_grace_ms: Option<u64>,
+    /// Ring partitions Q. Small rings keep the anti-entropy rounds (one
+    /// exchange per replicated partition) cheap enough for the sweep; the
+    /// logic does not depend on Q.
+    pub partitions: u32,
 }
+
+/// Period of the tombstone purge pass in plans with a short
+/// [`SimPlan::tombstone_grace_ms`], in simulated ms.
+pub const PURGE_INTERVAL_MS: u64 = 250;
+
+/// The anti-entropy periods a plan draws from, in simulated ms.
+const AAE_INTERVALS_MS: [u64; 3] = [300, 1_000, 3_000];
+
+/// The short tombstone graces a plan draws from, in simulated ms. A grace
+/// must outlast everything that can carry a state older than a tombstone
+/// to a replica (Cassandra's `gc_grace_seconds` rule): a message in flight
+/// (the 2 s request deadline bounds the schedule's delays), and a hint
+/// waiting for an owner that is down or cut off (a run's faults last
+/// until the heal, at most about 4.5 s), judged on clocks that may be
+/// stepped 5 s forward on the hint's holder and 2 s back on its writer.
+/// A hint older than the grace is dropped, and with it an acknowledged
+/// write whose only copy it was: shorter graces lose writes by design.
+const GRACES_MS: [u64; 2] = [12_000, 16_000];
+
+/// The ring sizes a plan draws from.
+const PARTITIONS: [u32; 3] = [8, 16, 32];
 
 /// How long the fault schedule spans, in simulated time.
 const HORIZON_MS: u64 = super::HORIZON.as_millis() as u64;
@@ -153,6 +190,10 @@ impl SimPlan {
             clients: rng.random_range(2..=4),
             ops_per_client: rng.random_range(6..=14),
             faults: Vec::new(),
+            read_repair: true,
+            aae_interval_ms: 1_000,
+            tombstone_grace_ms: None,
+            partitions: 256,
         };
         plan.faults = draw_faults(&mut rng, &plan);
         // Drawn last, so that adding it left every earlier plan as it was.
@@ -162,7 +203,42 @@ impl SimPlan {
             plan.faults.extend(change);
             plan.faults.sort_by_key(|f| f.at);
         }
+        // Anti-entropy and tombstone purge, drawn after everything else
+        // for the same reason.
+        plan.read_repair = rng.random_bool(0.7);
+        plan.aae_interval_ms = *pick(&mut rng, &AAE_INTERVALS_MS);
+        plan.tombstone_grace_ms = rng.random_bool(0.3).then(|| *pick(&mut rng, &GRACES_MS));
+        plan.partitions = *pick(&mut rng, &PARTITIONS);
         plan
+    }
+
+    /// How far ahead of true time a node's clock may run during the run:
+    /// every forward clock jump of the schedule added up, plus what the
+    /// fastest drift gains over the run. Timestamps a node issues then
+    /// (and, through the hybrid logical clocks, those its peers issue
+    /// after hearing from it) may lie that far in the future, so a
+    /// tombstone's grace may end that much later in true time.
+    pub(crate) fn clock_lead(&self) -> Duration {
+        let jumps: i64 = self
+            .faults
+            .iter()
+            .filter_map(|f| match f.kind {
+                FaultKind::ClockJump(_, us) if us > 0 => Some(us),
+                _ => None,
+            })
+            .sum();
+        let drift = self
+            .faults
+            .iter()
+            .filter_map(|f| match f.kind {
+                FaultKind::ClockDrift(_, ppm) if ppm > 0 => Some(ppm),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        // Drift accrues until the heal resets the clocks: within a few horizons.
+        let drift_us = drift.saturating_mul(4 * HORIZON_MS as i64 * 1_000) / 1_000_000;
+        Duration::from_micros(jumps.saturating_add(drift_us).max(0) as u64)
     }
 
     /// Whether a fault that destroys a node's acknowledged copy (a wipe, or
@@ -322,13 +398,23 @@ impl fmt::Display for SimPlan {
             self.ops_per_client
         )?;
         if self.faults.is_empty() {
-            return write!(f, "; no faults");
+            write!(f, "; no faults")?;
+        } else {
+            write!(f, "; faults:")?;
+            for fault in &self.faults {
+                write!(f, " {}ms {:?};", fault.at.as_millis(), fault.kind)?;
+            }
         }
-        write!(f, "; faults:")?;
-        for fault in &self.faults {
-            write!(f, " {}ms {:?};", fault.at.as_millis(), fault.kind)?;
-        }
-        Ok(())
+        // Drawn after the rest, so printed after it: an older plan's text
+        // is a prefix of its text now.
+        write!(
+            f,
+            " | Q={}, read repair {}, anti-entropy every {} ms, tombstone grace {}",
+            self.partitions,
+            if self.read_repair { "on" } else { "off" },
+            self.aae_interval_ms,
+            self.tombstone_grace_ms.map_or("default".to_owned(), |g| format!("{g} ms"))
+        )
     }
 }
 
@@ -365,5 +451,30 @@ mod tests {
         }
         assert_eq!(kinds.len(), 19, "every fault kind is drawn");
         assert_eq!(shapes.len(), 8, "strong and weak quorums, sloppy and strict, both reconcilers");
+        let extras: std::collections::BTreeSet<(bool, u64, Option<u64>, u32)> = (0..3_000)
+            .map(SimPlan::draw)
+            .map(|p| (p.read_repair, p.aae_interval_ms, p.tombstone_grace_ms, p.partitions))
+            .collect();
+        assert_eq!(extras.len(), 2 * 3 * 3 * 3, "read repair on and off, every period, grace and ring size");
+    }
+
+    /// Draws added later come after the earlier ones, so an older seed's
+    /// plan is unchanged: its text from before anti-entropy joined the
+    /// sweep is a prefix of its text now.
+    #[test]
+    fn older_seeds_draw_the_plans_they_drew_before() {
+        let before: [(u64, &str); 7] = [
+            (1, "6 nodes, N=5 R=2 W=4, sloppy, fixed members, KeepSiblings, durable stores, max_siblings 100, 3 clients x 7 ops; faults: 1102ms SendFaults(0.02, 0.02);"),
+            (2, "6 nodes, N=3 R=2 W=2, strict, gossip (+1 joining), KeepSiblings, buffered stores, max_siblings 4, 4 clients x 9 ops; faults: 695ms Wipe(3); 696ms HealNetwork; 781ms Pause(5); 966ms Resume(5); 1387ms Leave(4); 1475ms Pause(2); 1795ms Resume(2);"),
+            (3, "3 nodes, N=3 R=1 W=2, sloppy, gossip (+1 joining), LastWriteWins, durable stores, max_siblings 100, 4 clients x 8 ops; faults: 207ms OneWay(0, 0); 725ms Pause(0); 812ms Join(3); 882ms Crash(3); 1117ms Restart(3); 1686ms Resume(0);"),
+            (249, "6 nodes, N=3 R=1 W=3, sloppy, fixed members, KeepSiblings, durable stores, max_siblings 6, 4 clients x 13 ops; faults: 698ms Drop(0.2); 1132ms HealNetwork; 1839ms Crash(5); 1898ms SendFaults(0.1, 0.02); 2233ms Restart(5);"),
+            (1405, "5 nodes, N=2 R=1 W=2, sloppy, fixed members, KeepSiblings, durable stores, max_siblings 6, 3 clients x 13 ops; faults: 382ms Crash(0); 501ms Duplicate(0.1); 695ms Restart(0);"),
+            (4573, "4 nodes, N=3 R=1 W=3, sloppy, gossip (+0 joining), KeepSiblings, buffered stores, max_siblings 100, 3 clients x 9 ops; faults: 126ms Isolate(2); 819ms OneWay(1, 3); 1016ms Crash(3);"),
+            (77777, "6 nodes, N=5 R=1 W=1, sloppy, fixed members, KeepSiblings, durable stores, max_siblings 100, 4 clients x 13 ops; no faults"),
+        ];
+        for (seed, text) in before {
+            let now = SimPlan::draw(seed).to_string();
+            assert!(now.starts_with(text), "seed {seed} now draws {now}\n    instead of {text}");
+        }
     }
 }
