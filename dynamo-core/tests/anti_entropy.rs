@@ -542,3 +542,39 @@ async fn trees_rebuilt_under_concurrent_writes_match_their_stores() {
     }
     cluster.shutdown().await;
 }
+
+/// A replica that is behind receives the newer states and sends nothing
+/// back: a state its merge turned into exactly the peer's is not returned.
+#[tokio::test(start_paused = true)]
+async fn a_stale_replica_sends_back_nothing_its_peer_already_holds() {
+    let config = Config { anti_entropy: false, ..aae_config(864_000_000) };
+    let cluster = Cluster::builder().nodes(3).n(3).r(2).w(2).config(config).build().await.unwrap();
+    let c = cluster.client(0);
+    let mut contexts = Vec::new();
+    for i in 0..50 {
+        contexts.push(c.put(&key(i), Bytes::from_static(b"old"), None).await.unwrap());
+    }
+    wait_until(CONVERGE, "every replica holding the first writes", || async {
+        let mut quiet = true;
+        for i in 0..3 {
+            quiet &= cluster.node(i).unwrap().aae_pass().await.keys_repaired == 0;
+        }
+        quiet
+    })
+    .await;
+    cluster.kill(2).await;
+    for (i, ctx) in contexts.iter().enumerate() {
+        c.put(&key(i), Bytes::from_static(b"new"), Some(ctx)).await.unwrap();
+    }
+    cluster.start(2).await.unwrap();
+    let stale = cluster.node(2).unwrap();
+    let report = stale.aae_pass().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    for i in 0..50 {
+        assert_eq!(encoded(&cluster, 2, &key(i)).await, encoded(&cluster, 0, &key(i)).await, "key {i} repaired");
+    }
+    let status = stale.aae_status();
+    assert_eq!(status.keys_repaired, 50);
+    assert_eq!(status.keys_sent, 0, "the stale replica sent its outdated states back");
+    cluster.shutdown().await;
+}

@@ -37,7 +37,7 @@
 
 pub(crate) mod trees;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -321,7 +321,7 @@ impl AntiEntropy {
         let mine = self.replica.leaf_digests(partition, &leaves).await?;
         let (send, want) = differences(&mine, &digests.leaves).map_err(|e| bad(e.to_string()))?;
         let limit = max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
-        let states = self.load_states(partition, send, limit).await?;
+        let states = self.load_states(partition, send, limit, &HashMap::new()).await?;
         self.progress().keys_sent += states.len() as u64;
         Ok(Response::AaeKeys { states, want })
     }
@@ -359,12 +359,15 @@ impl AntiEntropy {
         }
     }
 
-    /// The stored states of `keys` of `partition`, until `limit` bytes.
+    /// The stored states of `keys` of `partition`, until `limit` bytes,
+    /// leaving out each state equal to the one the peer sent for its key
+    /// (`peer_sent`): the peer holds it already.
     async fn load_states(
         &self,
         partition: u32,
         keys: Vec<Bytes>,
         limit: usize,
+        peer_sent: &HashMap<Bytes, Bytes>,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -373,6 +376,9 @@ impl AntiEntropy {
                 break;
             }
             if let Some(raw) = self.replica.load_raw(Slot::Data, partition, &key).await? {
+                if peer_sent.get(&key) == Some(&raw) {
+                    continue;
+                }
                 bytes += key.len() + raw.len();
                 out.push((key, raw));
             }
@@ -438,13 +444,16 @@ impl AntiEntropy {
         if want.len() > MAX_KEYS_PER_MESSAGE {
             return Err(Error::Protocol(format!("peer {peer} wants {} keys at once", want.len())));
         }
+        // A key whose merge leaves this node with exactly the peer's state
+        // (the peer's dominated) is not sent back.
+        let peer_sent: HashMap<Bytes, Bytes> = states.iter().cloned().collect();
         let states = check_batch(&self.config, ring, partition, states, "anti-entropy")?;
         tally.repaired_here = self.replica.merge_many(partition, states).await?;
         self.count_repaired(partition, tally.repaired_here);
         let mut wanted = Vec::with_capacity(want.len());
         for key in want {
             check_key(&self.config, &key)?;
-            if ring.partition_of(&key) != partition || !leaves.contains(&shape.leaf_of(&key)) {
+            if ring.partition_of(&key) != partition || leaves.binary_search(&shape.leaf_of(&key)).is_err() {
                 return Err(Error::Protocol(format!(
                     "peer {peer} wants key {key:?}, which it was not offered"
                 )));
@@ -452,7 +461,7 @@ impl AntiEntropy {
             wanted.push(key);
         }
         let limit = self.config.aae_max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
-        let states = self.load_states(partition, wanted, limit).await?;
+        let states = self.load_states(partition, wanted, limit, &peer_sent).await?;
         if !states.is_empty() {
             tally.shipped = states.len() as u64;
             self.progress().keys_sent += tally.shipped;
