@@ -3,7 +3,8 @@
 //! writes.
 //!
 //! One run ([`run`]) on any [`Backend`] (the `aae_bench` example runs it
-//! over TCP and redb, as a deployment would):
+//! over TCP and redb, as a deployment would:
+//! `cargo run --release -p dynamo-testkit --example aae_bench -- --keys 1000000`):
 //!
 //! 1. starts 3 nodes, N = 3, strict quorum (no hints), read repair off (so
 //!    only anti-entropy repairs), anti-entropy on with its timer out of the
@@ -107,7 +108,7 @@ impl LoadWindow {
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AaeBenchReport {
-    /// The run's settings.
+    /// Keys loaded into every replica.
     pub keys: usize,
     /// Bytes per value.
     pub value_size: usize,
