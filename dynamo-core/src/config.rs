@@ -91,7 +91,9 @@ pub struct Config {
     /// milliseconds (Cassandra's `gc_grace_seconds`: 10 days); it is purged
     /// only once every replica of its partition also holds it. Hints older
     /// than this are dropped instead of delivered (anti-entropy repairs
-    /// what they carried), so a hint can never bring a purged key back.
+    /// what they carried), and a replica refuses a write this old for a key
+    /// it lacks, so neither can bring a purged key back. At least twice
+    /// `request_timeout_ms`.
     pub tombstone_grace_ms: u64,
     /// Time between two tombstone purge passes, in milliseconds.
     pub tombstone_purge_interval_ms: u64,
@@ -206,6 +208,14 @@ impl Config {
                 return bad(format!("{name} must be greater than 0"));
             }
         }
+        // A replica refuses a write for a key it lacks once the write is
+        // older than the grace: the grace must outlast any request.
+        if self.tombstone_grace_ms < self.request_timeout_ms.saturating_mul(2) {
+            return bad(format!(
+                "tombstone_grace_ms = {} must be at least twice request_timeout_ms = {}",
+                self.tombstone_grace_ms, self.request_timeout_ms
+            ));
+        }
         if self.background_max_slots < self.background_min_slots {
             return bad(format!(
                 "background_max_slots = {} must be at least background_min_slots = {}",
@@ -246,9 +256,11 @@ impl Config {
         Duration::from_millis(self.aae_interval_ms)
     }
 
-    /// The tombstone grace period.
-    pub fn tombstone_grace(&self) -> Duration {
-        Duration::from_millis(self.tombstone_grace_ms)
+    /// The tombstone grace cutoff at wall-clock time `now_us` (µs since
+    /// the Unix epoch): a tombstone, hint or late write whose newest
+    /// timestamp is before it is older than `tombstone_grace_ms`.
+    pub fn grace_cutoff_us(&self, now_us: u64) -> u64 {
+        now_us.saturating_sub(self.tombstone_grace_ms.saturating_mul(1000))
     }
 
     /// The admission controller's settings for background work.
@@ -287,6 +299,13 @@ mod tests {
     fn rejects_non_power_of_two_partitions() {
         let c = Config { partitions: 100, ..Config::default() };
         assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("partitions")));
+    }
+
+    #[test]
+    fn rejects_a_tombstone_grace_shorter_than_two_requests() {
+        let c = Config { tombstone_grace_ms: 9_999, request_timeout_ms: 5_000, ..Config::default() };
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("tombstone_grace_ms")));
+        Config { tombstone_grace_ms: 10_000, ..c }.validate().unwrap();
     }
 
     #[test]

@@ -81,8 +81,7 @@ impl HintedHandoff {
         // whose tombstone every replica has purged since: it is dropped,
         // and anti-entropy repairs whatever else it carried.
         let state = decode_stored(&hint.state)?;
-        let cutoff =
-            self.clock.physical_us().saturating_sub(self.config.tombstone_grace_ms.saturating_mul(1000));
+        let cutoff = self.config.grace_cutoff_us(self.clock.physical_us());
         if state.max_timestamp() < cutoff {
             let removed = self.replica.remove_hint_if_unchanged(hint, hash).await?;
             if removed {

@@ -162,8 +162,7 @@ impl ReplicaService {
             SiblingSet::decode(state).map_err(|e| Error::Protocol(format!("bad state for {key:?}: {e}")))?;
         // A write or hint older than the tombstone grace, for a key this
         // node lacks, may be of a purged key.
-        let fresh_after =
-            self.clock.physical_us().saturating_sub(self.config.tombstone_grace_ms.saturating_mul(1000));
+        let fresh_after = self.config.grace_cutoff_us(self.clock.physical_us());
         self.replica
             .merge(
                 slot,

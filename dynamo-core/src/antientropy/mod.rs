@@ -214,8 +214,7 @@ impl AntiEntropy {
     /// The deletion cutoff: tombstones whose newest timestamp is before it
     /// are past their grace period.
     fn grace_cutoff_us(&self) -> u64 {
-        let grace_us = self.config.tombstone_grace_ms.saturating_mul(1000);
-        self.clock.physical_us().saturating_sub(grace_us)
+        self.config.grace_cutoff_us(self.clock.physical_us())
     }
 
     /// Sends `request` to `peer`, counting bytes both ways.
