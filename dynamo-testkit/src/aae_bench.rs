@@ -3,7 +3,8 @@
 //! writes.
 //!
 //! One run ([`run`]) on any [`Backend`] (the `aae_bench` example runs it
-//! over TCP and redb, as a deployment would):
+//! over TCP and redb, as a deployment would:
+//! `cargo run --release -p dynamo-testkit --example aae_bench -- --keys 1000000`):
 //!
 //! 1. starts 3 nodes, N = 3, strict quorum (no hints), read repair off (so
 //!    only anti-entropy repairs), anti-entropy on with its timer out of the
@@ -107,7 +108,7 @@ impl LoadWindow {
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AaeBenchReport {
-    /// The run's settings.
+    /// Keys loaded into every replica.
     pub keys: usize,
     /// Bytes per value.
     pub value_size: usize,
@@ -134,6 +135,9 @@ pub struct AaeBenchReport {
     pub bytes_received: u64,
     /// Keys whose local state a repair changed, over all nodes.
     pub keys_repaired: u64,
+    /// Key states shipped in exchanges, over all nodes (a key two
+    /// exchanges repair at once ships twice).
+    pub keys_sent: u64,
     /// Exchanges completed, and failed, over all nodes.
     pub exchanges: u64,
     /// Exchanges that failed.
@@ -215,6 +219,7 @@ impl fmt::Display for AaeBenchReport {
             format!("{} ({})", self.exchanges, self.exchanges_failed)
         )?;
         writeln!(f, "{:<44} {:>16}", "keys repaired (all nodes)", self.keys_repaired)?;
+        writeln!(f, "{:<44} {:>16}", "key states shipped (all nodes)", self.keys_sent)?;
         writeln!(f, "{:<44} {:>16}", "keys repaired by one more round", self.repaired_after)?;
         writeln!(
             f,
@@ -316,6 +321,7 @@ pub fn bench_config() -> Config {
 /// Anti-entropy counters summed over nodes.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
+    keys_sent: u64,
     exchanges: u64,
     exchanges_failed: u64,
     keys_repaired: u64,
@@ -326,6 +332,7 @@ struct Counters {
 impl Counters {
     fn of(nodes: &[Node]) -> Counters {
         nodes.iter().map(Node::aae_status).fold(Counters::default(), |sum, s| Counters {
+            keys_sent: sum.keys_sent + s.keys_sent,
             exchanges: sum.exchanges + s.exchanges,
             exchanges_failed: sum.exchanges_failed + s.exchanges_failed,
             keys_repaired: sum.keys_repaired + s.keys_repaired,
@@ -336,6 +343,7 @@ impl Counters {
 
     fn since(self, before: Counters) -> Counters {
         Counters {
+            keys_sent: self.keys_sent.saturating_sub(before.keys_sent),
             exchanges: self.exchanges.saturating_sub(before.exchanges),
             exchanges_failed: self.exchanges_failed.saturating_sub(before.exchanges_failed),
             keys_repaired: self.keys_repaired.saturating_sub(before.keys_repaired),
@@ -686,6 +694,7 @@ async fn measure(
         bytes_sent: after.bytes_sent,
         bytes_received: after.bytes_received,
         keys_repaired: after.keys_repaired,
+        keys_sent: after.keys_sent,
         exchanges: after.exchanges,
         exchanges_failed: after.exchanges_failed,
         repaired_after: extra.iter().map(|r| r.keys_repaired).sum(),
