@@ -571,7 +571,11 @@ async fn a_stale_replica_sends_back_nothing_its_peer_already_holds() {
     let report = stale.aae_pass().await;
     assert_eq!(report.failed, 0, "{report:?}");
     for i in 0..50 {
-        assert_eq!(encoded(&cluster, 2, &key(i)).await, encoded(&cluster, 0, &key(i)).await, "key {i} repaired");
+        assert_eq!(
+            encoded(&cluster, 2, &key(i)).await,
+            encoded(&cluster, 0, &key(i)).await,
+            "key {i} repaired"
+        );
     }
     let status = stale.aae_status();
     assert_eq!(status.keys_repaired, 50);
