@@ -202,6 +202,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a coordinator waits for one replica before asking a spare
+    /// (milliseconds): for scenarios that wait it out many times and
+    /// tolerate the requests that fail.
+    pub fn replica_timeout_ms(mut self, ms: u64) -> Self {
+        self.config.replica_timeout_ms = ms;
+        self
+    }
+
     /// Spreads nodes round-robin over this many zones.
     pub fn zones(mut self, zones: usize) -> Self {
         self.zones = Some(zones);

@@ -274,7 +274,9 @@ pub async fn wiped_replica_never_reissues_a_dot(builder: ClusterBuilder) {
 /// Read-modify-write of sets under isolations and partitions: after healing, no acknowledged element is lost.
 pub async fn set_union_workload_under_partitions_loses_nothing(builder: ClusterBuilder) {
     let seed = test_seed(5);
-    let cluster = builder.nodes(5).n(3).r(2).w(2).seed(seed).build().await.unwrap();
+    // Requests may fail here; a short replica timeout keeps the ones sent
+    // into a partition from waiting long on real time.
+    let cluster = builder.nodes(5).n(3).r(2).w(2).seed(seed).replica_timeout_ms(500).build().await.unwrap();
     if let Some(net) = cluster.sim_net() {
         net.set_delay(Duration::from_micros(50), Duration::from_millis(3));
     }
