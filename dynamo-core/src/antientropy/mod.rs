@@ -17,7 +17,9 @@
 //! its key digests of those leaves, the peer answers with its states of
 //! the keys that differ or only it holds and names the keys it wants, and
 //! the initiator sends those. Both sides merge what they receive with the
-//! causal merge, so a repair never drops a concurrent sibling. What
+//! causal merge, so a repair never drops a concurrent sibling. A replica
+//! takes part in one exchange of a partition at a time ([`claims`]); an
+//! exchange refused for that is tried again later in the round. What
 //! crosses the wire grows with what differs, not with what is stored; the
 //! states shipped per exchange are bounded by `aae_max_bytes` each way,
 //! and what is left is repaired by the next round.
@@ -35,6 +37,7 @@
 //! background slot ([`crate::background`]), so they yield to foreground
 //! latency.
 
+mod claims;
 pub(crate) mod trees;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +48,7 @@ use bytes::Bytes;
 use futures::stream::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use self::claims::{Claims, Role};
 use crate::background::Background;
 use crate::clock::HybridClock;
 use crate::config::Config;
@@ -61,6 +65,13 @@ use crate::validation::check_key;
 
 /// Most leaves one exchange digests; the rest wait for the next round.
 const MAX_LEAVES: usize = 256;
+
+/// How many times a round tries an exchange whose partition was in another
+/// exchange (here or at the peer).
+const EXCHANGE_PASSES: u32 = 3;
+
+/// The wait before a round's next pass, times the pass number.
+const BUSY_WAIT: Duration = Duration::from_millis(100);
 
 /// Most tombstones one purge message names.
 const PURGE_BATCH: usize = 1024;
@@ -121,6 +132,9 @@ pub struct AaeReport {
     pub exchanges: u32,
     /// Exchanges that failed (peer down, refused, tree not built).
     pub failed: u32,
+    /// Exchanges not run because the partition stayed in another exchange
+    /// (here or at the peer) through every pass; the next round tries them.
+    pub busy: u32,
     /// Keys whose state changed, here or at the peers.
     pub keys_repaired: u64,
     /// Bytes sent and received.
@@ -137,6 +151,9 @@ struct Tally {
     repaired_here: u64,
     repaired_there: u64,
     shipped: u64,
+    /// Whether the peer holds the partition for this exchange (until a
+    /// push ends it).
+    peer_claimed: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -167,11 +184,18 @@ pub(crate) struct AntiEntropy {
     pub(crate) background: Arc<Background>,
     pub(crate) clock: Arc<HybridClock>,
     progress: Mutex<Progress>,
+    /// The partitions in an exchange on this node, one exchange each.
+    claims: Claims,
 }
 
 /// Whether `partition`'s data is where `ring` places it (no move under way).
 fn settled(view: &ClusterView, partition: u32) -> bool {
     view.handover().is_none_or(|h| h.is_settled(partition))
+}
+
+/// The answer to an exchange of a partition already in another one.
+fn busy(partition: u32) -> Error {
+    Error::Overloaded(format!("partition {partition} is in another anti-entropy exchange"))
 }
 
 fn unexpected(what: &str, other: &Response) -> Error {
@@ -190,6 +214,7 @@ impl AntiEntropy {
         background: Arc<Background>,
         clock: Arc<HybridClock>,
     ) -> AntiEntropy {
+        let claims = Claims::new(config.request_timeout() * 2);
         AntiEntropy {
             id,
             config,
@@ -198,6 +223,7 @@ impl AntiEntropy {
             peers,
             metrics,
             background,
+            claims,
             clock,
             progress: Mutex::default(),
         }
@@ -271,7 +297,19 @@ impl AntiEntropy {
     /// built, [`Error::Protocol`] for hashes of another shape or out of range.
     pub(crate) fn serve_tree(&self, from: NodeId, partition: u32, hashes: &NodeHashes) -> Result<Response> {
         self.check_peer(from, partition)?;
-        match self.replica.trees().respond(partition, hashes) {
+        let held = if hashes.level == 0 {
+            self.claims.claim(partition, from, Role::Responder)
+        } else {
+            self.claims.renew(partition, from, Role::Responder)
+        };
+        if !held {
+            return Err(busy(partition));
+        }
+        let step = self.replica.trees().respond(partition, hashes);
+        if !matches!(step, Some(Ok(Step::Descend(_) | Step::Leaves(_)))) {
+            self.claims.release(partition, from, Role::Responder);
+        }
+        match step {
             None => {
                 Err(Error::NotReady(format!("the Merkle tree of partition {partition} is not built yet")))
             }
@@ -299,6 +337,9 @@ impl AntiEntropy {
         max_bytes: u32,
     ) -> Result<Response> {
         let ring = self.check_peer(from, partition)?;
+        if !self.claims.renew(partition, from, Role::Responder) {
+            return Err(busy(partition));
+        }
         let bad = |m: String| {
             tracing::warn!(node = %self.id, %from, partition, error = %m, "refused bad anti-entropy key digests");
             Error::Protocol(format!("key digests of partition {partition}: {m}"))
@@ -323,6 +364,10 @@ impl AntiEntropy {
         let limit = max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
         let states = self.load_states(partition, send, limit, &HashMap::new()).await?;
         self.progress().keys_sent += states.len() as u64;
+        if states.is_empty() && want.is_empty() {
+            // Nothing differs: no push follows.
+            self.claims.release(partition, from, Role::Responder);
+        }
         Ok(Response::AaeKeys { states, want })
     }
 
@@ -338,18 +383,32 @@ impl AntiEntropy {
         states: Vec<(Bytes, Bytes)>,
     ) -> Result<Response> {
         let ring = self.check_peer(from, partition)?;
+        let merged = self.merge_pushed(from, &ring, partition, states).await;
+        // The push ends the exchange.
+        self.claims.release(partition, from, Role::Responder);
+        let repaired = merged?;
+        self.count_repaired(partition, repaired);
+        Ok(Response::AaePushed { repaired: u32::try_from(repaired).unwrap_or(u32::MAX) })
+    }
+
+    /// Checks and merges the states of a push; how many keys changed.
+    async fn merge_pushed(
+        &self,
+        from: NodeId,
+        ring: &Ring,
+        partition: u32,
+        states: Vec<(Bytes, Bytes)>,
+    ) -> Result<u64> {
         if states.len() > MAX_KEYS_PER_MESSAGE {
             return Err(Error::Protocol(format!(
                 "{} states in one push, at most {MAX_KEYS_PER_MESSAGE}",
                 states.len()
             )));
         }
-        let states = check_batch(&self.config, &ring, partition, states, "anti-entropy push").inspect_err(
+        let states = check_batch(&self.config, ring, partition, states, "anti-entropy push").inspect_err(
             |e| tracing::warn!(node = %self.id, %from, partition, error = %e, "refused an anti-entropy push"),
         )?;
-        let repaired = self.replica.merge_many(partition, states).await?;
-        self.count_repaired(partition, repaired);
-        Ok(Response::AaePushed { repaired: u32::try_from(repaired).unwrap_or(u32::MAX) })
+        self.replica.merge_many(partition, states).await
     }
 
     fn count_repaired(&self, partition: u32, repaired: u64) {
@@ -389,6 +448,20 @@ impl AntiEntropy {
     /// Compares `partition` with `peer` and repairs both sides.
     async fn exchange(&self, ring: &Ring, partition: u32, peer: NodeId) -> Result<Tally> {
         let mut tally = Tally::default();
+        let result = self.compare(ring, partition, peer, &mut tally).await;
+        if tally.peer_claimed {
+            // The exchange stopped while the peer holds the partition for
+            // it: an empty push ends it there.
+            let end = Request::AaePush { from: self.id, partition, states: Vec::new() };
+            if let Err(e) = self.call(peer, end, &mut tally).await {
+                tracing::debug!(node = %self.id, partition, %peer, error = %e, "cannot end an exchange");
+            }
+        }
+        result.map(|()| tally)
+    }
+
+    /// The steps of [`exchange`](Self::exchange): trees, key digests, push.
+    async fn compare(&self, ring: &Ring, partition: u32, peer: NodeId, tally: &mut Tally) -> Result<()> {
         let trees = self.replica.trees();
         let not_ready =
             || Error::NotReady(format!("the Merkle tree of partition {partition} is not built yet"));
@@ -399,12 +472,15 @@ impl AntiEntropy {
         // never says "leaves".
         for _ in 0..=shape.depth() {
             let request = Request::AaeTree { from: self.id, partition, hashes: msg };
-            let step = match self.call(peer, request, &mut tally).await? {
+            let step = match self.call(peer, request, tally).await? {
                 Response::AaeStep(step) => step,
                 other => return Err(unexpected("a Merkle tree exchange", &other)),
             };
+            // The peer holds the partition for this exchange unless it
+            // found nothing differing.
+            tally.peer_claimed = !matches!(step, Step::InSync);
             let theirs = match step {
-                Step::InSync => return Ok(tally),
+                Step::InSync => return Ok(()),
                 Step::Leaves(l) => {
                     leaves = Some(l);
                     break;
@@ -412,7 +488,7 @@ impl AntiEntropy {
                 Step::Descend(theirs) => theirs,
             };
             match trees.respond(partition, &theirs).ok_or_else(not_ready)? {
-                Ok(Step::InSync) => return Ok(tally),
+                Ok(Step::InSync) => return Ok(()),
                 Ok(Step::Leaves(l)) => {
                     leaves = Some(l);
                     break;
@@ -437,10 +513,14 @@ impl AntiEntropy {
             digests: LeafDigests { shape, leaves: mine },
             max_bytes: self.config.aae_max_bytes,
         };
-        let (states, want) = match self.call(peer, request, &mut tally).await? {
+        let (states, want) = match self.call(peer, request, tally).await? {
             Response::AaeKeys { states, want } => (states, want),
             other => return Err(unexpected("anti-entropy key digests", &other)),
         };
+        // The peer holds its claim until a push when its answer carried
+        // anything; an empty answer ended the exchange.
+        let push_due = !states.is_empty() || !want.is_empty();
+        tally.peer_claimed = push_due;
         if want.len() > MAX_KEYS_PER_MESSAGE {
             return Err(Error::Protocol(format!("peer {peer} wants {} keys at once", want.len())));
         }
@@ -462,16 +542,18 @@ impl AntiEntropy {
         }
         let limit = self.config.aae_max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
         let states = self.load_states(partition, wanted, limit, &peer_sent).await?;
-        if !states.is_empty() {
+        if push_due {
+            // Delivered or not, this push is the exchange's last message.
+            tally.peer_claimed = false;
             tally.shipped = states.len() as u64;
             self.progress().keys_sent += tally.shipped;
             let request = Request::AaePush { from: self.id, partition, states };
-            match self.call(peer, request, &mut tally).await? {
+            match self.call(peer, request, tally).await? {
                 Response::AaePushed { repaired } => tally.repaired_there = u64::from(repaired),
                 other => return Err(unexpected("an anti-entropy push", &other)),
             }
         }
-        Ok(tally)
+        Ok(())
     }
 
     /// The partitions this node replicates under the current view.
@@ -510,7 +592,9 @@ impl AntiEntropy {
 
     /// One round: trees brought up to date, then every replicated, settled
     /// partition compared with its next replica (concurrently, as many as
-    /// admission control gives slots).
+    /// admission control gives slots); the exchanges refused because a side
+    /// was in another exchange of the partition are tried in up to
+    /// [`EXCHANGE_PASSES`] passes, then left to the next round.
     pub(crate) async fn round(&self) -> AaeReport {
         let Some((ring, mine)) = self.replicated() else { return AaeReport::default() };
         self.maintain_trees(&mine).await;
@@ -531,14 +615,44 @@ impl AntiEntropy {
                 })
                 .collect()
         };
+        let mut report = AaeReport::default();
+        let mut pending = pairs;
+        for pass in 1..=EXCHANGE_PASSES {
+            if pass > 1 {
+                if pending.is_empty() {
+                    break;
+                }
+                // Let the exchanges that held these partitions finish.
+                tokio::time::sleep(BUSY_WAIT * pass).await;
+            }
+            pending = self.exchange_pass(&ring, pending, pass == EXCHANGE_PASSES, &mut report).await;
+        }
+        report
+    }
+
+    /// Runs the exchanges of `pairs`, adding to `report`; returns those
+    /// refused because a side was in another exchange of the partition
+    /// (counted as busy instead when `last`).
+    async fn exchange_pass(
+        &self,
+        ring: &Arc<Ring>,
+        pairs: Vec<(u32, NodeId)>,
+        last: bool,
+        report: &mut AaeReport,
+    ) -> Vec<(u32, NodeId)> {
         let exchanges = pairs.into_iter().map(|(p, peer)| {
-            let ring = Arc::clone(&ring);
+            let ring = Arc::clone(ring);
             async move {
                 let _slot = self.background.slot(&self.metrics).await;
-                (p, peer, self.exchange(&ring, p, peer).await)
+                if !self.claims.claim(p, peer, Role::Initiator) {
+                    return (p, peer, Err(busy(p)));
+                }
+                let result = self.exchange(&ring, p, peer).await;
+                self.claims.release(p, peer, Role::Initiator);
+                (p, peer, result)
             }
         });
-        let mut report = AaeReport::default();
+        let mut retry = Vec::new();
         let mut results = futures::stream::iter(exchanges).buffer_unordered(self.config.background_max_slots);
         while let Some((p, peer, result)) = results.next().await {
             match result {
@@ -557,6 +671,8 @@ impl AntiEntropy {
                         tracing::debug!(node = %self.id, partition = p, %peer, here = t.repaired_here, there = t.repaired_there, bytes = t.sent + t.received, "anti-entropy repaired keys");
                     }
                 }
+                Err(Error::Overloaded(_)) if !last => retry.push((p, peer)),
+                Err(Error::Overloaded(_)) => report.busy += 1,
                 Err(e) => {
                     report.failed += 1;
                     bump(&self.metrics.aae_exchanges_failed);
@@ -564,7 +680,7 @@ impl AntiEntropy {
                 }
             }
         }
-        report
+        retry
     }
 
     /// Purges the old tombstones of `partition` that every replica holds.
