@@ -165,6 +165,15 @@ pub enum MerkleError {
     /// increasing by key.
     #[error("key digests are not strictly increasing by key")]
     UnsortedDigests,
+    /// A node-hash message whose index runs do not account for exactly
+    /// its hashes.
+    #[error("malformed node hashes: {runs} index runs for {bytes} bytes of hashes")]
+    MalformedHashes {
+        /// How many runs the message had.
+        runs: usize,
+        /// How many bytes of hashes it had.
+        bytes: usize,
+    },
     /// A key was filed under a leaf other than the one it hashes to.
     #[error("a key of {key_len} bytes was sent for leaf {leaf} but belongs to leaf {expected}")]
     KeyInWrongLeaf {
@@ -610,7 +619,13 @@ impl MerkleTree {
 
 /// Hashes of some nodes of one level of the sender's tree: a message of
 /// the exchange.
+///
+/// On the wire the indices go as runs of consecutive nodes (a parent's
+/// children are one run) and the hashes as 8 fixed bytes each, about 8
+/// bytes a node instead of about 11 as varint pairs; decoding refuses runs
+/// that do not account for exactly the hashes sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "WireNodeHashes", try_from = "WireNodeHashes")]
 pub struct NodeHashes {
     /// The sender's tree shape; the receiver refuses another.
     pub shape: TreeShape,
@@ -618,6 +633,57 @@ pub struct NodeHashes {
     pub level: u32,
     /// `(index on the level, hash)`, strictly increasing by index.
     pub nodes: Vec<(u32, u64)>,
+}
+
+/// [`NodeHashes`] as sent: `(first index, count)` runs and the hashes
+/// packed little-endian, 8 bytes each, in index order.
+#[derive(Serialize, Deserialize)]
+struct WireNodeHashes {
+    shape: TreeShape,
+    level: u32,
+    runs: Vec<(u32, u32)>,
+    hashes: Bytes,
+}
+
+impl From<NodeHashes> for WireNodeHashes {
+    fn from(msg: NodeHashes) -> WireNodeHashes {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut hashes = Vec::with_capacity(msg.nodes.len() * 8);
+        for &(index, hash) in &msg.nodes {
+            match runs.last_mut() {
+                Some((first, count)) if first.checked_add(*count) == Some(index) => *count += 1,
+                _ => runs.push((index, 1)),
+            }
+            hashes.extend_from_slice(&hash.to_le_bytes());
+        }
+        WireNodeHashes { shape: msg.shape, level: msg.level, runs, hashes: Bytes::from(hashes) }
+    }
+}
+
+impl TryFrom<WireNodeHashes> for NodeHashes {
+    type Error = MerkleError;
+
+    /// Refuses runs whose counts do not add up to the hashes sent, so
+    /// nothing is allocated for nodes the message does not carry.
+    fn try_from(wire: WireNodeHashes) -> Result<NodeHashes, MerkleError> {
+        let bad = MerkleError::MalformedHashes { runs: wire.runs.len(), bytes: wire.hashes.len() };
+        let total = wire.runs.iter().try_fold(0usize, |acc, &(_, count)| acc.checked_add(count as usize));
+        if wire.hashes.len() % 8 != 0 || total != Some(wire.hashes.len() / 8) {
+            return Err(bad);
+        }
+        let mut nodes = Vec::with_capacity(wire.hashes.len() / 8);
+        let mut chunks = wire.hashes.chunks_exact(8);
+        for &(first, count) in &wire.runs {
+            for offset in 0..count {
+                let index = first.checked_add(offset).ok_or_else(|| bad.clone())?;
+                let chunk = chunks.next().ok_or_else(|| bad.clone())?;
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(chunk);
+                nodes.push((index, u64::from_le_bytes(raw)));
+            }
+        }
+        Ok(NodeHashes { shape: wire.shape, level: wire.level, nodes })
+    }
 }
 
 /// A key and the version of its state on the sender.
@@ -865,6 +931,45 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&digests).unwrap();
         assert_eq!(postcard::from_bytes::<LeafDigests>(&bytes), Ok(digests));
+    }
+
+    #[test]
+    fn node_hashes_cost_about_eight_bytes_a_node_on_the_wire() {
+        let tree = MerkleTree::from_entries(TreeShape::DEFAULT, (0..5000).map(|i| (key(i), i)));
+        let parents: Vec<u32> = (0..32).step_by(3).collect();
+        let msg = tree.children_hashes(0, &[0]).unwrap();
+        let msg = NodeHashes { nodes: msg.nodes.into_iter().filter(|(i, _)| i % 3 == 0).collect(), ..msg };
+        let bytes = postcard::to_allocvec(&msg).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeHashes>(&bytes).as_ref(), Ok(&msg), "scattered nodes round-trip");
+        let leaves = NodeHashes { level: 2, ..tree.children_hashes(1, &parents).unwrap() };
+        let bytes = postcard::to_allocvec(&leaves).unwrap();
+        assert_eq!(leaves.nodes.len(), 11 * 32);
+        assert!(bytes.len() <= leaves.nodes.len() * 8 + 11 * 3 + 16, "{} bytes", bytes.len());
+        assert_eq!(postcard::from_bytes::<NodeHashes>(&bytes), Ok(leaves));
+    }
+
+    #[test]
+    fn node_hashes_whose_runs_miscount_their_hashes_are_refused() {
+        let wire = |runs: Vec<(u32, u32)>, hashes: usize| {
+            let msg = WireNodeHashes {
+                shape: TreeShape::DEFAULT,
+                level: 1,
+                runs,
+                hashes: Bytes::from(vec![7u8; hashes]),
+            };
+            postcard::from_bytes::<NodeHashes>(&postcard::to_allocvec(&msg).unwrap())
+        };
+        assert!(wire(vec![(0, 2)], 16).is_ok());
+        for (runs, hashes) in [
+            (vec![(0, 2)], 8),
+            (vec![(0, 1)], 16),
+            (vec![(0, 2)], 15),
+            (vec![(0, u32::MAX)], 8),
+            (vec![(u32::MAX, 2)], 16),
+            (vec![(0, u32::MAX), (0, u32::MAX), (0, 2)], 0),
+        ] {
+            assert!(wire(runs.clone(), hashes).is_err(), "runs {runs:?} with {hashes} bytes");
+        }
     }
 
     /// Keys of one ring partition share the top bits of `ring::key_hash`;
