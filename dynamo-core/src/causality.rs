@@ -114,6 +114,14 @@ impl CausalContext {
         self.vv.is_empty() && self.cloud.is_empty()
     }
 
+    /// How many dots the context has seen (saturating at `u64::MAX`). A
+    /// context that includes another and differs from it has seen more,
+    /// so a state whose context has seen fewer events cannot succeed one
+    /// whose context has seen more.
+    pub fn events(&self) -> u64 {
+        self.vv.iter().fold(self.cloud.len() as u64, |acc, (_, n)| acc.saturating_add(*n))
+    }
+
     /// The vector entry for `actor` (0 when absent).
     fn base(&self, actor: &Actor) -> u64 {
         match self.vv.binary_search_by(|(a, _)| a.cmp(actor)) {
@@ -1107,6 +1115,16 @@ mod tests {
             check_lattice(a, b, c)?;
             for s in r.iter().chain([a, b, c]) {
                 check_codec(s)?;
+            }
+            // The event count orders states along causality: a context
+            // that strictly includes another has seen more events.
+            for (x, y) in [(a, b), (b, c), (a, c), (&r[0], a)] {
+                let mut joined = x.context().clone();
+                joined.join(y.context());
+                if joined != *x.context() {
+                    prop_assert!(joined.events() > x.context().events());
+                }
+                prop_assert!(joined.events() >= y.context().events());
             }
             for ctx in &run.contexts {
                 let token = Context::new(ctx.clone()).encode(b"k");

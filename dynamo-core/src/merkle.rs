@@ -694,12 +694,23 @@ pub struct KeyDigest {
     pub key: Bytes,
     /// The version of the key's state ([`state_version`]).
     pub version: u64,
+    /// How many events (dots) the state's causal context has seen
+    /// ([`CausalContext::events`](crate::causality::CausalContext::events)),
+    /// or 0 when not given: an order hint, not part of the tree's hashes.
+    /// A state that causally succeeds another has seen more events, so
+    /// the side with fewer need not ship its state for the other to merge.
+    pub events: u64,
 }
 
 impl KeyDigest {
     /// The digest of `key` at `version`.
     pub fn new(key: impl Into<Bytes>, version: u64) -> KeyDigest {
-        KeyDigest { key: key.into(), version }
+        KeyDigest { key: key.into(), version, events: 0 }
+    }
+
+    /// The digest with the state's event count as its order hint.
+    pub fn with_events(self, events: u64) -> KeyDigest {
+        KeyDigest { events, ..self }
     }
 
     /// The hash this key contributes to its leaf ([`entry_hash`]).
@@ -742,8 +753,16 @@ pub struct LeafDigests {
 /// states differ and both must be shipped and merged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyDiff {
-    /// Keys both sides hold at different versions.
+    /// Keys both sides hold at different versions, neither side's state
+    /// having seen more events (concurrent, or no hint given).
     pub differ: Vec<Bytes>,
+    /// Keys both sides hold at different versions, the local state having
+    /// seen more events: it may succeed the peer's, which then need not
+    /// be fetched.
+    pub mine_newer: Vec<Bytes>,
+    /// Keys both sides hold at different versions, the peer's state having
+    /// seen more events: the local one need not be sent.
+    pub theirs_newer: Vec<Bytes>,
     /// Keys only the local side holds.
     pub only_mine: Vec<Bytes>,
     /// Keys only the peer holds.
@@ -753,18 +772,23 @@ pub struct KeyDiff {
 impl KeyDiff {
     /// Whether the two sides agree on every key.
     pub fn is_empty(&self) -> bool {
-        self.differ.is_empty() && self.only_mine.is_empty() && self.only_theirs.is_empty()
+        self.differ.is_empty()
+            && self.mine_newer.is_empty()
+            && self.theirs_newer.is_empty()
+            && self.only_mine.is_empty()
+            && self.only_theirs.is_empty()
     }
 
-    /// Keys whose local state the peer needs: `differ` and `only_mine`.
+    /// Keys whose local state the peer needs: `differ`, `mine_newer` and
+    /// `only_mine`.
     pub fn to_send(&self) -> impl Iterator<Item = &Bytes> {
-        self.differ.iter().chain(&self.only_mine)
+        self.differ.iter().chain(&self.mine_newer).chain(&self.only_mine)
     }
 
-    /// Keys whose state the local side needs from the peer: `differ` and
-    /// `only_theirs`.
+    /// Keys whose state the local side needs from the peer: `differ`,
+    /// `theirs_newer` and `only_theirs`.
     pub fn to_fetch(&self) -> impl Iterator<Item = &Bytes> {
-        self.differ.iter().chain(&self.only_theirs)
+        self.differ.iter().chain(&self.theirs_newer).chain(&self.only_theirs)
     }
 }
 
@@ -785,7 +809,12 @@ pub fn diff_keys(mine: &[KeyDigest], theirs: &[KeyDigest]) -> Result<KeyDiff, Me
         match (m.peek(), t.peek()) {
             (Some(a), Some(b)) if a.key == b.key => {
                 if a.version != b.version {
-                    out.differ.push(a.key.clone());
+                    let list = match a.events.cmp(&b.events) {
+                        std::cmp::Ordering::Greater => &mut out.mine_newer,
+                        std::cmp::Ordering::Less => &mut out.theirs_newer,
+                        std::cmp::Ordering::Equal => &mut out.differ,
+                    };
+                    list.push(a.key.clone());
                 }
                 m.next();
                 t.next();
@@ -940,7 +969,11 @@ mod tests {
         let msg = tree.children_hashes(0, &[0]).unwrap();
         let msg = NodeHashes { nodes: msg.nodes.into_iter().filter(|(i, _)| i % 3 == 0).collect(), ..msg };
         let bytes = postcard::to_allocvec(&msg).unwrap();
-        assert_eq!(postcard::from_bytes::<NodeHashes>(&bytes).as_ref(), Ok(&msg), "scattered nodes round-trip");
+        assert_eq!(
+            postcard::from_bytes::<NodeHashes>(&bytes).as_ref(),
+            Ok(&msg),
+            "scattered nodes round-trip"
+        );
         let leaves = NodeHashes { level: 2, ..tree.children_hashes(1, &parents).unwrap() };
         let bytes = postcard::to_allocvec(&leaves).unwrap();
         assert_eq!(leaves.nodes.len(), 11 * 32);
@@ -1110,6 +1143,22 @@ mod tests {
         assert!(diff_keys(&[], &[]).unwrap().is_empty());
         assert_eq!(diff_keys(&[d("b", 1), d("a", 1)], &[]), Err(MerkleError::UnsortedDigests));
         assert_eq!(diff_keys(&[], &[d("a", 1), d("a", 2)]), Err(MerkleError::UnsortedDigests));
+    }
+
+    #[test]
+    fn diff_keys_sends_only_the_state_that_has_seen_more_events() {
+        let d = |k: &str, v, e| KeyDigest::new(Bytes::copy_from_slice(k.as_bytes()), v).with_events(e);
+        let mine = [d("a", 1, 5), d("b", 2, 2), d("c", 3, 4), d("z", 9, 9)];
+        let theirs = [d("a", 10, 3), d("b", 20, 7), d("c", 30, 4), d("z", 9, 1)];
+        let diff = diff_keys(&mine, &theirs).unwrap();
+        assert_eq!(diff.mine_newer, [Bytes::from_static(b"a")]);
+        assert_eq!(diff.theirs_newer, [Bytes::from_static(b"b")]);
+        assert_eq!(diff.differ, [Bytes::from_static(b"c")], "equal counts: both ways");
+        assert_eq!(diff.to_send().cloned().collect::<Vec<_>>(), [&b"c"[..], b"a"]);
+        assert_eq!(diff.to_fetch().cloned().collect::<Vec<_>>(), [&b"c"[..], b"b"]);
+        assert!(!diff.is_empty());
+        let same_version = diff_keys(&mine[3..], &theirs[3..]).unwrap();
+        assert!(same_version.is_empty(), "the hint never makes equal versions differ");
     }
 
     #[test]

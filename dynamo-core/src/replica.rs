@@ -644,7 +644,7 @@ impl Replica {
                 let Ok(i) = leaves.binary_search(&leaf) else { continue };
                 let Ok(state) = SiblingSet::decode(&raw) else { continue };
                 let version = stored_version(&raw, &state);
-                out[i].keys.push(KeyDigest::new(key, version));
+                out[i].keys.push(KeyDigest::new(key, version).with_events(state.context().events()));
             }
         })
         .await?;

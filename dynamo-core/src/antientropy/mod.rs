@@ -16,7 +16,11 @@
 //! one knows the differing leaves ([`crate::merkle`]); the initiator sends
 //! its key digests of those leaves, the peer answers with its states of
 //! the keys that differ or only it holds and names the keys it wants, and
-//! the initiator sends those. Both sides merge what they receive with the
+//! the initiator sends those, and its merged state of any key it holds
+//! more of than the peer sent. A digest carries how many events its
+//! state's causal context has seen: of two differing states, the one that
+//! has seen fewer cannot succeed the other, so the side holding it asks
+//! for the other's without sending its own. Both sides merge what they receive with the
 //! causal merge, so a repair never drops a concurrent sibling. A replica
 //! takes part in one exchange of a partition at a time ([`claims`]); an
 //! exchange refused for that is tried again later in the round. What
@@ -540,6 +544,13 @@ impl AntiEntropy {
             }
             wanted.push(key);
         }
+        // The peer sends without asking back a state it found newer (more
+        // events seen); if this node's merge kept something the peer's
+        // state lacks (a concurrent sibling), the merged state goes back.
+        let asked: std::collections::HashSet<&Bytes> = wanted.iter().collect();
+        let mut sent_back: Vec<Bytes> = peer_sent.keys().filter(|k| !asked.contains(k)).cloned().collect();
+        sent_back.sort_unstable();
+        wanted.extend(sent_back);
         let limit = self.config.aae_max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
         let states = self.load_states(partition, wanted, limit, &peer_sent).await?;
         if push_due {

@@ -24,8 +24,10 @@ use crate::store::StoreError;
 /// writes an identity and a deadline, replication a sibling bound, and
 /// timestamps microseconds. Version 3 added ring transitions to gossip,
 /// handoff reports to member entries, and ownership handoff. Version 4
-/// added Merkle-tree anti-entropy and tombstone purge.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// added Merkle-tree anti-entropy and tombstone purge. Version 5 sends
+/// tree hashes as index runs of fixed-width hashes and gives key digests
+/// an event count.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What one node asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
