@@ -543,7 +543,7 @@ impl MerkleTree {
 
     /// The opening message of an exchange: the root's hash (level 0).
     pub fn root_hashes(&self) -> NodeHashes {
-        NodeHashes { shape: self.shape, level: 0, nodes: vec![(0, self.root())] }
+        NodeHashes { shape: self.shape, level: 0, short: false, nodes: vec![(0, self.root())] }
     }
 
     /// The hashes of nodes `indices` of `level`.
@@ -556,7 +556,7 @@ impl MerkleTree {
         self.shape.check_indices(level, indices.iter().copied())?;
         let hashes = &self.levels[level as usize];
         let nodes = indices.iter().map(|&i| (i, hashes[i as usize])).collect();
-        Ok(NodeHashes { shape: self.shape, level, nodes })
+        Ok(NodeHashes { shape: self.shape, level, short: false, nodes })
     }
 
     /// The hashes of every child of nodes `parents` of `level`: nodes of
@@ -579,7 +579,7 @@ impl MerkleTree {
         let below = &self.levels[level as usize + 1];
         let nodes =
             parents.iter().flat_map(|&p| (p * b..(p + 1) * b).map(|c| (c, below[c as usize]))).collect();
-        Ok(NodeHashes { shape: self.shape, level: level + 1, nodes })
+        Ok(NodeHashes { shape: self.shape, level: level + 1, short: false, nodes })
     }
 
     /// The nodes of a peer's message whose hashes differ from the local
@@ -591,7 +591,8 @@ impl MerkleTree {
     pub fn differing(&self, theirs: &NodeHashes) -> Result<Vec<u32>, MerkleError> {
         self.shape.check_nodes(theirs)?;
         let mine = &self.levels[theirs.level as usize];
-        Ok(theirs.nodes.iter().filter(|&&(i, h)| mine[i as usize] != h).map(|&(i, _)| i).collect())
+        let width = |h: u64| if theirs.short { h & SHORT_MASK } else { h };
+        Ok(theirs.nodes.iter().filter(|&&(i, h)| width(mine[i as usize]) != h).map(|&(i, _)| i).collect())
     }
 
     /// One step of the exchange: compares a peer's node hashes with the
@@ -606,13 +607,23 @@ impl MerkleTree {
     /// As [`TreeShape::check_nodes`]: the message is refused if its shape,
     /// level or indices are wrong.
     pub fn respond(&self, theirs: &NodeHashes) -> Result<Step, MerkleError> {
+        self.respond_at(theirs, false)
+    }
+
+    /// [`respond`](Self::respond), the children's hashes sent
+    /// [`short`](NodeHashes::short) when `short`.
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond).
+    pub fn respond_at(&self, theirs: &NodeHashes, short: bool) -> Result<Step, MerkleError> {
         let differing = self.differing(theirs)?;
         Ok(if differing.is_empty() {
             Step::InSync
         } else if theirs.level == self.shape.depth {
             Step::Leaves(differing)
         } else {
-            Step::Descend(self.children_hashes(theirs.level, &differing)?)
+            let children = self.children_hashes(theirs.level, &differing)?;
+            Step::Descend(if short { children.shortened() } else { children })
         })
     }
 }
@@ -631,16 +642,42 @@ pub struct NodeHashes {
     pub shape: TreeShape,
     /// The level of the nodes: 0 is the root, `shape.depth()` the leaves.
     pub level: u32,
+    /// Whether each hash is only its low 32 bits (4 bytes on the wire):
+    /// the receiver compares as many bits of its own. Two differing
+    /// nodes then look equal with probability 2^-32, so an exchange that
+    /// descends from a differing root and finds nothing compares again
+    /// at full width.
+    pub short: bool,
     /// `(index on the level, hash)`, strictly increasing by index.
     pub nodes: Vec<(u32, u64)>,
 }
 
+/// The bits a [short](NodeHashes::short) hash keeps.
+const SHORT_MASK: u64 = 0xffff_ffff;
+
+impl NodeHashes {
+    /// These hashes cut to their low 32 bits ([`short`](Self::short)).
+    pub fn shortened(self) -> NodeHashes {
+        let nodes = self.nodes.into_iter().map(|(i, h)| (i, h & SHORT_MASK)).collect();
+        NodeHashes { short: true, nodes, ..self }
+    }
+
+    fn width(&self) -> usize {
+        if self.short {
+            4
+        } else {
+            8
+        }
+    }
+}
+
 /// [`NodeHashes`] as sent: `(first index, count)` runs and the hashes
-/// packed little-endian, 8 bytes each, in index order.
+/// packed little-endian, 8 bytes each (4 when short), in index order.
 #[derive(Serialize, Deserialize)]
 struct WireNodeHashes {
     shape: TreeShape,
     level: u32,
+    short: bool,
     runs: Vec<(u32, u32)>,
     hashes: Bytes,
 }
@@ -648,15 +685,22 @@ struct WireNodeHashes {
 impl From<NodeHashes> for WireNodeHashes {
     fn from(msg: NodeHashes) -> WireNodeHashes {
         let mut runs: Vec<(u32, u32)> = Vec::new();
-        let mut hashes = Vec::with_capacity(msg.nodes.len() * 8);
+        let width = msg.width();
+        let mut hashes = Vec::with_capacity(msg.nodes.len() * width);
         for &(index, hash) in &msg.nodes {
             match runs.last_mut() {
                 Some((first, count)) if first.checked_add(*count) == Some(index) => *count += 1,
                 _ => runs.push((index, 1)),
             }
-            hashes.extend_from_slice(&hash.to_le_bytes());
+            hashes.extend_from_slice(&hash.to_le_bytes()[..width]);
         }
-        WireNodeHashes { shape: msg.shape, level: msg.level, runs, hashes: Bytes::from(hashes) }
+        WireNodeHashes {
+            shape: msg.shape,
+            level: msg.level,
+            short: msg.short,
+            runs,
+            hashes: Bytes::from(hashes),
+        }
     }
 }
 
@@ -667,22 +711,23 @@ impl TryFrom<WireNodeHashes> for NodeHashes {
     /// nothing is allocated for nodes the message does not carry.
     fn try_from(wire: WireNodeHashes) -> Result<NodeHashes, MerkleError> {
         let bad = MerkleError::MalformedHashes { runs: wire.runs.len(), bytes: wire.hashes.len() };
+        let width = if wire.short { 4 } else { 8 };
         let total = wire.runs.iter().try_fold(0usize, |acc, &(_, count)| acc.checked_add(count as usize));
-        if wire.hashes.len() % 8 != 0 || total != Some(wire.hashes.len() / 8) {
+        if wire.hashes.len() % width != 0 || total != Some(wire.hashes.len() / width) {
             return Err(bad);
         }
-        let mut nodes = Vec::with_capacity(wire.hashes.len() / 8);
-        let mut chunks = wire.hashes.chunks_exact(8);
+        let mut nodes = Vec::with_capacity(wire.hashes.len() / width);
+        let mut chunks = wire.hashes.chunks_exact(width);
         for &(first, count) in &wire.runs {
             for offset in 0..count {
                 let index = first.checked_add(offset).ok_or_else(|| bad.clone())?;
                 let chunk = chunks.next().ok_or_else(|| bad.clone())?;
                 let mut raw = [0u8; 8];
-                raw.copy_from_slice(chunk);
+                raw[..width].copy_from_slice(chunk);
                 nodes.push((index, u64::from_le_bytes(raw)));
             }
         }
-        Ok(NodeHashes { shape: wire.shape, level: wire.level, nodes })
+        Ok(NodeHashes { shape: wire.shape, level: wire.level, short: wire.short, nodes })
     }
 }
 
@@ -849,13 +894,18 @@ struct Exchange {
 
 /// Runs the exchange between `a` (who opens) and `b` in memory.
 fn exchange(a: &MerkleTree, b: &MerkleTree) -> Result<Exchange, MerkleError> {
+    exchange_at(a, b, false)
+}
+
+/// [`exchange`], the hashes below the root sent short when `short`.
+fn exchange_at(a: &MerkleTree, b: &MerkleTree, short: bool) -> Result<Exchange, MerkleError> {
     let mut msg = a.root_hashes();
     let mut out = Exchange::default();
     let mut receiver = b;
     loop {
         out.hashes += msg.nodes.len();
         out.messages += 1;
-        match receiver.respond(&msg)? {
+        match receiver.respond_at(&msg, short)? {
             Step::InSync => return Ok(out),
             Step::Leaves(leaves) => {
                 out.leaves = leaves;
@@ -982,11 +1032,53 @@ mod tests {
     }
 
     #[test]
+    fn short_hashes_find_the_same_leaves_in_half_the_bytes() {
+        let s = TreeShape::DEFAULT;
+        let a = MerkleTree::from_entries(s, (0..20_000).map(|i| (key(i), i)));
+        let b =
+            MerkleTree::from_entries(s, (0..20_000).map(|i| (key(i), if i % 97 == 0 { i + 1 } else { i })));
+        let full = exchange_at(&a, &b, false).unwrap();
+        let short = exchange_at(&a, &b, true).unwrap();
+        assert_eq!(short.leaves, full.leaves);
+        assert!(!short.leaves.is_empty());
+        let children = a.children_hashes(0, &[0]).unwrap();
+        let full_bytes = postcard::to_allocvec(&children).unwrap().len();
+        let short_msg = children.shortened();
+        let short_bytes = postcard::to_allocvec(&short_msg).unwrap().len();
+        assert!(short_bytes * 2 <= full_bytes + 16, "{short_bytes} vs {full_bytes}");
+        assert_eq!(
+            postcard::from_bytes::<NodeHashes>(&postcard::to_allocvec(&short_msg).unwrap()),
+            Ok(short_msg)
+        );
+    }
+
+    /// Two versions of one key whose entry hashes agree in their low 32
+    /// bits: compared short, nothing below the differing root differs;
+    /// compared at full width (what the exchange falls back to), the leaf
+    /// is found.
+    #[test]
+    fn short_hashes_can_hide_a_leaf_that_full_ones_find() {
+        let k = key(1);
+        let mut seen = std::collections::HashMap::new();
+        let (v1, v2) = (0u64..)
+            .find_map(|v| seen.insert(entry_hash(&k, v) & SHORT_MASK, v).map(|old| (old, v)))
+            .unwrap();
+        let s = TreeShape::DEFAULT;
+        let a = MerkleTree::from_entries(s, [(k.clone(), v1)]);
+        let b = MerkleTree::from_entries(s, [(k.clone(), v2)]);
+        assert_ne!(a.root(), b.root());
+        let short = exchange_at(&a, &b, true).unwrap();
+        assert!(short.leaves.is_empty() && short.messages > 1, "descended from the root, found nothing");
+        assert_eq!(exchange_at(&a, &b, false).unwrap().leaves, [s.leaf_of(&k)]);
+    }
+
+    #[test]
     fn node_hashes_whose_runs_miscount_their_hashes_are_refused() {
         let wire = |runs: Vec<(u32, u32)>, hashes: usize| {
             let msg = WireNodeHashes {
                 shape: TreeShape::DEFAULT,
                 level: 1,
+                short: false,
                 runs,
                 hashes: Bytes::from(vec![7u8; hashes]),
             };
@@ -1051,7 +1143,7 @@ mod tests {
     fn malformed_node_messages_are_refused() {
         let t = MerkleTree::new(TreeShape::DEFAULT);
         let ours = TreeShape::DEFAULT;
-        let msg = |shape, level, nodes: Vec<(u32, u64)>| NodeHashes { shape, level, nodes };
+        let msg = |shape, level, nodes: Vec<(u32, u64)>| NodeHashes { shape, level, short: false, nodes };
         let theirs = shape(4, 5);
         assert_eq!(
             t.respond(&msg(theirs, 0, vec![(0, 1)])),

@@ -295,7 +295,12 @@ async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
     let bad_state = Bytes::from_static(b"\x03not a state");
     let cases: Vec<(Request, &str)> = vec![
         (
-            Request::AaeTree { from: outsider, partition, hashes: MerkleTree::new(shape).root_hashes() },
+            Request::AaeTree {
+                from: outsider,
+                partition,
+                hashes: MerkleTree::new(shape).root_hashes(),
+                short: true,
+            },
             "does not replicate",
         ),
         (
@@ -303,6 +308,7 @@ async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
                 from: insider,
                 partition,
                 hashes: MerkleTree::new(TreeShape::new(4, 2).unwrap()).root_hashes(),
+                short: true,
             },
             "shape",
         ),
@@ -311,6 +317,7 @@ async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
                 from: insider,
                 partition: 1 << 20,
                 hashes: MerkleTree::new(shape).root_hashes(),
+                short: false,
             },
             "does not exist",
         ),

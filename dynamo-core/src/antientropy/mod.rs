@@ -299,7 +299,13 @@ impl AntiEntropy {
     /// # Errors
     /// [`Error::NotReplica`], [`Error::NotReady`] while the tree is not
     /// built, [`Error::Protocol`] for hashes of another shape or out of range.
-    pub(crate) fn serve_tree(&self, from: NodeId, partition: u32, hashes: &NodeHashes) -> Result<Response> {
+    pub(crate) fn serve_tree(
+        &self,
+        from: NodeId,
+        partition: u32,
+        hashes: &NodeHashes,
+        short: bool,
+    ) -> Result<Response> {
         self.check_peer(from, partition)?;
         let held = if hashes.level == 0 {
             self.claims.claim(partition, from, Role::Responder)
@@ -309,7 +315,7 @@ impl AntiEntropy {
         if !held {
             return Err(busy(partition));
         }
-        let step = self.replica.trees().respond(partition, hashes);
+        let step = self.replica.trees().respond(partition, hashes, short);
         if !matches!(step, Some(Ok(Step::Descend(_) | Step::Leaves(_)))) {
             self.claims.release(partition, from, Role::Responder);
         }
@@ -464,8 +470,32 @@ impl AntiEntropy {
         result.map(|()| tally)
     }
 
-    /// The steps of [`exchange`](Self::exchange): trees, key digests, push.
+    /// The steps of [`exchange`](Self::exchange): trees (with short hashes
+    /// below the root, then at full width if those found nothing under a
+    /// differing root), key digests, push.
     async fn compare(&self, ring: &Ring, partition: u32, peer: NodeId, tally: &mut Tally) -> Result<()> {
+        let Some(leaves) = self.differing_leaves(partition, peer, true, tally).await? else { return Ok(()) };
+        let leaves = match leaves {
+            Some(leaves) => leaves,
+            None => match self.differing_leaves(partition, peer, false, tally).await? {
+                Some(Some(leaves)) => leaves,
+                _ => return Ok(()),
+            },
+        };
+        self.repair_leaves(ring, partition, peer, leaves, tally).await
+    }
+
+    /// Descends `partition`'s tree and the peer's to the leaves that
+    /// differ: `None` if the roots match, `Some(None)` if they differ yet
+    /// no leaf was found to (hashes compared short may hide one, or the
+    /// trees changed meanwhile), else the leaves, strictly increasing.
+    async fn differing_leaves(
+        &self,
+        partition: u32,
+        peer: NodeId,
+        short: bool,
+        tally: &mut Tally,
+    ) -> Result<Option<Option<Vec<u32>>>> {
         let trees = self.replica.trees();
         let not_ready =
             || Error::NotReady(format!("the Merkle tree of partition {partition} is not built yet"));
@@ -474,8 +504,8 @@ impl AntiEntropy {
         let mut leaves = None;
         // Each round trip descends two levels; a bound stops a peer that
         // never says "leaves".
-        for _ in 0..=shape.depth() {
-            let request = Request::AaeTree { from: self.id, partition, hashes: msg };
+        for step_no in 0..=shape.depth() {
+            let request = Request::AaeTree { from: self.id, partition, hashes: msg, short };
             let step = match self.call(peer, request, tally).await? {
                 Response::AaeStep(step) => step,
                 other => return Err(unexpected("a Merkle tree exchange", &other)),
@@ -484,15 +514,16 @@ impl AntiEntropy {
             // found nothing differing.
             tally.peer_claimed = !matches!(step, Step::InSync);
             let theirs = match step {
-                Step::InSync => return Ok(()),
+                Step::InSync if step_no == 0 => return Ok(None),
+                Step::InSync => return Ok(Some(None)),
                 Step::Leaves(l) => {
                     leaves = Some(l);
                     break;
                 }
                 Step::Descend(theirs) => theirs,
             };
-            match trees.respond(partition, &theirs).ok_or_else(not_ready)? {
-                Ok(Step::InSync) => return Ok(()),
+            match trees.respond(partition, &theirs, short).ok_or_else(not_ready)? {
+                Ok(Step::InSync) => return Ok(Some(None)),
                 Ok(Step::Leaves(l)) => {
                     leaves = Some(l);
                     break;
@@ -510,6 +541,20 @@ impl AntiEntropy {
             return Err(Error::Protocol(format!("peer {peer} named bad leaves of partition {partition}")));
         }
         leaves.truncate(MAX_LEAVES);
+        Ok(Some(Some(leaves)))
+    }
+
+    /// Exchanges the key digests of `leaves` with the peer, merges the
+    /// states it sends and pushes it the ones it lacks.
+    async fn repair_leaves(
+        &self,
+        ring: &Ring,
+        partition: u32,
+        peer: NodeId,
+        leaves: Vec<u32>,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let shape = self.replica.trees().shape();
         let mine = self.replica.leaf_digests(partition, &leaves).await?;
         let request = Request::AaeKeys {
             from: self.id,

@@ -197,14 +197,20 @@ impl Trees {
         self.state().partitions.get(&partition).and_then(|p| p.tree.as_ref()).map(MerkleTree::root_hashes)
     }
 
-    /// Compares a peer's hashes with `partition`'s tree ([`MerkleTree::respond`]);
+    /// Compares a peer's hashes with `partition`'s tree
+    /// ([`MerkleTree::respond_at`], children sent short when `short`);
     /// `None` if the tree is not built.
     pub(crate) fn respond(
         &self,
         partition: u32,
         theirs: &NodeHashes,
+        short: bool,
     ) -> Option<Result<Step, crate::merkle::MerkleError>> {
-        self.state().partitions.get(&partition).and_then(|p| p.tree.as_ref()).map(|t| t.respond(theirs))
+        self.state()
+            .partitions
+            .get(&partition)
+            .and_then(|p| p.tree.as_ref())
+            .map(|t| t.respond_at(theirs, short))
     }
 
     /// The root hash of `partition`'s tree, if built.

@@ -129,6 +129,8 @@ pub enum Request {
         partition: u32,
         /// The sender's hashes, with its tree's shape.
         hashes: NodeHashes,
+        /// Whether to answer with [short](NodeHashes::short) hashes.
+        short: bool,
     },
     /// Anti-entropy: the sender's key digests of the leaves found to
     /// differ. Answered with [`Response::AaeKeys`].
