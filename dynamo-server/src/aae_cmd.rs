@@ -139,10 +139,11 @@ pub fn status_text(url: &str, status: &Value, now_unix_ms: u64) -> String {
 /// `run` for a person, from `POST /admin/aae/run`'s answer.
 pub fn run_text(report: &Value) -> String {
     format!(
-        "node {}: {} exchanges ({} failed), {} keys repaired, {} exchanged; {} tombstones purged\n",
+        "node {}: {} exchanges ({} failed, {} busy), {} keys repaired, {} exchanged; {} tombstones purged\n",
         num(&report["node"]),
         num(&report["exchanges"]),
         num(&report["failed"]),
+        num(&report["busy"]),
         num(&report["keys_repaired"]),
         bytes_text(num(&report["bytes"])),
         num(&report["purged"])
@@ -187,10 +188,10 @@ mod tests {
         let text = status_text("u", &idle, 0);
         assert!(text.contains("anti-entropy off") && text.contains("last exchanges: none yet"), "{text}");
         assert!(text.contains("no foreground requests in the window"), "{text}");
-        let report = json!({ "node": 2, "exchanges": 86, "failed": 0, "keys_repaired": 4, "bytes": 4096, "purged": 1 });
+        let report = json!({ "node": 2, "exchanges": 86, "failed": 0, "busy": 3, "keys_repaired": 4, "bytes": 4096, "purged": 1 });
         assert_eq!(
             run_text(&report),
-            "node 2: 86 exchanges (0 failed), 4 keys repaired, 4.0 KiB exchanged; 1 tombstones purged\n"
+            "node 2: 86 exchanges (0 failed, 3 busy), 4 keys repaired, 4.0 KiB exchanged; 1 tombstones purged\n"
         );
     }
 }

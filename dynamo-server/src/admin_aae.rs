@@ -135,8 +135,9 @@ mod tests {
         assert_eq!(json["admission"]["breached"], false);
         let idle = AdmissionStats { p99: None, ..admission };
         assert!(admission_json(&idle)["p99_ms"].is_null());
-        let report = AaeReport { exchanges: 2, failed: 0, busy: 0, keys_repaired: 5, bytes: 64, purged: 1 };
+        let report = AaeReport { exchanges: 2, failed: 0, busy: 4, keys_repaired: 5, bytes: 64, purged: 1 };
         let json = report_json(NodeId(1), &report);
+        assert_eq!(json["busy"], 4);
         assert_eq!((json["node"].as_u64(), json["keys_repaired"].as_u64()), (Some(1), Some(5)));
         assert_eq!(json["purged"], 1);
     }

@@ -20,10 +20,13 @@
 //! more of than the peer sent. A digest carries how many events its
 //! state's causal context has seen: of two differing states, the one that
 //! has seen fewer cannot succeed the other, so the side holding it asks
-//! for the other's without sending its own. Both sides merge what they receive with the
-//! causal merge, so a repair never drops a concurrent sibling. A replica
-//! takes part in one exchange of a partition at a time ([`claims`]); an
-//! exchange refused for that is tried again later in the round. What
+//! for the other's without sending its own. Both sides merge what they
+//! receive with the causal merge, so a repair never drops a concurrent
+//! sibling. Hashes below the root travel as their low 32 bits; an
+//! exchange whose roots differ but whose short hashes find no differing
+//! leaf descends again at full width. A replica takes part in one
+//! exchange of a partition at a time ([`claims`]); an exchange refused
+//! for that is tried again later in the round. What
 //! crosses the wire grows with what differs, not with what is stored; the
 //! states shipped per exchange are bounded by `aae_max_bytes` each way,
 //! and what is left is repaired by the next round.
