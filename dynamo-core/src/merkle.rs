@@ -543,7 +543,7 @@ impl MerkleTree {
 
     /// The opening message of an exchange: the root's hash (level 0).
     pub fn root_hashes(&self) -> NodeHashes {
-        NodeHashes { shape: self.shape, level: 0, short: false, nodes: vec![(0, self.root())] }
+        NodeHashes { shape: self.shape, level: 0, salt: None, nodes: vec![(0, self.root())] }
     }
 
     /// The hashes of nodes `indices` of `level`.
@@ -556,7 +556,7 @@ impl MerkleTree {
         self.shape.check_indices(level, indices.iter().copied())?;
         let hashes = &self.levels[level as usize];
         let nodes = indices.iter().map(|&i| (i, hashes[i as usize])).collect();
-        Ok(NodeHashes { shape: self.shape, level, short: false, nodes })
+        Ok(NodeHashes { shape: self.shape, level, salt: None, nodes })
     }
 
     /// The hashes of every child of nodes `parents` of `level`: nodes of
@@ -579,7 +579,7 @@ impl MerkleTree {
         let below = &self.levels[level as usize + 1];
         let nodes =
             parents.iter().flat_map(|&p| (p * b..(p + 1) * b).map(|c| (c, below[c as usize]))).collect();
-        Ok(NodeHashes { shape: self.shape, level: level + 1, short: false, nodes })
+        Ok(NodeHashes { shape: self.shape, level: level + 1, salt: None, nodes })
     }
 
     /// The nodes of a peer's message whose hashes differ from the local
@@ -591,8 +591,13 @@ impl MerkleTree {
     pub fn differing(&self, theirs: &NodeHashes) -> Result<Vec<u32>, MerkleError> {
         self.shape.check_nodes(theirs)?;
         let mine = &self.levels[theirs.level as usize];
-        let width = |h: u64| if theirs.short { h & SHORT_MASK } else { h };
-        Ok(theirs.nodes.iter().filter(|&&(i, h)| width(mine[i as usize]) != h).map(|&(i, _)| i).collect())
+        let mine_as_sent = |h: u64| theirs.salt.map_or(h, |salt| project(h, salt, theirs.bits()));
+        Ok(theirs
+            .nodes
+            .iter()
+            .filter(|&&(i, h)| mine_as_sent(mine[i as usize]) != h)
+            .map(|&(i, _)| i)
+            .collect())
     }
 
     /// One step of the exchange: compares a peer's node hashes with the
@@ -607,15 +612,15 @@ impl MerkleTree {
     /// As [`TreeShape::check_nodes`]: the message is refused if its shape,
     /// level or indices are wrong.
     pub fn respond(&self, theirs: &NodeHashes) -> Result<Step, MerkleError> {
-        self.respond_at(theirs, false)
+        self.respond_at(theirs, None)
     }
 
     /// [`respond`](Self::respond), the children's hashes sent
-    /// [`short`](NodeHashes::short) when `short`.
+    /// [projected](NodeHashes::projected) under `salt` when given.
     ///
     /// # Errors
     /// As [`respond`](Self::respond).
-    pub fn respond_at(&self, theirs: &NodeHashes, short: bool) -> Result<Step, MerkleError> {
+    pub fn respond_at(&self, theirs: &NodeHashes, salt: Option<u64>) -> Result<Step, MerkleError> {
         let differing = self.differing(theirs)?;
         Ok(if differing.is_empty() {
             Step::InSync
@@ -623,7 +628,10 @@ impl MerkleTree {
             Step::Leaves(differing)
         } else {
             let children = self.children_hashes(theirs.level, &differing)?;
-            Step::Descend(if short { children.shortened() } else { children })
+            Step::Descend(match salt {
+                Some(salt) => children.projected(salt),
+                None => children,
+            })
         })
     }
 }
@@ -642,42 +650,62 @@ pub struct NodeHashes {
     pub shape: TreeShape,
     /// The level of the nodes: 0 is the root, `shape.depth()` the leaves.
     pub level: u32,
-    /// Whether each hash is only its low 32 bits (4 bytes on the wire):
-    /// the receiver compares as many bits of its own. Two differing
-    /// nodes then look equal with probability 2^-32, so an exchange that
-    /// descends from a differing root and finds nothing compares again
-    /// at full width.
-    pub short: bool,
+    /// `None`: full 64-bit hashes. `Some(salt)`: each hash is its
+    /// projection under `salt` ([`projected`](Self::projected)), 32 bits
+    /// on inner levels and 16 on the leaves' level, and the receiver
+    /// projects its own hashes likewise to compare. Two differing nodes
+    /// then look equal with probability 2^-32 (2^-16 for leaves), afresh
+    /// for every salt, so an exchange with a new salt, or at full width,
+    /// finds what one missed.
+    pub salt: Option<u64>,
     /// `(index on the level, hash)`, strictly increasing by index.
     pub nodes: Vec<(u32, u64)>,
 }
 
-/// The bits a [short](NodeHashes::short) hash keeps.
-const SHORT_MASK: u64 = 0xffff_ffff;
+/// A hash's projection under `salt` to its top `bits` bits: the
+/// splitmix64 finalizer (a bijection) of `hash ^ salt`, so two differing
+/// hashes project equal with probability 2^-bits for a salt drawn
+/// independently of them.
+fn project(hash: u64, salt: u64, bits: u32) -> u64 {
+    let mut z = hash ^ salt;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    z >> (64 - bits)
+}
 
 impl NodeHashes {
-    /// These hashes cut to their low 32 bits ([`short`](Self::short)).
-    pub fn shortened(self) -> NodeHashes {
-        let nodes = self.nodes.into_iter().map(|(i, h)| (i, h & SHORT_MASK)).collect();
-        NodeHashes { short: true, nodes, ..self }
+    /// These hashes as their projections under `salt` ([`salt`](Self::salt)):
+    /// 32 bits each on inner levels, 16 on the leaves' level.
+    pub fn projected(self, salt: u64) -> NodeHashes {
+        let msg = NodeHashes { salt: Some(salt), ..self };
+        let bits = msg.bits();
+        let nodes = msg.nodes.iter().map(|&(i, h)| (i, project(h, salt, bits))).collect();
+        NodeHashes { nodes, ..msg }
     }
 
-    fn width(&self) -> usize {
-        if self.short {
-            4
-        } else {
-            8
+    /// How many bits each hash of this message keeps.
+    fn bits(&self) -> u32 {
+        match self.salt {
+            None => 64,
+            Some(_) if self.level >= self.shape.depth => 16,
+            Some(_) => 32,
         }
+    }
+
+    /// Bytes a hash of this message takes on the wire.
+    fn width(&self) -> usize {
+        self.bits() as usize / 8
     }
 }
 
 /// [`NodeHashes`] as sent: `(first index, count)` runs and the hashes
-/// packed little-endian, 8 bytes each (4 when short), in index order.
+/// packed little-endian, 8, 4 or 2 bytes each, in index order.
 #[derive(Serialize, Deserialize)]
 struct WireNodeHashes {
     shape: TreeShape,
     level: u32,
-    short: bool,
+    salt: Option<u64>,
     runs: Vec<(u32, u32)>,
     hashes: Bytes,
 }
@@ -697,7 +725,7 @@ impl From<NodeHashes> for WireNodeHashes {
         WireNodeHashes {
             shape: msg.shape,
             level: msg.level,
-            short: msg.short,
+            salt: msg.salt,
             runs,
             hashes: Bytes::from(hashes),
         }
@@ -711,9 +739,10 @@ impl TryFrom<WireNodeHashes> for NodeHashes {
     /// nothing is allocated for nodes the message does not carry.
     fn try_from(wire: WireNodeHashes) -> Result<NodeHashes, MerkleError> {
         let bad = MerkleError::MalformedHashes { runs: wire.runs.len(), bytes: wire.hashes.len() };
-        let width = if wire.short { 4 } else { 8 };
+        let width =
+            NodeHashes { shape: wire.shape, level: wire.level, salt: wire.salt, nodes: Vec::new() }.width();
         let total = wire.runs.iter().try_fold(0usize, |acc, &(_, count)| acc.checked_add(count as usize));
-        if wire.hashes.len() % width != 0 || total != Some(wire.hashes.len() / width) {
+        if !wire.hashes.len().is_multiple_of(width) || total != Some(wire.hashes.len() / width) {
             return Err(bad);
         }
         let mut nodes = Vec::with_capacity(wire.hashes.len() / width);
@@ -727,7 +756,7 @@ impl TryFrom<WireNodeHashes> for NodeHashes {
                 nodes.push((index, u64::from_le_bytes(raw)));
             }
         }
-        Ok(NodeHashes { shape: wire.shape, level: wire.level, short: wire.short, nodes })
+        Ok(NodeHashes { shape: wire.shape, level: wire.level, salt: wire.salt, nodes })
     }
 }
 
@@ -894,18 +923,18 @@ struct Exchange {
 
 /// Runs the exchange between `a` (who opens) and `b` in memory.
 fn exchange(a: &MerkleTree, b: &MerkleTree) -> Result<Exchange, MerkleError> {
-    exchange_at(a, b, false)
+    exchange_at(a, b, None)
 }
 
-/// [`exchange`], the hashes below the root sent short when `short`.
-fn exchange_at(a: &MerkleTree, b: &MerkleTree, short: bool) -> Result<Exchange, MerkleError> {
+/// [`exchange`], the hashes below the root projected under `salt` when given.
+fn exchange_at(a: &MerkleTree, b: &MerkleTree, salt: Option<u64>) -> Result<Exchange, MerkleError> {
     let mut msg = a.root_hashes();
     let mut out = Exchange::default();
     let mut receiver = b;
     loop {
         out.hashes += msg.nodes.len();
         out.messages += 1;
-        match receiver.respond_at(&msg, short)? {
+        match receiver.respond_at(&msg, salt)? {
             Step::InSync => return Ok(out),
             Step::Leaves(leaves) => {
                 out.leaves = leaves;
@@ -1032,44 +1061,48 @@ mod tests {
     }
 
     #[test]
-    fn short_hashes_find_the_same_leaves_in_half_the_bytes() {
+    fn projected_hashes_find_the_same_leaves_in_a_third_of_the_bytes() {
         let s = TreeShape::DEFAULT;
         let a = MerkleTree::from_entries(s, (0..20_000).map(|i| (key(i), i)));
         let b =
             MerkleTree::from_entries(s, (0..20_000).map(|i| (key(i), if i % 97 == 0 { i + 1 } else { i })));
-        let full = exchange_at(&a, &b, false).unwrap();
-        let short = exchange_at(&a, &b, true).unwrap();
-        assert_eq!(short.leaves, full.leaves);
-        assert!(!short.leaves.is_empty());
-        let children = a.children_hashes(0, &[0]).unwrap();
-        let full_bytes = postcard::to_allocvec(&children).unwrap().len();
-        let short_msg = children.shortened();
-        let short_bytes = postcard::to_allocvec(&short_msg).unwrap().len();
-        assert!(short_bytes * 2 <= full_bytes + 16, "{short_bytes} vs {full_bytes}");
-        assert_eq!(
-            postcard::from_bytes::<NodeHashes>(&postcard::to_allocvec(&short_msg).unwrap()),
-            Ok(short_msg)
-        );
+        let full = exchange_at(&a, &b, None).unwrap();
+        assert!(!full.leaves.is_empty());
+        let found =
+            (1..=20u64).filter(|&salt| exchange_at(&a, &b, Some(salt)).unwrap().leaves == full.leaves);
+        assert!(found.count() >= 18, "a leaf hides from a 16-bit projection with probability 2^-16");
+        let leaves = a.children_hashes(1, &[0, 1, 2]).unwrap();
+        let full_bytes = postcard::to_allocvec(&leaves).unwrap().len();
+        let projected = leaves.projected(7);
+        let bytes = postcard::to_allocvec(&projected).unwrap();
+        assert!(bytes.len() * 3 <= full_bytes + 64, "{} vs {full_bytes}", bytes.len());
+        assert_eq!(postcard::from_bytes::<NodeHashes>(&bytes), Ok(projected));
+        let inner = a.children_hashes(0, &[0]).unwrap().projected(7);
+        assert_eq!(postcard::from_bytes::<NodeHashes>(&postcard::to_allocvec(&inner).unwrap()), Ok(inner));
     }
 
-    /// Two versions of one key whose entry hashes agree in their low 32
-    /// bits: compared short, nothing below the differing root differs;
-    /// compared at full width (what the exchange falls back to), the leaf
-    /// is found.
+    /// Two versions of one key whose entry hashes project equal under one
+    /// salt: that exchange descends from the differing root and finds
+    /// nothing; another salt, or full width (what the exchange falls back
+    /// to), finds the leaf.
     #[test]
-    fn short_hashes_can_hide_a_leaf_that_full_ones_find() {
+    fn a_projection_can_hide_a_leaf_that_another_salt_finds() {
         let k = key(1);
-        let mut seen = std::collections::HashMap::new();
-        let (v1, v2) = (0u64..)
-            .find_map(|v| seen.insert(entry_hash(&k, v) & SHORT_MASK, v).map(|old| (old, v)))
-            .unwrap();
         let s = TreeShape::DEFAULT;
+        let salt = 99;
+        let leaf = s.leaf_of(&k);
+        // Equal projections on the leaves' level (the key is alone in its
+        // leaf, so the leaf's hash is its entry hash).
+        let as_sent = |v: u64| project(entry_hash(&k, v), salt, 16);
+        let mut seen = std::collections::HashMap::new();
+        let (v1, v2) = (0u64..).find_map(|v| seen.insert(as_sent(v), v).map(|old| (old, v))).unwrap();
         let a = MerkleTree::from_entries(s, [(k.clone(), v1)]);
         let b = MerkleTree::from_entries(s, [(k.clone(), v2)]);
         assert_ne!(a.root(), b.root());
-        let short = exchange_at(&a, &b, true).unwrap();
-        assert!(short.leaves.is_empty() && short.messages > 1, "descended from the root, found nothing");
-        assert_eq!(exchange_at(&a, &b, false).unwrap().leaves, [s.leaf_of(&k)]);
+        let hidden = exchange_at(&a, &b, Some(salt)).unwrap();
+        assert!(hidden.leaves.is_empty() && hidden.messages > 1, "descended from the root, found nothing");
+        assert_eq!(exchange_at(&a, &b, Some(salt + 1)).unwrap().leaves, [leaf]);
+        assert_eq!(exchange_at(&a, &b, None).unwrap().leaves, [leaf]);
     }
 
     #[test]
@@ -1078,7 +1111,7 @@ mod tests {
             let msg = WireNodeHashes {
                 shape: TreeShape::DEFAULT,
                 level: 1,
-                short: false,
+                salt: None,
                 runs,
                 hashes: Bytes::from(vec![7u8; hashes]),
             };
@@ -1143,7 +1176,7 @@ mod tests {
     fn malformed_node_messages_are_refused() {
         let t = MerkleTree::new(TreeShape::DEFAULT);
         let ours = TreeShape::DEFAULT;
-        let msg = |shape, level, nodes: Vec<(u32, u64)>| NodeHashes { shape, level, short: false, nodes };
+        let msg = |shape, level, nodes: Vec<(u32, u64)>| NodeHashes { shape, level, salt: None, nodes };
         let theirs = shape(4, 5);
         assert_eq!(
             t.respond(&msg(theirs, 0, vec![(0, 1)])),

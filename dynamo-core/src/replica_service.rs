@@ -101,8 +101,8 @@ impl ReplicaService {
                     "this node has a fixed member list: it hands nothing off".into(),
                 )),
             },
-            Request::AaeTree { from, partition, hashes, short } => {
-                self.aae.serve_tree(from, partition, &hashes, short)
+            Request::AaeTree { from, partition, hashes, salt } => {
+                self.aae.serve_tree(from, partition, &hashes, salt)
             }
             Request::AaeKeys { from, partition, digests, max_bytes } => {
                 self.aae.serve_keys(from, partition, &digests, max_bytes).await

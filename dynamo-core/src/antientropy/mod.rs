@@ -22,9 +22,10 @@
 //! has seen fewer cannot succeed the other, so the side holding it asks
 //! for the other's without sending its own. Both sides merge what they
 //! receive with the causal merge, so a repair never drops a concurrent
-//! sibling. Hashes below the root travel as their low 32 bits; an
-//! exchange whose roots differ but whose short hashes find no differing
-//! leaf descends again at full width. A replica takes part in one
+//! sibling. Hashes below the root travel as salted projections (32 bits,
+//! 16 for leaves; a fresh salt each exchange, so a collision does not
+//! repeat); an exchange whose roots differ but whose projections find no
+//! differing leaf descends again at full width. A replica takes part in one
 //! exchange of a partition at a time ([`claims`]); an exchange refused
 //! for that is tried again later in the round. What
 //! crosses the wire grows with what differs, not with what is stored; the
@@ -48,6 +49,7 @@ mod claims;
 pub(crate) mod trees;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -193,6 +195,8 @@ pub(crate) struct AntiEntropy {
     progress: Mutex<Progress>,
     /// The partitions in an exchange on this node, one exchange each.
     claims: Claims,
+    /// Exchanges opened, for their salts.
+    salts: AtomicU64,
 }
 
 /// Whether `partition`'s data is where `ring` places it (no move under way).
@@ -231,6 +235,7 @@ impl AntiEntropy {
             metrics,
             background,
             claims,
+            salts: AtomicU64::new(0),
             clock,
             progress: Mutex::default(),
         }
@@ -307,7 +312,7 @@ impl AntiEntropy {
         from: NodeId,
         partition: u32,
         hashes: &NodeHashes,
-        short: bool,
+        salt: Option<u64>,
     ) -> Result<Response> {
         self.check_peer(from, partition)?;
         let held = if hashes.level == 0 {
@@ -318,7 +323,7 @@ impl AntiEntropy {
         if !held {
             return Err(busy(partition));
         }
-        let step = self.replica.trees().respond(partition, hashes, short);
+        let step = self.replica.trees().respond(partition, hashes, salt);
         if !matches!(step, Some(Ok(Step::Descend(_) | Step::Leaves(_)))) {
             self.claims.release(partition, from, Role::Responder);
         }
@@ -458,6 +463,17 @@ impl AntiEntropy {
         Ok(out)
     }
 
+    /// A salt for one exchange of `partition`: different for every
+    /// exchange this node opens, yet reproducible in a seeded simulation.
+    fn next_salt(&self, partition: u32) -> u64 {
+        let n = self.salts.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 20];
+        buf[..8].copy_from_slice(&self.id.0.to_le_bytes());
+        buf[8..12].copy_from_slice(&partition.to_le_bytes());
+        buf[12..].copy_from_slice(&n.to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&buf)
+    }
+
     /// Compares `partition` with `peer` and repairs both sides.
     async fn exchange(&self, ring: &Ring, partition: u32, peer: NodeId) -> Result<Tally> {
         let mut tally = Tally::default();
@@ -473,14 +489,15 @@ impl AntiEntropy {
         result.map(|()| tally)
     }
 
-    /// The steps of [`exchange`](Self::exchange): trees (with short hashes
-    /// below the root, then at full width if those found nothing under a
-    /// differing root), key digests, push.
+    /// The steps of [`exchange`](Self::exchange): trees (hashes below the
+    /// root projected under a fresh salt, then at full width if those
+    /// found nothing under a differing root), key digests, push.
     async fn compare(&self, ring: &Ring, partition: u32, peer: NodeId, tally: &mut Tally) -> Result<()> {
-        let Some(leaves) = self.differing_leaves(partition, peer, true, tally).await? else { return Ok(()) };
+        let salt = Some(self.next_salt(partition));
+        let Some(leaves) = self.differing_leaves(partition, peer, salt, tally).await? else { return Ok(()) };
         let leaves = match leaves {
             Some(leaves) => leaves,
-            None => match self.differing_leaves(partition, peer, false, tally).await? {
+            None => match self.differing_leaves(partition, peer, None, tally).await? {
                 Some(Some(leaves)) => leaves,
                 _ => return Ok(()),
             },
@@ -496,7 +513,7 @@ impl AntiEntropy {
         &self,
         partition: u32,
         peer: NodeId,
-        short: bool,
+        salt: Option<u64>,
         tally: &mut Tally,
     ) -> Result<Option<Option<Vec<u32>>>> {
         let trees = self.replica.trees();
@@ -508,7 +525,7 @@ impl AntiEntropy {
         // Each round trip descends two levels; a bound stops a peer that
         // never says "leaves".
         for step_no in 0..=shape.depth() {
-            let request = Request::AaeTree { from: self.id, partition, hashes: msg, short };
+            let request = Request::AaeTree { from: self.id, partition, hashes: msg, salt };
             let step = match self.call(peer, request, tally).await? {
                 Response::AaeStep(step) => step,
                 other => return Err(unexpected("a Merkle tree exchange", &other)),
@@ -525,7 +542,7 @@ impl AntiEntropy {
                 }
                 Step::Descend(theirs) => theirs,
             };
-            match trees.respond(partition, &theirs, short).ok_or_else(not_ready)? {
+            match trees.respond(partition, &theirs, salt).ok_or_else(not_ready)? {
                 Ok(Step::InSync) => return Ok(Some(None)),
                 Ok(Step::Leaves(l)) => {
                     leaves = Some(l);

@@ -198,19 +198,19 @@ impl Trees {
     }
 
     /// Compares a peer's hashes with `partition`'s tree
-    /// ([`MerkleTree::respond_at`], children sent short when `short`);
+    /// ([`MerkleTree::respond_at`], children projected under `salt` if given);
     /// `None` if the tree is not built.
     pub(crate) fn respond(
         &self,
         partition: u32,
         theirs: &NodeHashes,
-        short: bool,
+        salt: Option<u64>,
     ) -> Option<Result<Step, crate::merkle::MerkleError>> {
         self.state()
             .partitions
             .get(&partition)
             .and_then(|p| p.tree.as_ref())
-            .map(|t| t.respond_at(theirs, short))
+            .map(|t| t.respond_at(theirs, salt))
     }
 
     /// The root hash of `partition`'s tree, if built.

@@ -25,8 +25,8 @@ use crate::store::StoreError;
 /// timestamps microseconds. Version 3 added ring transitions to gossip,
 /// handoff reports to member entries, and ownership handoff. Version 4
 /// added Merkle-tree anti-entropy and tombstone purge. Version 5 sends
-/// tree hashes as index runs of fixed-width hashes and gives key digests
-/// an event count.
+/// tree hashes as index runs of fixed-width (and salted, projected)
+/// hashes and gives key digests an event count.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What one node asks of another.
@@ -129,8 +129,9 @@ pub enum Request {
         partition: u32,
         /// The sender's hashes, with its tree's shape.
         hashes: NodeHashes,
-        /// Whether to answer with [short](NodeHashes::short) hashes.
-        short: bool,
+        /// The salt to answer with [projected](NodeHashes::projected)
+        /// hashes under, or `None` for full ones.
+        salt: Option<u64>,
     },
     /// Anti-entropy: the sender's key digests of the leaves found to
     /// differ. Answered with [`Response::AaeKeys`].
