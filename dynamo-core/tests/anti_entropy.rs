@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use dynamo_core::merkle::{KeyDigest, LeafDigest, LeafDigests, MerkleTree, TreeShape};
+use dynamo_core::merkle::{KeyDigest, KeyTag, LeafTags, MerkleTree, TaggedLeaves, TreeShape};
 use dynamo_core::prelude::*;
 use dynamo_core::transport::protocol::{Request, Response};
 use dynamo_testkit::Cluster;
@@ -325,16 +325,33 @@ async fn bad_anti_entropy_messages_are_refused_and_change_nothing() {
             Request::AaeKeys {
                 from: insider,
                 partition,
-                digests: LeafDigests {
+                digests: TaggedLeaves {
                     shape,
-                    leaves: vec![LeafDigest {
-                        leaf: shape.leaf_of(&other_partition_key),
-                        keys: vec![KeyDigest::new(other_partition_key.clone(), 1)],
+                    salt: 1,
+                    leaves: vec![LeafTags { leaf: shape.leaves(), keys: Vec::new() }],
+                },
+                max_bytes: 1 << 20,
+            },
+            "out of range",
+        ),
+        (
+            Request::AaeKeys {
+                from: insider,
+                partition,
+                digests: TaggedLeaves {
+                    shape,
+                    salt: 1,
+                    leaves: vec![LeafTags {
+                        leaf: 0,
+                        keys: vec![
+                            KeyTag { key: 2, version: 0, events: 1 },
+                            KeyTag { key: 1, version: 0, events: 1 },
+                        ],
                     }],
                 },
                 max_bytes: 1 << 20,
             },
-            "not of this partition",
+            "not strictly increasing",
         ),
         (
             Request::AaePush { from: insider, partition, states: vec![(Bytes::from(k.clone()), bad_state)] },

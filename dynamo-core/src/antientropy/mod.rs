@@ -14,7 +14,8 @@
 //! replicas taken in turn: it sends its root; the two sides answer each
 //! other with the hashes of the children of the nodes that differ until
 //! one knows the differing leaves ([`crate::merkle`]); the initiator sends
-//! its key digests of those leaves, the peer answers with its states of
+//! its keys of those leaves as tags (4 bytes of key, 4 of version, an
+//! event count: [`crate::merkle::TaggedLeaves`]), the peer answers with its states of
 //! the keys that differ or only it holds and names the keys it wants, and
 //! the initiator sends those, and its merged state of any key it holds
 //! more of than the peer sent. A digest carries how many events its
@@ -64,7 +65,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::member::NodeId;
 use crate::membership::{ClusterView, Membership};
-use crate::merkle::{diff_keys, KeyDigest, LeafDigest, LeafDigests, NodeHashes, Step};
+use crate::merkle::{diff_tags, resolve_wanted, KeyDigest, NodeHashes, Step, TaggedLeaves};
 use crate::metrics::{add, bump, Metrics};
 use crate::peers::Peers;
 use crate::replica::{check_batch, Replica, Slot};
@@ -339,22 +340,21 @@ impl AntiEntropy {
         }
     }
 
-    /// Answers a peer's key digests ([`Request::AaeKeys`]): this node's
+    /// Answers a peer's tagged keys ([`Request::AaeKeys`]): this node's
     /// states of the keys that differ or only it holds (up to `max_bytes`),
-    /// and the keys it wants.
+    /// and what it wants.
     ///
     /// # Errors
-    /// [`Error::NotReplica`]; [`Error::Protocol`] for digests of another
-    /// shape, unsorted, too many leaves, keys in the wrong leaf or
-    /// partition; store errors.
+    /// [`Error::NotReplica`]; [`Error::Protocol`] for tags of another
+    /// shape, unsorted, or too many leaves; store errors.
     pub(crate) async fn serve_keys(
         &self,
         from: NodeId,
         partition: u32,
-        digests: &LeafDigests,
+        digests: &TaggedLeaves,
         max_bytes: u32,
     ) -> Result<Response> {
-        let ring = self.check_peer(from, partition)?;
+        self.check_peer(from, partition)?;
         if !self.claims.renew(partition, from, Role::Responder) {
             return Err(busy(partition));
         }
@@ -366,19 +366,18 @@ impl AntiEntropy {
         if digests.shape != shape {
             return Err(bad(format!("shape {} differs from ours, {shape}", digests.shape)));
         }
-        shape.check_digests(digests).map_err(|e| bad(e.to_string()))?;
+        shape.check_tagged(digests).map_err(|e| bad(e.to_string()))?;
         if digests.leaves.len() > MAX_LEAVES {
             return Err(bad(format!("{} leaves, at most {MAX_LEAVES}", digests.leaves.len())));
         }
-        for d in digests.leaves.iter().flat_map(|l| &l.keys) {
-            check_key(&self.config, &d.key).map_err(|e| bad(e.to_string()))?;
-            if ring.partition_of(&d.key) != partition {
-                return Err(bad(format!("key {:?} is not of this partition", d.key)));
-            }
-        }
         let leaves: Vec<u32> = digests.leaves.iter().map(|l| l.leaf).collect();
         let mine = self.replica.leaf_digests(partition, &leaves).await?;
-        let (send, want) = differences(&mine, &digests.leaves).map_err(|e| bad(e.to_string()))?;
+        let (mut send, mut want) = (Vec::new(), Vec::new());
+        for (m, t) in mine.iter().zip(&digests.leaves) {
+            let diff = diff_tags(m, t, digests.salt);
+            send.extend(diff.send);
+            want.extend(diff.want);
+        }
         let limit = max_bytes.clamp(1, MAX_EXCHANGE_BYTES) as usize;
         let states = self.load_states(partition, send, limit, &HashMap::new()).await?;
         self.progress().keys_sent += states.len() as u64;
@@ -493,8 +492,10 @@ impl AntiEntropy {
     /// root projected under a fresh salt, then at full width if those
     /// found nothing under a differing root), key digests, push.
     async fn compare(&self, ring: &Ring, partition: u32, peer: NodeId, tally: &mut Tally) -> Result<()> {
-        let salt = Some(self.next_salt(partition));
-        let Some(leaves) = self.differing_leaves(partition, peer, salt, tally).await? else { return Ok(()) };
+        let salt = self.next_salt(partition);
+        let Some(leaves) = self.differing_leaves(partition, peer, Some(salt), tally).await? else {
+            return Ok(());
+        };
         let leaves = match leaves {
             Some(leaves) => leaves,
             None => match self.differing_leaves(partition, peer, None, tally).await? {
@@ -502,7 +503,7 @@ impl AntiEntropy {
                 _ => return Ok(()),
             },
         };
-        self.repair_leaves(ring, partition, peer, leaves, tally).await
+        self.repair_leaves(ring, partition, peer, leaves, salt, tally).await
     }
 
     /// Descends `partition`'s tree and the peer's to the leaves that
@@ -572,6 +573,7 @@ impl AntiEntropy {
         partition: u32,
         peer: NodeId,
         leaves: Vec<u32>,
+        salt: u64,
         tally: &mut Tally,
     ) -> Result<()> {
         let shape = self.replica.trees().shape();
@@ -579,7 +581,7 @@ impl AntiEntropy {
         let request = Request::AaeKeys {
             from: self.id,
             partition,
-            digests: LeafDigests { shape, leaves: mine },
+            digests: TaggedLeaves::of(shape, salt, &mine),
             max_bytes: self.config.aae_max_bytes,
         };
         let (states, want) = match self.call(peer, request, tally).await? {
@@ -599,16 +601,8 @@ impl AntiEntropy {
         let states = check_batch(&self.config, ring, partition, states, "anti-entropy")?;
         tally.repaired_here = self.replica.merge_many(partition, states).await?;
         self.count_repaired(partition, tally.repaired_here);
-        let mut wanted = Vec::with_capacity(want.len());
-        for key in want {
-            check_key(&self.config, &key)?;
-            if ring.partition_of(&key) != partition || leaves.binary_search(&shape.leaf_of(&key)).is_err() {
-                return Err(Error::Protocol(format!(
-                    "peer {peer} wants key {key:?}, which it was not offered"
-                )));
-            }
-            wanted.push(key);
-        }
+        let mut wanted = resolve_wanted(&mine, &want, salt)
+            .map_err(|e| Error::Protocol(format!("peer {peer} asked for what it was not offered: {e}")))?;
         // The peer sends without asking back a state it found newer (more
         // events seen); if this node's merge kept something the peer's
         // state lacks (a concurrent sibling), the merged state goes back.
@@ -934,23 +928,4 @@ impl AntiEntropy {
             }
         }
     }
-}
-
-/// What the answerer of a digest exchange sends (its states of keys that
-/// differ or only it holds) and wants (keys that differ or only the asker
-/// holds), leaf by leaf.
-///
-/// # Errors
-/// [`crate::merkle::MerkleError`] if a leaf's keys are not sorted.
-fn differences(
-    mine: &[LeafDigest],
-    theirs: &[LeafDigest],
-) -> std::result::Result<(Vec<Bytes>, Vec<Bytes>), crate::merkle::MerkleError> {
-    let (mut send, mut want) = (Vec::new(), Vec::new());
-    for (m, t) in mine.iter().zip(theirs) {
-        let diff = diff_keys(&m.keys, &t.keys)?;
-        send.extend(diff.to_send().cloned());
-        want.extend(diff.to_fetch().cloned());
-    }
-    Ok((send, want))
 }

@@ -16,7 +16,7 @@ use crate::causality::CausalContext;
 use crate::error::Error;
 use crate::gossip::{Digest, MemberEntry};
 use crate::member::NodeId;
-use crate::merkle::{KeyDigest, LeafDigests, NodeHashes, Step};
+use crate::merkle::{KeyDigest, NodeHashes, Step, TaggedLeaves, Wanted};
 use crate::ring::RingLayout;
 use crate::store::StoreError;
 
@@ -26,7 +26,7 @@ use crate::store::StoreError;
 /// handoff reports to member entries, and ownership handoff. Version 4
 /// added Merkle-tree anti-entropy and tombstone purge. Version 5 sends
 /// tree hashes as index runs of fixed-width (and salted, projected)
-/// hashes and gives key digests an event count.
+/// hashes, and key digests as tags with an event count.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What one node asks of another.
@@ -140,8 +140,8 @@ pub enum Request {
         from: NodeId,
         /// The partition compared.
         partition: u32,
-        /// The sender's digests of the differing leaves.
-        digests: LeafDigests,
+        /// The sender's tagged keys of the differing leaves.
+        digests: TaggedLeaves,
         /// Most bytes of key states the answer may carry.
         max_bytes: u32,
     },
@@ -301,9 +301,10 @@ pub enum Response {
         /// holds, as `(user key, encoded state)` pairs, up to the byte
         /// limit asked for.
         states: Vec<(Bytes, Bytes)>,
-        /// The keys whose states the answerer wants: those that differ and
-        /// those only the asker holds.
-        want: Vec<Bytes>,
+        /// What the answerer wants, by key tag or whole leaf: keys that
+        /// differ (unless its state has seen more events) and keys only
+        /// the asker holds.
+        want: Vec<Wanted>,
     },
     /// Answer to [`Request::AaePush`]: how many keys the merge changed.
     AaePushed {

@@ -34,10 +34,12 @@
 //! ([`MerkleTree::root_hashes`]); the other answers with its hashes of the
 //! children of every node that differs, and so on down, alternating sides,
 //! until the side that receives leaf hashes knows which leaves differ. It
-//! then sends the [`KeyDigest`]s of those leaves ([`LeafDigests`]); the
-//! other side finds the keys whose versions differ or that only one side
-//! holds ([`diff_keys`]), and the differing states are shipped both ways
-//! and merged. Node hashes crossing the wire grow with the number of
+//! then sends the [`KeyDigest`]s of those leaves ([`LeafDigests`], or
+//! compactly as [`TaggedLeaves`]); the other side finds the keys whose
+//! versions differ or that only one side holds ([`diff_keys`],
+//! [`diff_tags`]), and the differing states are shipped and merged. Below
+//! the root, hashes may travel as salted 32-bit (16-bit for leaves)
+//! projections ([`NodeHashes::projected`]). Node hashes crossing the wire grow with the number of
 //! differing leaves times the depth (at most `1 + b + k * b * (d - 1)` for
 //! `k >= 1` differing leaves, branching `b`, depth `d`), not with the number
 //! of keys stored.
@@ -85,6 +87,10 @@
 #![warn(missing_docs)]
 
 use std::fmt;
+
+mod tags;
+
+pub use tags::{diff_tags, resolve_wanted, KeyTag, LeafTags, TagDiff, TaggedLeaves, Wanted};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -173,6 +179,12 @@ pub enum MerkleError {
         runs: usize,
         /// How many bytes of hashes it had.
         bytes: usize,
+    },
+    /// A peer asked for a key or leaf this node did not offer it.
+    #[error("leaf {leaf} was not offered in this exchange")]
+    NotOffered {
+        /// The leaf named.
+        leaf: u32,
     },
     /// A key was filed under a leaf other than the one it hashes to.
     #[error("a key of {key_len} bytes was sent for leaf {leaf} but belongs to leaf {expected}")]
