@@ -226,7 +226,9 @@ impl AntiEntropy {
         background: Arc<Background>,
         clock: Arc<HybridClock>,
     ) -> AntiEntropy {
-        let claims = Claims::new(config.request_timeout() * 2);
+        // Each message of an exchange renews its claim; two replica
+        // timeouts cover the longest expected gap between them.
+        let claims = Claims::new(config.replica_timeout() * 2);
         AntiEntropy {
             id,
             config,
@@ -258,10 +260,21 @@ impl AntiEntropy {
 
     /// Sends `request` to `peer`, counting bytes both ways.
     async fn call(&self, peer: NodeId, request: Request, tally: &mut Tally) -> Result<Response> {
+        self.call_within(peer, request, tally, self.timeout()).await
+    }
+
+    /// [`call`](Self::call) with its own timeout.
+    async fn call_within(
+        &self,
+        peer: NodeId,
+        request: Request,
+        tally: &mut Tally,
+        timeout: Duration,
+    ) -> Result<Response> {
         let frame = request.encode();
         tally.sent += frame.len() as u64;
         add(&self.metrics.aae_bytes_sent, frame.len() as u64);
-        let (response, size) = self.peers.call_sized(peer, frame, self.timeout()).await?;
+        let (response, size) = self.peers.call_sized(peer, frame, timeout).await?;
         tally.received += size as u64;
         add(&self.metrics.aae_bytes_received, size as u64);
         match response {
@@ -317,7 +330,7 @@ impl AntiEntropy {
     ) -> Result<Response> {
         self.check_peer(from, partition)?;
         let held = if hashes.level == 0 {
-            self.claims.claim(partition, from, Role::Responder)
+            self.claims.claim_as_responder(partition, from, from < self.id)
         } else {
             self.claims.renew(partition, from, Role::Responder)
         };
@@ -399,7 +412,10 @@ impl AntiEntropy {
         partition: u32,
         states: Vec<(Bytes, Bytes)>,
     ) -> Result<Response> {
-        let ring = self.check_peer(from, partition)?;
+        let ring = self.check_peer(from, partition).inspect_err(|_| {
+            // Whatever the answer, a push ends the exchange.
+            self.claims.release(partition, from, Role::Responder);
+        })?;
         let merged = self.merge_pushed(from, &ring, partition, states).await;
         // The push ends the exchange.
         self.claims.release(partition, from, Role::Responder);
@@ -481,7 +497,7 @@ impl AntiEntropy {
             // The exchange stopped while the peer holds the partition for
             // it: an empty push ends it there.
             let end = Request::AaePush { from: self.id, partition, states: Vec::new() };
-            if let Err(e) = self.call(peer, end, &mut tally).await {
+            if let Err(e) = self.call_within(peer, end, &mut tally, self.config.replica_timeout()).await {
                 tracing::debug!(node = %self.id, partition, %peer, error = %e, "cannot end an exchange");
             }
         }
@@ -742,7 +758,10 @@ impl AntiEntropy {
                     }
                 }
                 Err(Error::Overloaded(_)) if !last => retry.push((p, peer)),
-                Err(Error::Overloaded(_)) => report.busy += 1,
+                Err(Error::Overloaded(_)) => {
+                    report.busy += 1;
+                    tracing::debug!(node = %self.id, partition = p, %peer, "anti-entropy exchange busy: left to the next round");
+                }
                 Err(e) => {
                     report.failed += 1;
                     bump(&self.metrics.aae_exchanges_failed);
