@@ -18,6 +18,8 @@
 //! ([`KeyDigest::events`]): of two differing states, the side whose state
 //! has seen fewer events asks for the other's without sending its own.
 
+use std::collections::{HashMap, HashSet};
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -213,18 +215,31 @@ pub fn resolve_wanted(
     salt: u64,
 ) -> Result<Vec<Bytes>, MerkleError> {
     let mut keys = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
+    // Each offered leaf's keys by tag, computed once per leaf asked about.
+    let mut by_tag: HashMap<u32, HashMap<u32, Vec<&Bytes>>> = HashMap::new();
     for w in wanted {
         let leaf = w.leaf();
-        let i =
-            offered.binary_search_by_key(&leaf, |l| l.leaf).map_err(|_| MerkleError::NotOffered { leaf })?;
-        for d in &offered[i].keys {
-            let hit = match *w {
-                Wanted::Leaf(_) => true,
-                Wanted::Key { tag, .. } => key_tag(leaf_key_hash(&d.key), salt) == tag,
-            };
-            if hit && seen.insert(d.key.clone()) {
-                keys.push(d.key.clone());
+        let offer = offered
+            .binary_search_by_key(&leaf, |l| l.leaf)
+            .map(|i| &offered[i])
+            .map_err(|_| MerkleError::NotOffered { leaf })?;
+        let hits: Vec<&Bytes> = match *w {
+            Wanted::Leaf(_) => offer.keys.iter().map(|d| &d.key).collect(),
+            Wanted::Key { tag, .. } => {
+                let tags = by_tag.entry(leaf).or_insert_with(|| {
+                    let mut m: HashMap<u32, Vec<&Bytes>> = HashMap::new();
+                    for d in &offer.keys {
+                        m.entry(key_tag(leaf_key_hash(&d.key), salt)).or_default().push(&d.key);
+                    }
+                    m
+                });
+                tags.get(&tag).cloned().unwrap_or_default()
+            }
+        };
+        for key in hits {
+            if seen.insert(key.clone()) {
+                keys.push(key.clone());
             }
         }
     }
