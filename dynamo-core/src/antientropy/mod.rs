@@ -920,10 +920,9 @@ impl AntiEntropy {
         }
     }
 
-    /// Builds the trees at once, then runs a round every
-    /// `aae_interval_ms` (the first one period after the start) and a
-    /// purge pass every `tombstone_purge_interval_ms`, until the node
-    /// stops.
+    /// Runs a round every `aae_interval_ms` (the first at once, which
+    /// builds the trees) and a purge pass every
+    /// `tombstone_purge_interval_ms`, until the node stops.
     pub(crate) async fn run(aae: std::sync::Weak<AntiEntropy>) {
         let Some((period, purge_period)) = aae
             .upgrade()
@@ -931,16 +930,7 @@ impl AntiEntropy {
         else {
             return;
         };
-        // Trees are built at once; the first exchanges wait a period, so a
-        // node starting with its peers does not fill their transports'
-        // backoff with calls to nodes not yet listening (which would then
-        // refuse client replication to them too).
-        if let Some(aae) = aae.upgrade() {
-            if let Some((_, mine)) = aae.replicated() {
-                aae.maintain_trees(&mine).await;
-            }
-        }
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut purge = tokio::time::interval_at(tokio::time::Instant::now() + purge_period, purge_period);
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
