@@ -30,6 +30,7 @@
 //! `tokio::time`, so tests should run on tokio's paused clock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use bytes::Bytes;
 use dynamo_core::transport::{FrameHandler, Transport, TransportError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 
 /// A simulated network shared by every node of an in-process cluster.
 ///
@@ -46,8 +47,9 @@ use tokio::sync::{oneshot, watch};
 #[derive(Clone)]
 pub struct SimNetwork {
     state: Arc<Mutex<State>>,
-    /// Addresses of paused nodes (see [`SimNetwork::pause`]).
-    paused: Arc<watch::Sender<BTreeSet<String>>>,
+    /// Wakes the legs held for paused nodes when one resumes (see
+    /// [`SimNetwork::pause`]).
+    resumed: Arc<Notify>,
 }
 
 /// Counters of what the network did since it was created.
@@ -73,15 +75,47 @@ pub struct SimTransport {
     net: SimNetwork,
     addr: String,
     id: u64,
-    closed: Arc<watch::Sender<bool>>,
+    closed: Arc<Closed>,
 }
 
 type Reply = Result<Bytes, TransportError>;
 
+/// Whether an endpoint was closed, with its waiting calls woken in the
+/// order they began to wait (deterministic, unlike tokio's `watch`).
+#[derive(Default)]
+struct Closed {
+    closed: AtomicBool,
+    changed: Notify,
+}
+
+impl Closed {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Returns once the endpoint is closed.
+    async fn wait(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// The live endpoint bound to an address. Closing an endpoint removes its slot.
 struct Slot {
     id: u64,
-    closed: Arc<watch::Sender<bool>>,
+    closed: Arc<Closed>,
     handler: Option<Arc<dyn FrameHandler>>,
 }
 
@@ -95,6 +129,8 @@ struct State {
     /// One-way cuts: frames from the first address to the second are lost.
     one_way: BTreeSet<(String, String)>,
     isolated: BTreeSet<String>,
+    /// Paused nodes: legs to them wait (see [`SimNetwork::pause`]).
+    paused: BTreeSet<String>,
     drop_rate: f64,
     duplicate_rate: f64,
     delay: (Duration, Duration),
@@ -166,7 +202,7 @@ impl State {
 
     fn close(&mut self, addr: &str) {
         if let Some(slot) = self.slots.remove(addr) {
-            slot.closed.send_replace(true);
+            slot.closed.close();
         }
     }
 }
@@ -195,13 +231,14 @@ impl SimNetwork {
             cuts: BTreeSet::new(),
             one_way: BTreeSet::new(),
             isolated: BTreeSet::new(),
+            paused: BTreeSet::new(),
             drop_rate: 0.0,
             duplicate_rate: 0.0,
             delay: (Duration::ZERO, Duration::ZERO),
             max_frame: DEFAULT_MAX_FRAME,
             stats: NetStats::default(),
         };
-        Self { state: Arc::new(Mutex::new(state)), paused: Arc::new(watch::Sender::new(BTreeSet::new())) }
+        Self { state: Arc::new(Mutex::new(state)), resumed: Arc::new(Notify::new()) }
     }
 
     /// Freezes the node at `addr` as `SIGSTOP` does: requests to it are
@@ -209,24 +246,31 @@ impl SimNetwork {
     /// and it sends no response meanwhile; callers wait out their deadlines.
     pub fn pause(&self, addr: &str) {
         tracing::debug!(addr, "sim_net: pause");
-        self.paused.send_modify(|p| {
-            p.insert(addr.to_owned());
-        });
+        self.lock().paused.insert(addr.to_owned());
     }
 
     /// Lets a [paused](SimNetwork::pause) node run again: it handles the
     /// requests held for it, late, and sends their responses.
     pub fn resume(&self, addr: &str) {
         tracing::debug!(addr, "sim_net: resume");
-        self.paused.send_modify(|p| {
-            p.remove(addr);
-        });
+        self.lock().paused.remove(addr);
+        self.resumed.notify_waiters();
     }
 
-    /// Returns once the node at `addr` is not paused.
+    /// Returns once the node at `addr` is not paused. Held legs go on in
+    /// the order they were held: `Notify` wakes its waiters first come,
+    /// first served, where tokio's `watch` wakes them in a randomly drawn
+    /// order, which made a seed's runs differ.
     async fn running(&self, addr: &str) {
-        let mut paused = self.paused.subscribe();
-        let _ = paused.wait_for(|p| !p.contains(addr)).await;
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.lock().paused.contains(addr) {
+                return;
+            }
+            resumed.await;
+        }
     }
 
     /// Sets the largest frame, request or response, the network carries
@@ -252,7 +296,7 @@ impl SimNetwork {
     /// An earlier endpoint for the same address is closed as if killed, so a
     /// restarted node can take over its address. Cuts involving `addr` remain.
     pub fn endpoint(&self, addr: &str) -> Arc<SimTransport> {
-        let closed = Arc::new(watch::Sender::new(false));
+        let closed = Arc::new(Closed::default());
         let mut state = self.lock();
         state.close(addr);
         state.next_id += 1;
@@ -475,8 +519,7 @@ impl Transport for SimTransport {
 
     /// Runs one call through the simulated network, as the module docs describe.
     async fn call(&self, to: &str, frame: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
-        let mut closed = self.closed.subscribe();
-        if *closed.borrow_and_update() {
+        if self.closed.is_closed() {
             return Err(TransportError::Closed);
         }
         let receiver = self.net.send(&self.addr, to, frame)?;
@@ -491,7 +534,7 @@ impl Transport for SimTransport {
             tokio::select! {
                 biased;
                 reply = reply => reply,
-                _ = closed.wait_for(|closed| *closed) => Err(TransportError::Closed),
+                () = self.closed.wait() => Err(TransportError::Closed),
             }
         };
         tokio::time::timeout(timeout, outcome)
@@ -502,7 +545,7 @@ impl Transport for SimTransport {
     /// Stops serving (unless a newer endpoint took the address over) and
     /// fails this endpoint's calls, in flight or later, with [`TransportError::Closed`].
     async fn shutdown(&self) {
-        self.closed.send_replace(true);
+        self.closed.close();
         let mut state = self.net.lock();
         if state.slots.get(&self.addr).is_some_and(|s| s.id == self.id) {
             state.slots.remove(&self.addr);
@@ -536,6 +579,41 @@ mod tests {
             }
             frame
         }
+    }
+
+    /// Records the frames it handles, in order.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<Bytes>>);
+
+    #[async_trait]
+    impl FrameHandler for Recording {
+        async fn handle(&self, frame: Bytes) -> Bytes {
+            self.0.lock().unwrap().push(frame.clone());
+            frame
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_held_by_a_pause_are_handled_in_the_order_they_arrived() {
+        let net = SimNetwork::new(5);
+        let a = serving(&net, "a").await;
+        let recording = Arc::new(Recording::default());
+        net.endpoint("b").serve(Arc::clone(&recording) as Arc<dyn FrameHandler>).await.unwrap();
+        net.pause("b");
+        let frames: Vec<Bytes> = (0..32u8).map(|i| Bytes::from(vec![i])).collect();
+        let mut calls = Vec::new();
+        for frame in &frames {
+            let (a, frame) = (Arc::clone(&a), frame.clone());
+            calls.push(tokio::spawn(async move { a.call("b", frame, T).await }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(recording.0.lock().unwrap().is_empty(), "a paused node handles nothing");
+        net.resume("b");
+        for (call, frame) in calls.into_iter().zip(&frames) {
+            assert_eq!(call.await.unwrap().unwrap(), *frame);
+        }
+        assert_eq!(*recording.0.lock().unwrap(), frames, "a seed's runs must replay");
     }
 
     async fn serving(net: &SimNetwork, addr: &str) -> Arc<SimTransport> {

@@ -41,10 +41,12 @@ fn sweep_part_4() {
 }
 
 /// Two runs of one seed are the same run: same history, same final states.
+/// Many seeds, since a source of nondeterminism (tokio's `watch` waking
+/// its receivers in a random order) once changed only some of them.
 #[test]
 fn a_seed_replays_bit_for_bit() {
     let simulation = Simulation::new();
-    for seed in [3, 1405, 77_777, u64::MAX] {
+    for seed in (0..64).chain([1405, 77_777, u64::MAX]) {
         let first = simulation.run(seed).unwrap_or_else(|f| panic!("{f}"));
         let again = simulation.run(seed).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(first, again, "seed {seed} did not replay");

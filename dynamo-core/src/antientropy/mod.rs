@@ -935,7 +935,10 @@ impl AntiEntropy {
         let mut purge = tokio::time::interval_at(tokio::time::Instant::now() + purge_period, purge_period);
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: an unbiased select draws its first branch from
+            // tokio's unseeded generator, and simulated runs must replay.
             let purging = tokio::select! {
+                biased;
                 _ = tick.tick() => false,
                 _ = purge.tick() => true,
             };
