@@ -25,6 +25,11 @@ fn tcp_redb() -> ClusterBuilder {
         replica_timeout_ms: 2_000,
         request_timeout_ms: 10_000,
         hint_delivery_interval_ms: 200,
+        // Anti-entropy has its own tests. Here its first round, which
+        // runs as each node starts, would call peers not yet listening
+        // and put them in the TCP transport's dial backoff, which then
+        // fails a scenario's first writes at once (seen on loaded CI).
+        anti_entropy: false,
         ..Config::default()
     };
     Cluster::builder().config(config).backend(Arc::new(TcpRedb::new(5)))
