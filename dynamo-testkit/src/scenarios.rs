@@ -219,6 +219,9 @@ pub async fn delete_without_context_removes_what_a_quorum_read_sees(builder: Clu
     assert_eq!(c.get(&key).await.unwrap().values.len(), 2);
     c.delete(&key, None).await.unwrap();
     assert!(!c.get(&key).await.unwrap().is_found());
+    // Every replica holds the delete (W=2 acknowledged it before the third
+    // copy landed) before node 2 is cut off.
+    cluster.wait_converged(CONVERGE).await.unwrap();
     // Through a replica that missed the write (it was cut off).
     cluster.isolate(2);
     c.put(&key, v("keepme"), None).await.unwrap();
