@@ -73,8 +73,12 @@ impl HintedHandoff {
 
     /// Delivers one hint to the nodes that replicate its key now: its
     /// owner while the owner still does, else (the owner left, or a
-    /// topology change moved the partition away from it) every node the
-    /// key's writes go to, so a hint never outlives its owner's membership.
+    /// topology change moved the partition away from it) the nodes of the
+    /// key's current preference list, so a hint never outlives its owner's
+    /// membership. The delivery carries this node's ring epoch, so that a
+    /// node the partition is moving away from refuses it rather than keep
+    /// it in a copy it is about to drop (a deliverer behind the move still
+    /// takes the old owner for the owner).
     async fn deliver_one(&self, hint: &StoredHint) -> Result<bool> {
         let hash = key_hash(&hint.key);
         // A hint older than the tombstone grace period may carry a value
@@ -94,14 +98,13 @@ impl HintedHandoff {
         let view = self.membership.view();
         let ring = view.require_ring()?;
         // While the partition moves, a hint for a node that loses it goes to
-        // every node written to: the losing node may drop its copy once
-        // the gaining ones have theirs, which this hint would not be in.
-        let (owners, _) = view.write_owners(ring, hint.partition);
-        let targets: Vec<NodeId> = if ring.preference_list(hint.partition).contains(&hint.owner) {
-            vec![hint.owner]
-        } else {
-            owners.into_owned()
-        };
+        // the nodes that keep or gain it, never to one that loses it: that
+        // node may drop its copy once the gaining ones have theirs, which
+        // this hint would not be in.
+        let list = ring.preference_list(hint.partition);
+        let targets: Vec<NodeId> = if list.contains(&hint.owner) { vec![hint.owner] } else { list.to_vec() };
+        // Non-zero marks a hint delivery (see `Request::Replicate`).
+        let epoch = ring.epoch().max(1);
         drop(view);
         for target in targets {
             if target == self.id {
@@ -122,7 +125,7 @@ impl HintedHandoff {
                 key: hint.key.clone(),
                 state: hint.state.clone(),
                 sibling_limit: None,
-                epoch: 0,
+                epoch,
             }
             .encode();
             match self.peers.call(target, frame, self.config.replica_timeout()).await? {

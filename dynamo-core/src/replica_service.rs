@@ -69,7 +69,15 @@ impl ReplicaService {
                     Some(current) if sibling_limit.is_some() => {
                         Err(Error::StaleRing { request: epoch, current })
                     }
-                    _ => match self.check_replicates(&key) {
+                    _ => match self.check_replicates(&key).and_then(|()| {
+                        // A hint delivery: its sender forgets the hint once
+                        // this node acknowledges it.
+                        if sibling_limit.is_none() && epoch != 0 {
+                            self.check_keeps(&key)
+                        } else {
+                            Ok(())
+                        }
+                    }) {
                         Ok(()) => {
                             self.merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
                         }
@@ -144,6 +152,21 @@ impl ReplicaService {
         let partition = ring.partition_of(key);
         // Only gossiping nodes move data; a fixed ring keeps what it has.
         if self.handoff.is_none() || view.replicates(ring, self.coordinator.id, partition) {
+            return Ok(());
+        }
+        Err(Error::NotReplica { partition, epoch: ring.epoch() })
+    }
+
+    /// Refuses a hint for a partition a move takes away from this node:
+    /// its copy is dropped once the gaining nodes have theirs, which may
+    /// have been copied before the hint arrived, and the hint's sender
+    /// forgets it once acknowledged. Refused, the hint stays with its
+    /// sender until it learns the move and delivers it to the new owners.
+    fn check_keeps(&self, key: &[u8]) -> Result<()> {
+        let view = self.membership.view();
+        let ring = view.require_ring()?;
+        let partition = ring.partition_of(key);
+        if self.handoff.is_none() || ring.preference_list(partition).contains(&self.coordinator.id) {
             return Ok(());
         }
         Err(Error::NotReplica { partition, epoch: ring.epoch() })

@@ -59,7 +59,12 @@ pub enum Request {
         /// it under: a replica at a later epoch refuses it (answering
         /// [`Error::StaleRing`]), since a coordinator that has not seen a
         /// topology change would count acknowledgements a move can lose.
-        /// 0 for repairs and hint delivery.
+        /// For a hint delivery (no `sibling_limit`), the deliverer's ring
+        /// epoch, non-zero: a replica a move takes the partition away from
+        /// refuses it (answering [`Error::NotReplica`]), since it drops its
+        /// copy once the gaining nodes have theirs, and the deliverer
+        /// forgets the hint. 0 for read repair and retractions, which every
+        /// replica merges.
         epoch: u64,
     },
     /// Keep `state` as a hint for `owner`, who could not be reached, and
