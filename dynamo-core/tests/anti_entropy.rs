@@ -124,6 +124,54 @@ async fn a_replica_that_missed_writes_converges_with_no_read_and_no_hint() {
     cluster.shutdown().await;
 }
 
+/// Two replicas cut off from each other each suspect the other after a
+/// write it could not replicate. With no gossip and nothing read after the
+/// heal, anti-entropy's own exchanges are the only traffic that can clear
+/// those suspicions: a suspected replica still gets one exchange a round,
+/// so both come level (simulation seed 3013656 found two replicas that
+/// skipped each other until gossip happened to pair them).
+#[tokio::test(start_paused = true)]
+async fn replicas_that_suspect_each_other_still_converge() {
+    // Gossip (so the phi accrual detector) that meets its peer once at
+    // start and not again within the test.
+    let config = Config {
+        gossip_interval_ms: 3_600_000,
+        tombstone_purge_interval_ms: 3_600_000,
+        ..aae_config(864_000_000)
+    };
+    let cluster = Cluster::builder().nodes(2).n(2).r(1).w(1).gossip().config(config).build().await.unwrap();
+    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    cluster.isolate(1);
+    let opts = WriteOptions::default();
+    for (i, k) in [(0, b"from-0"), (1, b"from-1")] {
+        cluster.node(i).unwrap().put(k, Bytes::from_static(b"v"), None, opts).await.unwrap();
+    }
+    let ids = [cluster.node(0).unwrap().id(), cluster.node(1).unwrap().id()];
+    wait_until(CONVERGE, "each replica suspecting the other", || async {
+        !cluster.node(0).unwrap().peer_health(ids[1]).available
+            && !cluster.node(1).unwrap().peer_health(ids[0]).available
+    })
+    .await;
+    cluster.heal();
+    wait_until(CONVERGE, "both replicas holding both writes", || async {
+        for k in [&b"from-0"[..], b"from-1"] {
+            let (a, b) = (encoded(&cluster, 0, k).await, encoded(&cluster, 1, k).await);
+            if a.is_none() || a != b {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for (i, peer) in [(0, ids[1]), (1, ids[0])] {
+        assert!(
+            cluster.node(i).unwrap().peer_health(peer).available,
+            "an exchange's answer cleared the suspicion"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 /// In sync, an exchange costs a root hash each way, whatever is stored.
 #[tokio::test(start_paused = true)]
 async fn replicas_in_sync_exchange_only_their_roots() {

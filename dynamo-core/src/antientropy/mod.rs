@@ -49,7 +49,7 @@
 mod claims;
 pub(crate) mod trees;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -678,7 +678,11 @@ impl AntiEntropy {
 
     /// One round: trees brought up to date, then every replicated, settled
     /// partition compared with its next replica (concurrently, as many as
-    /// admission control gives slots); the exchanges refused because a side
+    /// admission control gives slots). A replica the failure detector
+    /// suspects gets one exchange a round, whose answer clears the
+    /// suspicion (otherwise only gossip, which may meet it once in many
+    /// rounds, would: see [`exchange_pass`](Self::exchange_pass)); the
+    /// exchanges refused because a side
     /// was in another exchange of the partition are tried in up to
     /// [`EXCHANGE_PASSES`] passes, then left to the next round.
     pub(crate) async fn round(&self) -> AaeReport {
@@ -696,12 +700,12 @@ impl AntiEntropy {
                 .filter_map(|&p| {
                     let others: Vec<NodeId> =
                         ring.preference_list(p).iter().copied().filter(|&n| n != self.id).collect();
-                    let peer = *others.get((turn + p as usize) % others.len().max(1))?;
-                    self.peers.detector.is_available(peer).then_some((p, peer))
+                    others.get((turn + p as usize) % others.len().max(1)).map(|&peer| (p, peer))
                 })
                 .collect()
         };
         let mut report = AaeReport::default();
+        let probed = Mutex::new(BTreeSet::new());
         let mut pending = pairs;
         for pass in 1..=EXCHANGE_PASSES {
             if pass > 1 {
@@ -711,36 +715,46 @@ impl AntiEntropy {
                 // Let the exchanges that held these partitions finish.
                 tokio::time::sleep(BUSY_WAIT * pass).await;
             }
-            pending = self.exchange_pass(&ring, pending, pass == EXCHANGE_PASSES, &mut report).await;
+            pending = self.exchange_pass(&ring, pending, pass == EXCHANGE_PASSES, &probed, &mut report).await;
         }
         report
     }
 
     /// Runs the exchanges of `pairs`, adding to `report`; returns those
     /// refused because a side was in another exchange of the partition
-    /// (counted as busy instead when `last`).
+    /// (counted as busy instead when `last`). An exchange with a peer the
+    /// failure detector suspects when its turn comes runs only if it is
+    /// the first with that peer this round (in `probed`): a probe, since
+    /// only an answer clears a suspicion; the others are skipped.
     async fn exchange_pass(
         &self,
         ring: &Arc<Ring>,
         pairs: Vec<(u32, NodeId)>,
         last: bool,
+        probed: &Mutex<BTreeSet<NodeId>>,
         report: &mut AaeReport,
     ) -> Vec<(u32, NodeId)> {
         let exchanges = pairs.into_iter().map(|(p, peer)| {
             let ring = Arc::clone(ring);
             async move {
                 let _slot = self.background.slot(&self.metrics).await;
+                if !self.peers.detector.is_available(peer)
+                    && !probed.lock().unwrap_or_else(PoisonError::into_inner).insert(peer)
+                {
+                    return (p, peer, None);
+                }
                 if !self.claims.claim(p, peer, Role::Initiator) {
-                    return (p, peer, Err(busy(p)));
+                    return (p, peer, Some(Err(busy(p))));
                 }
                 let result = self.exchange(&ring, p, peer).await;
                 self.claims.release(p, peer, Role::Initiator);
-                (p, peer, result)
+                (p, peer, Some(result))
             }
         });
         let mut retry = Vec::new();
         let mut results = futures::stream::iter(exchanges).buffer_unordered(self.config.background_max_slots);
         while let Some((p, peer, result)) = results.next().await {
+            let Some(result) = result else { continue };
             match result {
                 Ok(t) => {
                     report.exchanges += 1;
