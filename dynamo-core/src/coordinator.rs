@@ -19,7 +19,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::causality::{Context, Dot, SiblingSet};
+use crate::causality::{Context, SiblingSet};
 use crate::clock::HybridClock;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
 use crate::peers::Peers;
 use crate::read_repair::ReadRepair;
-use crate::replica::{Replica, Slot, WriteIntent};
+use crate::replica::{Admit, LocalWrite, Replica, Slot, WriteIntent};
 use crate::ring::{key_hash, Ring};
 use crate::sloppy_quorum::{plan_read, plan_write, Plan, Target};
 use crate::transport::protocol::{Request, Response, WriteRequest};
@@ -45,6 +45,18 @@ enum Outcome<T> {
     /// The replica refused the request on its merits (the sibling bound):
     /// no spare is asked instead, and the error reaches the client.
     Refused(Error),
+}
+
+/// A refused write to take back (see `Coordinator::retract_refused`).
+struct Retraction<'a> {
+    /// This node's slot of the write.
+    local: Target,
+    /// The write as stored here.
+    written: &'a LocalWrite,
+    /// Owners asked to replicate it.
+    remote_owners: Vec<NodeId>,
+    /// Stand-ins that kept it as a hint.
+    stand_ins: Vec<Target>,
 }
 
 /// An instant `timeout` from now, or very far away if that overflows.
@@ -330,7 +342,7 @@ impl Coordinator {
                         if t.is_stand_in() {
                             bump(&core.metrics.fallback_writes);
                         }
-                        Ok(())
+                        Ok(t)
                     }
                     Response::Error(e) => Err(e.into_error()),
                     other => Err(Error::Protocol(format!("unexpected answer to a replication: {other:?}"))),
@@ -341,13 +353,21 @@ impl Coordinator {
         tokio::spawn(Arc::clone(self).fan_out(plan, call, |_, _| true, tx));
         let mut acks = 1;
         let mut refused = None;
+        // Stand-ins that kept the write as a hint: a retraction reaches
+        // them too.
+        let mut stand_ins = Vec::new();
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         while acks < needed {
             tokio::select! {
                 biased;
                 outcome = rx.recv() => match outcome {
-                    Some(Outcome::Answered(_, ())) => acks += 1,
+                    Some(Outcome::Answered(_, t)) => {
+                        acks += 1;
+                        if t.is_stand_in() {
+                            stand_ins.push(t);
+                        }
+                    }
                     Some(Outcome::Failed) => {}
                     Some(Outcome::Refused(e)) => refused = Some(e),
                     None => {
@@ -359,8 +379,8 @@ impl Coordinator {
                             // If the retraction cannot be stored, the write
                             // may still take effect: the outcome is unknown,
                             // and the client hears so rather than "refused".
-                            self.retract_refused(&req.key, partition, hash, local, &written.dot, remote_owners)
-                                .await?;
+                            let retraction = Retraction { local, written: &written, remote_owners, stand_ins };
+                            self.retract_refused(&req.key, partition, hash, retraction).await?;
                             return Err(e);
                         }
                         return Err(Error::QuorumFailed { acks, needed });
@@ -388,29 +408,42 @@ impl Coordinator {
         key: &Bytes,
         partition: u32,
         hash: u64,
-        local: Target,
-        dot: &Dot,
-        replicas: Vec<NodeId>,
+        retraction: Retraction<'_>,
     ) -> Result<()> {
+        let Retraction { local, written, remote_owners, stand_ins } = retraction;
+        let dot = &written.dot;
         let state = match self.replica.retract(local.slot(), partition, key, hash, dot).await {
             Ok(Some(state)) => state,
-            Ok(None) => return Ok(()),
+            Ok(None) => {
+                // The local copy is gone: a hint delivered meanwhile, or a
+                // partition a move took away. The copies elsewhere still
+                // need the retraction: the written state, taken back.
+                let mut state = written.state.clone();
+                state.retract(dot);
+                if local.is_stand_in() {
+                    // Kept as a hint again, delivered to the owner.
+                    self.replica.merge(local.slot(), partition, key, hash, &state, Admit::default()).await?;
+                }
+                state
+            }
             Err(e) => {
                 tracing::warn!(node = %self.id, error = %e, "cannot retract a refused write: its outcome is unknown");
                 return Err(e);
             }
         };
-        let frame = Request::Replicate {
-            key: key.clone(),
-            state: Bytes::from(state.encode()),
-            sibling_limit: None,
-            epoch: 0,
+        let state = Bytes::from(state.encode());
+        let replicate =
+            Request::Replicate { key: key.clone(), state: state.clone(), sibling_limit: None, epoch: 0 };
+        let mut pushes: Vec<(NodeId, Bytes)> =
+            remote_owners.into_iter().map(|node| (node, replicate.encode())).collect();
+        for t in stand_ins {
+            let hint = Request::StoreHint { owner: t.owner, key: key.clone(), state: state.clone() };
+            pushes.push((t.node, hint.encode()));
         }
-        .encode();
         let core = Arc::clone(self);
         tokio::spawn(async move {
-            for node in replicas {
-                if let Err(e) = core.peers.call(node, frame.clone(), core.config.replica_timeout()).await {
+            for (node, frame) in pushes {
+                if let Err(e) = core.peers.call(node, frame, core.config.replica_timeout()).await {
                     tracing::debug!(peer = %node, error = %e, "retraction not delivered; read repair will");
                 }
             }

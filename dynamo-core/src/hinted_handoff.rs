@@ -83,10 +83,12 @@ impl HintedHandoff {
         let hash = key_hash(&hint.key);
         // A hint older than the tombstone grace period may carry a value
         // whose tombstone every replica has purged since: it is dropped,
-        // and anti-entropy repairs whatever else it carried.
+        // and anti-entropy repairs whatever else it carried. A hint of no
+        // sibling (a refused write's retraction) carries no value: it is
+        // delivered, however old.
         let state = decode_stored(&hint.state)?;
         let cutoff = self.config.grace_cutoff_us(self.clock.physical_us());
-        if state.max_timestamp() < cutoff {
+        if !state.siblings().is_empty() && state.max_timestamp() < cutoff {
             let removed = self.replica.remove_hint_if_unchanged(hint, hash).await?;
             if removed {
                 bump(&self.metrics.hints_expired);

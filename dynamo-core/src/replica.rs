@@ -312,7 +312,10 @@ impl Replica {
     /// limit. Repairs and hints merge without a bound, so replicas always
     /// converge.
     ///
-    /// With `admit.fresh_after_us`, a state for a key this node does not hold is
+    /// A state with no sibling (a retraction) for a key this node does not
+    /// hold changes nothing in its data; a hint slot keeps it.
+    ///
+    /// With `admit.fresh_after_us`, a state with siblings for a key this node does not hold is
     /// refused (nothing stored) when its newest timestamp is before it: a
     /// write or hint that old may be of a key whose tombstone has been
     /// purged since, and must not bring it back (anti-entropy, which
@@ -338,9 +341,15 @@ impl Replica {
         self.clock.observe(incoming.max_timestamp());
         let _guard = self.stripe(hash).lock().await;
         let (current, old) = self.load_versioned(slot, partition, key).await?.unzip();
+        let retraction_only = incoming.siblings().is_empty();
+        if current.is_none() && retraction_only && slot == Slot::Data {
+            // A state of no sibling only takes back what this node lacks.
+            // (A hint keeps it: the owner may hold what it takes back.)
+            return Ok((SiblingSet::new(), false));
+        }
         if let Some(cutoff) = fresh_after_us {
             let newest = incoming.max_timestamp();
-            if current.is_none() && newest < cutoff {
+            if current.is_none() && !retraction_only && newest < cutoff {
                 return Err(Error::Expired { late_ms: (cutoff - newest) / 1000 });
             }
         }
