@@ -73,7 +73,19 @@ fn seeds_that_once_failed() {
     // converged. A node now supersedes any entry for its own id.
     // 1004331: two +5 s clock jumps put a tombstone's timestamp 10 s in
     // the future; the purge check now allows for that lead.
-    for seed in [249, 1405, 4573, 14147, 21949, 2643, 3163, 1_004_331] {
+    // 15681: a hint delivered by a node behind a move merged into the old
+    // owner's copy, dropped once the new owner had its own: a lost add.
+    // A node losing a partition now refuses hints for it.
+    // 3013656: two replicas that suspected each other skipped each other's
+    // anti-entropy exchanges until gossip paired them. A suspected replica
+    // now gets one exchange a round, as a probe.
+    // 2010813, 3004488: a write refused for the sibling bound reached a
+    // stand-in's hint, which the retraction did not reach (and the
+    // coordinator's copy was gone after a move): the refused write took
+    // effect. Retractions now reach stand-ins, built from the written state.
+    for seed in
+        [249, 1405, 4573, 14147, 21949, 2643, 3163, 1_004_331, 15_681, 3_013_656, 2_010_813, 3_004_488]
+    {
         if let Err(failure) = simulation.run(seed) {
             panic!("{failure}");
         }
