@@ -69,15 +69,9 @@ impl ReplicaService {
                     Some(current) if sibling_limit.is_some() => {
                         Err(Error::StaleRing { request: epoch, current })
                     }
-                    _ => match self.check_replicates(&key).and_then(|()| {
-                        // A hint delivery: its sender forgets the hint once
-                        // this node acknowledges it.
-                        if sibling_limit.is_none() && epoch != 0 {
-                            self.check_keeps(&key)
-                        } else {
-                            Ok(())
-                        }
-                    }) {
+                    // A hint delivery (no sibling limit, non-zero epoch):
+                    // its sender forgets the hint once this node acknowledges.
+                    _ => match self.check_replicates(&key, sibling_limit.is_none() && epoch != 0) {
                         Ok(()) => {
                             self.merge(Slot::Data, &key, &state, sibling_limit.map(|l| l as usize)).await
                         }
@@ -145,28 +139,24 @@ impl ReplicaService {
 
     /// Refuses a key whose partition this node no longer replicates: its
     /// copy is dropped (or being dropped), so an answer from it would pass
-    /// for "not found", and a write to it would be lost.
-    fn check_replicates(&self, key: &[u8]) -> Result<()> {
-        let view = self.membership.view();
-        let ring = view.require_ring()?;
-        let partition = ring.partition_of(key);
-        // Only gossiping nodes move data; a fixed ring keeps what it has.
-        if self.handoff.is_none() || view.replicates(ring, self.coordinator.id, partition) {
-            return Ok(());
-        }
-        Err(Error::NotReplica { partition, epoch: ring.epoch() })
-    }
-
-    /// Refuses a hint for a partition a move takes away from this node:
-    /// its copy is dropped once the gaining nodes have theirs, which may
-    /// have been copied before the hint arrived, and the hint's sender
+    /// for "not found", and a write to it would be lost. With `keep` (a
+    /// hint delivery), a node a move takes the partition away from refuses
+    /// too: its copy is dropped once the gaining nodes have theirs, which
+    /// may have been copied before the hint arrived, and the hint's sender
     /// forgets it once acknowledged. Refused, the hint stays with its
     /// sender until it learns the move and delivers it to the new owners.
-    fn check_keeps(&self, key: &[u8]) -> Result<()> {
+    fn check_replicates(&self, key: &[u8], keep: bool) -> Result<()> {
         let view = self.membership.view();
         let ring = view.require_ring()?;
         let partition = ring.partition_of(key);
-        if self.handoff.is_none() || ring.preference_list(partition).contains(&self.coordinator.id) {
+        let id = self.coordinator.id;
+        // Only gossiping nodes move data; a fixed ring keeps what it has.
+        let holds = if keep {
+            ring.preference_list(partition).contains(&id)
+        } else {
+            view.replicates(ring, id, partition)
+        };
+        if self.handoff.is_none() || holds {
             return Ok(());
         }
         Err(Error::NotReplica { partition, epoch: ring.epoch() })
@@ -175,7 +165,7 @@ impl ReplicaService {
     async fn get(&self, key: &[u8], hint_for: Option<NodeId>) -> Result<Option<Bytes>> {
         check_key(&self.config, key)?;
         if hint_for.is_none() {
-            self.check_replicates(key)?;
+            self.check_replicates(key, false)?;
         }
         let slot = hint_for.map_or(Slot::Data, Slot::HintFor);
         self.replica.load_raw(slot, self.partition_of(key)?, key).await

@@ -301,17 +301,14 @@ async fn a_copy_interrupted_by_killing_the_sender_completes_after_restart() {
     interrupted_copy_completes(false).await;
 }
 
-/// A handoff pull for a partition the asker does not gain, under another
-/// ring epoch, or for a partition out of range, is refused and changes
-/// nothing; the gaining node's own pull is served.
-#[tokio::test(start_paused = true)]
-async fn handoff_pulls_that_do_not_match_the_move_are_refused() {
-    use dynamo_core::transport::protocol::{Request, Response};
-    use dynamo_core::transport::Transport;
+/// Three nodes holding `keys` keys (node 4 waiting to join), then the
+/// committed join of node 4 with copies paced at 1 byte/s, so that every
+/// partition holding data stays moving.
+async fn a_move_under_way(keys: usize) -> (Cluster, dynamo_core::topology::Plan) {
     let config = Config { handoff_max_bytes_per_sec: 1, ..config() };
     let cluster = Cluster::builder().nodes(3).joiners(1).gossip().w(3).config(config).build().await.unwrap();
     cluster.wait_gossip_converged(CONVERGE).await.unwrap();
-    for i in 0..50 {
+    for i in 0..keys {
         let key = format!("k{i}");
         cluster
             .node(0)
@@ -322,6 +319,17 @@ async fn handoff_pulls_that_do_not_match_the_move_are_refused() {
     }
     let plan = apply(&cluster.node(0).unwrap(), &[Change::Join(NodeId(4))]).await;
     cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    (cluster, plan)
+}
+
+/// A handoff pull for a partition the asker does not gain, under another
+/// ring epoch, or for a partition out of range, is refused and changes
+/// nothing; the gaining node's own pull is served.
+#[tokio::test(start_paused = true)]
+async fn handoff_pulls_that_do_not_match_the_move_are_refused() {
+    use dynamo_core::transport::protocol::{Request, Response};
+    use dynamo_core::transport::Transport;
+    let (cluster, plan) = a_move_under_way(50).await;
     let t = plan.transfers[0].clone();
     let source = cluster.index_of(t.from[0]).unwrap();
     let addr = cluster.current_ring().member(t.from[0]).unwrap().addr.clone();
@@ -370,21 +378,8 @@ async fn a_node_losing_a_partition_refuses_hints_for_it() {
     use dynamo_core::causality::{Actor, CausalContext, Dot, SiblingSet};
     use dynamo_core::transport::protocol::{Request, Response};
     use dynamo_core::transport::Transport;
-    let config = Config { handoff_max_bytes_per_sec: 1, ..config() };
-    let cluster = Cluster::builder().nodes(3).joiners(1).gossip().w(3).config(config).build().await.unwrap();
-    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
-    // Data in every partition, so that no copy completes at 1 byte/s.
-    for i in 0..400 {
-        let key = format!("k{i}");
-        cluster
-            .node(0)
-            .unwrap()
-            .put(key.as_bytes(), value(&key), None, WriteOptions::default())
-            .await
-            .unwrap();
-    }
-    let plan = apply(&cluster.node(0).unwrap(), &[Change::Join(NodeId(4))]).await;
-    cluster.wait_gossip_converged(CONVERGE).await.unwrap();
+    // Data in every partition, so that no copy completes.
+    let (cluster, plan) = a_move_under_way(400).await;
     let ring = cluster.current_ring();
     let t = plan.transfers[0].clone();
     let list = ring.preference_list(t.partition);

@@ -100,15 +100,23 @@ impl Closed {
 
     /// Returns once the endpoint is closed.
     async fn wait(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            changed.await;
+        wait_until(&self.changed, || self.is_closed()).await;
+    }
+}
+
+/// Returns once `done` holds, checking it again each time `changed` wakes
+/// its waiters (first come, first served, unlike tokio's `watch`, whose
+/// random wake-up order made a seed's runs differ).
+async fn wait_until(changed: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a change in between still wakes us.
+        notified.as_mut().enable();
+        if done() {
+            return;
         }
+        notified.await;
     }
 }
 
@@ -257,20 +265,10 @@ impl SimNetwork {
         self.resumed.notify_waiters();
     }
 
-    /// Returns once the node at `addr` is not paused. Held legs go on in
-    /// the order they were held: `Notify` wakes its waiters first come,
-    /// first served, where tokio's `watch` wakes them in a randomly drawn
-    /// order, which made a seed's runs differ.
+    /// Returns once the node at `addr` is not paused; held legs go on in
+    /// the order they were held (see [`wait_until`]).
     async fn running(&self, addr: &str) {
-        loop {
-            let resumed = self.resumed.notified();
-            tokio::pin!(resumed);
-            resumed.as_mut().enable();
-            if !self.lock().paused.contains(addr) {
-                return;
-            }
-            resumed.await;
-        }
+        wait_until(&self.resumed, || !self.lock().paused.contains(addr)).await;
     }
 
     /// Sets the largest frame, request or response, the network carries
