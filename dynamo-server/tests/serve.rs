@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::{free_port, private_loopback};
+
+mod support;
 
 const EXE: &str = env!("CARGO_BIN_EXE_dynamo-server");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `serve` in `dir`, with the environment cleared of `DYNAMO_*` but `env`.
 fn serve(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Command {
@@ -42,22 +41,23 @@ impl Drop for Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_no_config_is_a_usable_single_node() {
     let dir = tempfile::tempdir().unwrap();
-    let http = free_port();
+    let host = private_loopback();
+    let http = free_port(&host);
     let env = [
-        ("DYNAMO_PEER__LISTEN", format!("127.0.0.1:{}", free_port())),
-        ("DYNAMO_URL", format!("http://127.0.0.1:{http}")),
+        ("DYNAMO_PEER__LISTEN", format!("{host}:{}", free_port(&host))),
+        ("DYNAMO_URL", format!("http://{host}:{http}")),
         ("DYNAMO_TEST_SEED", "7".into()),
         ("DYNAMO_SIM_FROM", "0".into()),
         ("DYNAMO_SIM_LOG", "debug".into()),
     ];
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let child = serve(dir.path(), &["--http-listen", &format!("127.0.0.1:{http}")], &env)
+    let child = serve(dir.path(), &["--http-listen", &format!("{host}:{http}")], &env)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
     let running = Running(child);
-    let url = format!("http://127.0.0.1:{http}");
+    let url = format!("http://{host}:{http}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -24,11 +24,25 @@ pub struct Proc {
 /// Three `dynamo-server serve` processes with their configs in a tempdir.
 pub struct ProcCluster {
     pub dir: tempfile::TempDir,
+    /// The loopback address all its nodes listen on.
+    pub host: String,
     pub nodes: Vec<Proc>,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback address of its own for one cluster, `127.a.b.1` with `a`
+/// and `b` drawn at random: every outgoing connection on this host leaves
+/// from 127.0.0.1, so a port found free here cannot be taken by a node's
+/// dial (from the same ephemeral range) before the node listening on it
+/// has started, nor by another test's cluster.
+pub fn private_loopback() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("127.{}.{}.1", 1 + draw % 254, (draw >> 8) % 256)
+}
+
+/// A port free on `host` now.
+pub fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl ProcCluster {
@@ -38,14 +52,15 @@ impl ProcCluster {
 
     pub fn start_with(nodes: usize, adjust: impl Fn(&mut ServerConfig)) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+        let host = private_loopback();
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(&host), free_port(&host))).collect();
         let members: Vec<MemberConfig> = ports
             .iter()
             .enumerate()
             .map(|(i, (http, peer))| MemberConfig {
                 id: i as u64 + 1,
-                addr: format!("127.0.0.1:{peer}"),
-                http: Some(format!("http://127.0.0.1:{http}")),
+                addr: format!("{host}:{peer}"),
+                http: Some(format!("http://{host}:{http}")),
                 zone: None,
                 capacity: 1,
             })
@@ -58,8 +73,8 @@ impl ProcCluster {
                 members: members.clone(),
                 ..ServerConfig::default()
             };
-            c.http.listen = format!("127.0.0.1:{http}");
-            c.peer.listen = format!("127.0.0.1:{peer}");
+            c.http.listen = format!("{host}:{http}");
+            c.peer.listen = format!("{host}:{peer}");
             c.cluster.n = nodes.min(3);
             c.cluster.r = c.cluster.n / 2 + 1;
             c.cluster.w = c.cluster.n / 2 + 1;
@@ -71,12 +86,12 @@ impl ProcCluster {
             std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
             procs.push(Proc {
                 config: path,
-                url: format!("http://127.0.0.1:{http}"),
+                url: format!("http://{host}:{http}"),
                 child: None,
                 log: c.data_dir.join("node.log"),
             });
         }
-        let mut cluster = ProcCluster { dir, nodes: procs };
+        let mut cluster = ProcCluster { dir, host, nodes: procs };
         for i in 0..nodes {
             cluster.spawn(i);
         }
@@ -154,12 +169,13 @@ impl ProcCluster {
     pub fn add_node(&mut self, seeds: Vec<String>) -> usize {
         let mut c = self.config(0);
         let id = self.nodes.len() as u64 + 1;
-        let http = free_port();
+        let host = &self.host;
+        let http = free_port(host);
         c.node_id = id;
         c.data_dir = self.dir.path().join(format!("node-{id}"));
         c.members = Vec::new();
-        c.http.listen = format!("127.0.0.1:{http}");
-        c.peer.listen = format!("127.0.0.1:{}", free_port());
+        c.http.listen = format!("{host}:{http}");
+        c.peer.listen = format!("{host}:{}", free_port(host));
         c.peer.advertise = None;
         c.cluster.seeds = seeds;
         std::fs::create_dir_all(&c.data_dir).unwrap();
@@ -167,7 +183,7 @@ impl ProcCluster {
         std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
         self.nodes.push(Proc {
             config: path,
-            url: format!("http://127.0.0.1:{http}"),
+            url: format!("http://{host}:{http}"),
             child: None,
             log: c.data_dir.join("node.log"),
         });
