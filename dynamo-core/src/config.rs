@@ -63,6 +63,12 @@ pub struct Config {
     pub lock_stripes: usize,
     /// Most write operations group-committed in one store batch.
     pub max_commit_batch: usize,
+    /// Bytes of recently read or written key states a node keeps in
+    /// memory (keys plus values) for a store whose reads may block, so
+    /// that reads and read-merge-writes of hot keys skip the hop to a
+    /// store thread; 0 turns the cache off. Bounded: memory does not grow
+    /// with the number of keys beyond it.
+    pub read_cache_bytes: usize,
     /// How often a node looks for partitions to copy or drop after a
     /// topology change, in milliseconds.
     pub handoff_interval_ms: u64,
@@ -132,6 +138,7 @@ impl Default for Config {
             suspect_period_ms: 1_000,
             lock_stripes: 1024,
             max_commit_batch: 1024,
+            read_cache_bytes: 32 * 1024 * 1024,
             handoff_interval_ms: 1_000,
             handoff_concurrency: 2,
             handoff_batch_bytes: 1 << 20,

@@ -171,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn epochs_are_unique_across_restarts_and_new_stores() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let gc = StoreIo::start(store.clone(), 64, crate::fault_point::Faults::default()).unwrap();
+        let gc = StoreIo::start(store.clone(), 64, 0, crate::fault_point::Faults::default()).unwrap();
         let (e, kind) = Epochs::open(&store, None).await.unwrap();
         assert_eq!(kind, StartKind::NewStore);
         let a = e.allocate(&gc).await.unwrap();
@@ -198,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn an_unclean_start_retires_every_earlier_epoch() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let gc = StoreIo::start(store.clone(), 64, crate::fault_point::Faults::default()).unwrap();
+        let gc = StoreIo::start(store.clone(), 64, 0, crate::fault_point::Faults::default()).unwrap();
         let (e, _) = Epochs::open(&store, None).await.unwrap();
         let a = e.allocate(&gc).await.unwrap();
         // Crash: no marker.

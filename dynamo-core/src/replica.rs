@@ -170,7 +170,7 @@ impl Replica {
         faults: Faults,
     ) -> Result<Replica> {
         let (epochs, start) = Epochs::open(&store, epoch_seed).await?;
-        let io = StoreIo::start(store, config.max_commit_batch, faults)?;
+        let io = StoreIo::start(store, config.max_commit_batch, config.read_cache_bytes, faults)?;
         Ok(Replica {
             node,
             io,
@@ -247,7 +247,7 @@ impl Replica {
     /// The raw encoded state of `key` in `slot`.
     pub(crate) async fn load_raw(&self, slot: Slot, partition: u32, key: &[u8]) -> Result<Option<Bytes>> {
         let sk = storage_key(slot, partition, key);
-        Ok(self.io.read(move |s| s.get(slot_table(slot), &sk)).await?)
+        Ok(self.io.get(slot_table(slot), sk).await?)
     }
 
     /// The decoded state of `key` in `slot`.

@@ -82,6 +82,15 @@ pub enum BatchOp {
     },
 }
 
+impl BatchOp {
+    /// The table the operation writes.
+    pub fn table(&self) -> Table {
+        match self {
+            BatchOp::Put { table, .. } | BatchOp::Delete { table, .. } => *table,
+        }
+    }
+}
+
 /// Operations applied all together or not at all, in order (a later
 /// operation on the same key wins).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,13 +12,24 @@
 //! A store that never blocks ([`Store::is_blocking`] is false, e.g.
 //! `MemStore`) is called inline, and its group commit runs as a tokio task:
 //! simulations stay deterministic on one thread.
+//!
+//! For a store that may block, the data table's key states also go
+//! through a bounded read cache ([`ReadCache`]): a read of a key found
+//! there is answered on the caller's thread, without a hop to a reader
+//! thread and back (two wake-ups, two context switches). The writer keeps
+//! it coherent: once a batch is stored, and before any writer of the batch
+//! hears so, the cache takes the batch's data-table puts and deletes. A
+//! read that missed fills the cache only if no write reached the cache
+//! meanwhile, so a fill can never put back a value older than the store's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fault_point::{Fault, FaultPoint, Faults};
-use crate::store::{Store, StoreError, WriteBatch};
+use crate::store::{BatchOp, Store, StoreError, Table, WriteBatch};
 
 /// Reader threads per blocking store.
 pub(crate) const READ_THREADS: usize = 2;
@@ -33,8 +44,106 @@ type ReadJob = Box<dyn FnOnce(&dyn Store) + Send>;
 enum Engine {
     /// Never blocks: reads inline, group commit on a tokio task.
     Inline { writes: mpsc::Sender<Pending>, task: tokio::task::JoinHandle<()> },
-    /// May block: dedicated reader and writer threads.
-    Threads { reads: crossbeam_channel::Sender<ReadJob>, writes: crossbeam_channel::Sender<Pending> },
+    /// May block: dedicated reader and writer threads, and the read cache
+    /// of the data table (`None` when configured off).
+    Threads {
+        reads: crossbeam_channel::Sender<ReadJob>,
+        writes: crossbeam_channel::Sender<Pending>,
+        cache: Option<Arc<ReadCache>>,
+    },
+}
+
+/// Bytes a cache entry costs beyond its key and value (the entry, the
+/// `Bytes` handles, the map's slot), as weighed against the bound.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// Weighs an entry by its key and value bytes.
+#[derive(Clone, Copy, Debug)]
+struct ByBytes;
+
+impl quick_cache::Weighter<Bytes, Option<Bytes>> for ByBytes {
+    fn weight(&self, key: &Bytes, value: &Option<Bytes>) -> u64 {
+        (key.len() + value.as_ref().map_or(0, Bytes::len)) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+/// The data table's recently read and written values (`None`: known
+/// absent), at most a configured number of bytes (S3-FIFO eviction, from
+/// the `quick_cache` crate).
+pub(crate) struct ReadCache {
+    entries: quick_cache::sync::Cache<Bytes, Option<Bytes>, ByBytes>,
+    /// Counts the writes applied to the cache. Held while a write is
+    /// applied and while a missed read checks it and fills: a fill whose
+    /// read began before a write it did not see is dropped.
+    writes: Mutex<u64>,
+}
+
+impl ReadCache {
+    /// A cache of at most `bytes` bytes; `None` for 0.
+    fn new(bytes: usize) -> Option<Arc<ReadCache>> {
+        (bytes > 0).then(|| {
+            // quick_cache sizes its tables by an item estimate: assume
+            // small states (about 256 bytes each).
+            let items = (bytes / 256).clamp(16, 1 << 22);
+            Arc::new(ReadCache {
+                entries: quick_cache::sync::Cache::with_weighter(items, bytes as u64, ByBytes),
+                writes: Mutex::new(0),
+            })
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of writes applied so far: a missed read takes it before
+    /// reading the store.
+    fn generation(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// The cached value of `key`: `Some(None)` when known absent.
+    fn get(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.entries.get(key)
+    }
+
+    /// Fills `key` with what a read found, unless a write reached the
+    /// cache since `generation` was taken.
+    fn fill(&self, generation: u64, key: Bytes, value: Option<Bytes>) {
+        let writes = self.lock();
+        if *writes == generation {
+            self.entries.insert(key, value);
+        }
+    }
+
+    /// Applies a stored batch's data-table operations (`stored`: the
+    /// store wrote it); after a failed write, whose effect is unknown,
+    /// forgets its keys instead.
+    fn apply(&self, ops: &[BatchOp], stored: bool) {
+        let mut writes = self.lock();
+        *writes += 1;
+        for op in ops {
+            match op {
+                BatchOp::Put { table: Table::Data, key, value } if stored => {
+                    self.entries.insert(key.clone(), Some(value.clone()));
+                }
+                BatchOp::Delete { table: Table::Data, key } if stored => {
+                    self.entries.insert(key.clone(), None);
+                }
+                BatchOp::Put { table: Table::Data, key, .. }
+                | BatchOp::Delete { table: Table::Data, key } => {
+                    self.entries.remove(&key[..]);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Bytes held, as weighed against the bound.
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
 }
 
 /// Runs a node's store operations. The threads (or task) stop once the
@@ -66,9 +175,13 @@ impl StoreIo {
     ///
     /// # Errors
     /// The OS refused to start a thread.
+    ///
+    /// `cache_bytes` bounds the read cache of a store that may block (0:
+    /// none).
     pub(crate) fn start(
         store: Arc<dyn Store>,
         max_ops: usize,
+        cache_bytes: usize,
         faults: Faults,
     ) -> Result<StoreIo, StoreError> {
         let max_ops = max_ops.max(1);
@@ -95,23 +208,59 @@ impl StoreIo {
             }
             let (writes, write_rx) = crossbeam_channel::unbounded::<Pending>();
             let writer_store = Arc::clone(&store);
+            let cache = ReadCache::new(cache_bytes);
+            let writer_cache = cache.clone();
             spawn(
                 "dynamo-store-write".into(),
                 Box::new(move || {
                     let mut waiting = Vec::new();
+                    let mut data_ops = Vec::new();
                     while let Ok(first) = write_rx.recv() {
                         let batch = gather(first, &mut waiting, max_ops, || write_rx.try_recv().ok());
-                        finish(writer_store.write(batch), &mut waiting);
+                        let Some(cache) = &writer_cache else {
+                            finish(writer_store.write(batch), &mut waiting);
+                            continue;
+                        };
+                        data_ops.extend(batch.ops().iter().filter(|op| op.table() == Table::Data).cloned());
+                        let result = writer_store.write(batch);
+                        // Before the writers hear: a read they make next
+                        // must find what they wrote.
+                        cache.apply(&data_ops, result.is_ok());
+                        data_ops.clear();
+                        finish(result, &mut waiting);
                     }
                 }),
             )?;
-            Engine::Threads { reads, writes }
+            Engine::Threads { reads, writes, cache }
         } else {
             let (writes, rx) = mpsc::channel(max_ops.max(16));
             let task = tokio::spawn(commit_task(Arc::clone(&store), rx, max_ops));
             Engine::Inline { writes, task }
         };
         Ok(StoreIo { store, engine, faults })
+    }
+
+    /// The value of `key` in `table`: from the read cache when it holds
+    /// the key (data table only), else as [`read`](StoreIo::read) does,
+    /// filling the cache.
+    ///
+    /// # Errors
+    /// The store's error, or the threads having stopped.
+    pub(crate) async fn get(&self, table: Table, key: Bytes) -> Result<Option<Bytes>, StoreError> {
+        let cache = match &self.engine {
+            Engine::Threads { cache: Some(cache), .. } if table == Table::Data => Arc::clone(cache),
+            _ => return self.read(move |s| s.get(table, &key)).await,
+        };
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit);
+        }
+        let generation = cache.generation();
+        let value = {
+            let key = key.clone();
+            self.read(move |s| s.get(table, &key)).await?
+        };
+        cache.fill(generation, key, value.clone());
+        Ok(value)
     }
 
     /// Runs a read (`get`, `scan`) on a reader thread, or inline for a
@@ -266,7 +415,7 @@ mod tests {
 
     async fn concurrent_writers_share_batches(blocking: bool) {
         let store = Arc::new(CountingStore { inner: MemStore::new(), writes: AtomicUsize::new(0), blocking });
-        let io = Arc::new(StoreIo::start(store.clone(), 1024, Faults::default()).unwrap());
+        let io = Arc::new(StoreIo::start(store.clone(), 1024, 1 << 20, Faults::default()).unwrap());
         let mut joins = Vec::new();
         for i in 0..200u32 {
             let io = Arc::clone(&io);
@@ -293,5 +442,159 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blocking_store_groups_commits_on_its_threads() {
         concurrent_writers_share_batches(true).await;
+    }
+}
+
+#[cfg(test)]
+mod read_cache_tests {
+    use super::*;
+    use crate::store::MemStore;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A blocking store that counts gets, can hold a get between reading
+    /// and answering, and can fail its writes.
+    #[derive(Default)]
+    struct Probe {
+        inner: MemStore,
+        gets: AtomicUsize,
+        fail_writes: AtomicBool,
+        /// While set, a get of `b"held"` waits on `release` after reading.
+        hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Store for Probe {
+        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let value = self.inner.get(t, k)?;
+            if k == b"held" {
+                let held = self.hold.lock().unwrap().take();
+                if let Some(release) = held {
+                    let _ = release.recv();
+                }
+            }
+            Ok(value)
+        }
+        fn write(&self, b: WriteBatch) -> Result<(), StoreError> {
+            if self.fail_writes.load(Ordering::SeqCst) {
+                // Applied, then reported failed: the outcome is unknown.
+                self.inner.write(b)?;
+                return Err(StoreError::Backend { backend: "probe".into(), message: "injected".into() });
+            }
+            self.inner.write(b)
+        }
+        fn scan(
+            &self,
+            t: Table,
+            s: &[u8],
+            e: Option<&[u8]>,
+            l: usize,
+        ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
+            self.inner.scan(t, s, e, l)
+        }
+        fn is_blocking(&self) -> bool {
+            true
+        }
+    }
+
+    fn put(table: Table, key: &'static [u8], value: &'static [u8]) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        b.put(table, key.to_vec(), value.to_vec());
+        b
+    }
+
+    fn start(store: &Arc<Probe>, bytes: usize) -> StoreIo {
+        StoreIo::start(store.clone(), 64, bytes, Faults::default()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_written_key_is_read_back_without_the_store_and_deletes_are_seen() {
+        let store = Arc::new(Probe::default());
+        let io = start(&store, 1 << 20);
+        io.commit(put(Table::Data, b"k", b"v1")).await.unwrap();
+        let key = Bytes::from_static(b"k");
+        assert_eq!(io.get(Table::Data, key.clone()).await.unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0, "the commit filled the cache");
+        let mut delete = WriteBatch::new();
+        delete.delete(Table::Data, b"k".to_vec());
+        io.commit(delete).await.unwrap();
+        assert_eq!(io.get(Table::Data, key.clone()).await.unwrap(), None);
+        assert_eq!(store.gets.load(Ordering::SeqCst), 0, "a delete is cached as absent");
+        // A miss goes to the store once, then hits.
+        let other = Bytes::from_static(b"other");
+        assert_eq!(io.get(Table::Data, other.clone()).await.unwrap(), None);
+        assert_eq!(io.get(Table::Data, other).await.unwrap(), None);
+        assert_eq!(store.gets.load(Ordering::SeqCst), 1);
+        // Other tables are never cached.
+        io.commit(put(Table::Hints, b"h", b"x")).await.unwrap();
+        io.get(Table::Hints, Bytes::from_static(b"h")).await.unwrap();
+        io.get(Table::Hints, Bytes::from_static(b"h")).await.unwrap();
+        assert_eq!(store.gets.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_raced_a_write_never_fills_the_older_value() {
+        let store = Arc::new(Probe::default());
+        let io = Arc::new(start(&store, 1 << 20));
+        io.commit(put(Table::Data, b"held", b"old")).await.unwrap();
+        // Evict by a failed write's invalidation, so the next get misses.
+        store.fail_writes.store(true, Ordering::SeqCst);
+        assert!(io.commit(put(Table::Data, b"held", b"old")).await.is_err());
+        store.fail_writes.store(false, Ordering::SeqCst);
+        let (release, held) = std::sync::mpsc::channel();
+        *store.hold.lock().unwrap() = Some(held);
+        let reader = {
+            let io = Arc::clone(&io);
+            tokio::spawn(async move { io.get(Table::Data, Bytes::from_static(b"held")).await })
+        };
+        // The reader has read "old" from the store and waits to answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.hold.lock().unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the read never reached the store");
+            tokio::task::yield_now().await;
+        }
+        io.commit(put(Table::Data, b"held", b"new")).await.unwrap();
+        release.send(()).unwrap();
+        assert_eq!(reader.await.unwrap().unwrap().as_deref(), Some(&b"old"[..]), "it read before the write");
+        let now = io.get(Table::Data, Bytes::from_static(b"held")).await.unwrap();
+        assert_eq!(now.as_deref(), Some(&b"new"[..]), "the late fill of the older value was dropped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_leaves_its_keys_to_the_store() {
+        let store = Arc::new(Probe::default());
+        let io = start(&store, 1 << 20);
+        io.commit(put(Table::Data, b"k", b"v1")).await.unwrap();
+        store.fail_writes.store(true, Ordering::SeqCst);
+        assert!(io.commit(put(Table::Data, b"k", b"v2")).await.is_err());
+        let read = io.get(Table::Data, Bytes::from_static(b"k")).await.unwrap();
+        assert_eq!(read.as_deref(), Some(&b"v2"[..]), "the store's word, whatever the failed write did");
+        assert_eq!(store.gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_stays_within_its_bytes_and_can_be_off() {
+        let store = Arc::new(Probe::default());
+        let bound = 64 * 1024;
+        let io = start(&store, bound);
+        for i in 0..2_000u32 {
+            let mut b = WriteBatch::new();
+            b.put(Table::Data, i.to_be_bytes().to_vec(), vec![7u8; 200]);
+            io.commit(b).await.unwrap();
+        }
+        let Engine::Threads { cache: Some(cache), .. } = &io.engine else {
+            panic!("a blocking store has a cache")
+        };
+        assert!(cache.weight() <= bound as u64, "{} bytes held", cache.weight());
+        assert!(cache.weight() > bound as u64 / 2, "it holds what fits: {}", cache.weight());
+        for i in 0..2_000u32 {
+            let v = io.get(Table::Data, Bytes::copy_from_slice(&i.to_be_bytes())).await.unwrap();
+            assert_eq!(v.map(|v| v.len()), Some(200), "key {i}: evicted keys come from the store");
+        }
+        let off = start(&store, 0);
+        assert!(matches!(off.engine, Engine::Threads { cache: None, .. }));
+        let before = store.gets.load(Ordering::SeqCst);
+        off.get(Table::Data, Bytes::from_static(&[0, 0, 0, 1])).await.unwrap();
+        off.get(Table::Data, Bytes::from_static(&[0, 0, 0, 1])).await.unwrap();
+        assert_eq!(store.gets.load(Ordering::SeqCst), before + 2);
     }
 }

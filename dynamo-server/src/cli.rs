@@ -143,6 +143,14 @@ enum Command {
     /// keep-siblings siblings pile up to the limit and writes get 409, which
     /// are counted as errors.
     Bench(crate::bench::BenchArgs),
+    /// The baseline `bench` starts for itself: an unreplicated in-memory
+    /// key-value server behind the node's HTTP stack.
+    #[command(hide = true)]
+    BenchBaseline {
+        /// Address to listen on (port 0: any free port, printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 /// Builds a server binary with your own plugins, then runs the
@@ -264,6 +272,7 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
         Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
         Command::Aae(args) => crate::aae_cmd::run(args).await?,
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::BenchBaseline { listen } => crate::bench::baseline::serve(&listen).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -202,7 +202,7 @@ fn check_write(node: &Node, key: &[u8], w: Option<usize>) -> Result<(), ApiError
 /// Reads a value of at most `max` bytes. A `Content-Length` over the limit
 /// is refused before the first read (so no `100 Continue` is sent), a
 /// chunked body as soon as it crosses it. Memory grows as bytes arrive.
-async fn read_value(body: Body, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_value(body: Body, max: usize) -> Result<Bytes, ApiError> {
     let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
     if announced > max {
         let mut error = ApiError::from(Error::ValueTooLarge { size: announced, max });

@@ -22,6 +22,7 @@ mod http_conn_io;
 pub mod http_listener;
 pub mod metrics;
 pub mod plugins;
+pub mod process;
 pub mod serve;
 
 pub use cli::ServerBuilder;

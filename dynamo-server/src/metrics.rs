@@ -148,6 +148,7 @@ pub struct ServerMetrics {
     background_slots: Gauge,
     background_p99: Gauge<f64, AtomicU64>,
     aae_trees_ready: Gauge,
+    process: crate::process::ProcessMetrics,
 }
 
 /// The exposition format of a scrape.
@@ -391,6 +392,7 @@ impl ServerMetrics {
             "Partitions whose anti-entropy Merkle tree is built",
             aae_trees_ready.clone(),
         );
+        let process = crate::process::ProcessMetrics::register(&mut registry);
         ServerMetrics {
             registry,
             requests,
@@ -402,6 +404,7 @@ impl ServerMetrics {
             background_slots,
             background_p99,
             aae_trees_ready,
+            process,
         }
     }
 
@@ -470,6 +473,7 @@ impl ServerMetrics {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         self.hints_pending.set(hints_pending as i64);
+        self.process.update();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = match format {
@@ -507,6 +511,24 @@ mod tests {
 
     fn sample<'a>(scrape: &'a Scrape, name: &str) -> &'a Value {
         &scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no {name}")).value
+    }
+
+    #[test]
+    fn a_scrape_shows_the_process_cpu_time_and_resident_memory() {
+        let m = ServerMetrics::new();
+        let scrape = scraped(&m, &MetricsSnapshot::default(), 0);
+        let Value::Counter(cpu) = sample(&scrape, "dynamo_process_cpu_seconds_total") else {
+            panic!("the CPU time is a counter")
+        };
+        let Value::Gauge(rss) = sample(&scrape, "dynamo_process_resident_memory_bytes") else {
+            panic!("resident memory is a gauge")
+        };
+        assert!(*cpu > 0.0 && *rss > 1_000_000.0, "cpu {cpu} s, rss {rss} B");
+        let again = scraped(&m, &MetricsSnapshot::default(), 0);
+        let Value::Counter(later) = sample(&again, "dynamo_process_cpu_seconds_total") else {
+            unreachable!()
+        };
+        assert!(later >= cpu, "a counter never goes back: {cpu} then {later}");
     }
 
     #[test]
