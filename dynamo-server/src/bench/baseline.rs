@@ -97,7 +97,7 @@ async fn metrics(State(kv): State<Arc<MemoryKv>>) -> Response {
 }
 
 /// The baseline's routes: `/kv/{key}`, `/health`, `/metrics` (its CPU).
-fn router() -> Router {
+pub(crate) fn router() -> Router {
     Router::new()
         .route("/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))

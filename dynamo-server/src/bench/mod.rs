@@ -288,11 +288,14 @@ async fn check_health(targets: &[Target]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU time so far: this process's, and the servers' summed (`None` if
-/// any node does not report it).
+/// CPU time so far: this process's, and the servers' summed, each node
+/// once however many times it is listed (`None` if any node does not
+/// report it).
 async fn cpu_now(targets: &[Target]) -> (f64, Option<f64>) {
+    let mut seen = std::collections::HashSet::new();
+    let nodes = targets.iter().filter(|t| seen.insert(t.base.as_str()));
     let servers: Option<Vec<f64>> =
-        futures::future::join_all(targets.iter().map(Target::cpu_seconds)).await.into_iter().collect();
+        futures::future::join_all(nodes.map(Target::cpu_seconds)).await.into_iter().collect();
     let bench = crate::process::cpu_time().map_or(0.0, |d| d.as_secs_f64());
     (bench, servers.map(|s| s.iter().sum()))
 }
@@ -673,6 +676,47 @@ mod tests {
         assert!(summary.measured < Duration::from_secs(2) && summary.measured > Duration::from_millis(300));
         assert!(summary.stats.ops() > 0);
         assert!(summary.render().contains("(interrupted)"));
+    }
+
+    /// The baseline served in this process: its `/metrics` gives this
+    /// process's CPU, so the run has server CPU figures to report.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_against_the_baseline_reports_cpu_per_operation_and_ratios() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let limits = crate::http_listener::HttpLimits::new(
+            &crate::config::HttpConfig::default(),
+            Duration::from_secs(5),
+        );
+        tokio::spawn(crate::http_listener::serve(
+            listener,
+            baseline::router(),
+            limits,
+            std::future::pending(),
+        ));
+        let mut a = args(vec![url.clone(), url.clone()]);
+        a.keys = 100;
+        a.concurrency = 2;
+        a.duration = 1;
+        a.warmup = 0;
+        let summary =
+            execute_on("baseline", vec![url.clone(), url], &a, Arc::default(), false).await.unwrap();
+        let s = &summary.stats;
+        assert!(s.read_ok > 0 && s.write_ok > 0 && s.error_count() == 0, "{s:?}");
+        assert_eq!(s.read_not_found, 0, "the preload wrote every key");
+        let cpu = summary.cpu.expect("CPU was sampled");
+        assert!(cpu.bench > 0.0);
+        // Listed twice, counted once: the servers' CPU is this process's,
+        // which the generator's own figure also is.
+        let servers = cpu.servers.expect("the baseline reports its CPU");
+        assert!(
+            servers > 0.0 && servers <= cpu.bench * 1.5 + 0.05,
+            "servers {servers} s, bench {} s",
+            cpu.bench
+        );
+        assert!(summary.server_cpu_per_op_us().is_some_and(|us| us > 0.0));
+        let ratios = report::Ratios::of(&summary, &summary);
+        assert!((ratios.throughput - 1.0).abs() < 1e-9 && ratios.server_cpu_per_op == Some(1.0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
