@@ -11,8 +11,15 @@ use dynamo_server::client::ApiClient;
 use dynamo_server::config::ServerConfig;
 use dynamo_server::ServerBuilder;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port free now on a loopback address of this test's own (`127.a.b.1`,
+/// drawn at random): outgoing connections leave from 127.0.0.1, so none
+/// can take the port before the server binds it.
+fn free_addr() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let host = format!("127.{}.{}.1", 1 + draw % 254, (draw >> 8) % 256);
+    let port = std::net::TcpListener::bind((host.as_str(), 0)).unwrap().local_addr().unwrap().port();
+    format!("{host}:{port}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,8 +32,8 @@ async fn a_server_with_the_cart_reconciler_merges_concurrent_carts_over_http() {
         ..ServerConfig::default()
     };
     (config.cluster.n, config.cluster.r, config.cluster.w) = (1, 1, 1);
-    config.http.listen = format!("127.0.0.1:{}", free_port());
-    config.peer.listen = format!("127.0.0.1:{}", free_port());
+    config.http.listen = free_addr();
+    config.peer.listen = free_addr();
     let url = format!("http://{}", config.http.listen);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
