@@ -377,25 +377,45 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemStore, Table};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::store::MemStore;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// Counts store writes to show that batches are shared.
-    struct CountingStore {
+    /// A store that counts gets and writes, blocks (a write then takes
+    /// 1 ms, like an fsync) or not, can hold a get between reading and
+    /// answering, and can fail its writes.
+    #[derive(Default)]
+    struct Probe {
         inner: MemStore,
-        writes: AtomicUsize,
         blocking: bool,
+        gets: AtomicUsize,
+        writes: AtomicUsize,
+        fail_writes: AtomicBool,
+        /// While set, a get of `b"held"` waits on `release` after reading.
+        hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     }
 
-    impl Store for CountingStore {
-        fn get(&self, t: Table, k: &[u8]) -> Result<Option<bytes::Bytes>, StoreError> {
-            self.inner.get(t, k)
+    impl Store for Probe {
+        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let value = self.inner.get(t, k)?;
+            if k == b"held" {
+                let held = self.hold.lock().unwrap().take();
+                if let Some(release) = held {
+                    let _ = release.recv();
+                }
+            }
+            Ok(value)
         }
         fn write(&self, b: WriteBatch) -> Result<(), StoreError> {
             self.writes.fetch_add(1, Ordering::SeqCst);
             if self.blocking {
                 // Like an fsync: writers queue up behind it.
                 std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if self.fail_writes.load(Ordering::SeqCst) {
+                // Applied, then reported failed: the outcome is unknown.
+                self.inner.write(b)?;
+                return Err(StoreError::Backend { backend: "probe".into(), message: "injected".into() });
             }
             self.inner.write(b)
         }
@@ -405,7 +425,7 @@ mod tests {
             s: &[u8],
             e: Option<&[u8]>,
             l: usize,
-        ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, StoreError> {
+        ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
             self.inner.scan(t, s, e, l)
         }
         fn is_blocking(&self) -> bool {
@@ -413,8 +433,14 @@ mod tests {
         }
     }
 
+    impl Probe {
+        fn new(blocking: bool) -> Self {
+            Probe { blocking, ..Probe::default() }
+        }
+    }
+
     async fn concurrent_writers_share_batches(blocking: bool) {
-        let store = Arc::new(CountingStore { inner: MemStore::new(), writes: AtomicUsize::new(0), blocking });
+        let store = Arc::new(Probe::new(blocking));
         let io = Arc::new(StoreIo::start(store.clone(), 1024, 1 << 20, Faults::default()).unwrap());
         let mut joins = Vec::new();
         for i in 0..200u32 {
@@ -443,58 +469,6 @@ mod tests {
     async fn blocking_store_groups_commits_on_its_threads() {
         concurrent_writers_share_batches(true).await;
     }
-}
-
-#[cfg(test)]
-mod read_cache_tests {
-    use super::*;
-    use crate::store::MemStore;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// A blocking store that counts gets, can hold a get between reading
-    /// and answering, and can fail its writes.
-    #[derive(Default)]
-    struct Probe {
-        inner: MemStore,
-        gets: AtomicUsize,
-        fail_writes: AtomicBool,
-        /// While set, a get of `b"held"` waits on `release` after reading.
-        hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    }
-
-    impl Store for Probe {
-        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Bytes>, StoreError> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            let value = self.inner.get(t, k)?;
-            if k == b"held" {
-                let held = self.hold.lock().unwrap().take();
-                if let Some(release) = held {
-                    let _ = release.recv();
-                }
-            }
-            Ok(value)
-        }
-        fn write(&self, b: WriteBatch) -> Result<(), StoreError> {
-            if self.fail_writes.load(Ordering::SeqCst) {
-                // Applied, then reported failed: the outcome is unknown.
-                self.inner.write(b)?;
-                return Err(StoreError::Backend { backend: "probe".into(), message: "injected".into() });
-            }
-            self.inner.write(b)
-        }
-        fn scan(
-            &self,
-            t: Table,
-            s: &[u8],
-            e: Option<&[u8]>,
-            l: usize,
-        ) -> Result<Vec<(Bytes, Bytes)>, StoreError> {
-            self.inner.scan(t, s, e, l)
-        }
-        fn is_blocking(&self) -> bool {
-            true
-        }
-    }
 
     fn put(table: Table, key: &'static [u8], value: &'static [u8]) -> WriteBatch {
         let mut b = WriteBatch::new();
@@ -508,7 +482,7 @@ mod read_cache_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_written_key_is_read_back_without_the_store_and_deletes_are_seen() {
-        let store = Arc::new(Probe::default());
+        let store = Arc::new(Probe::new(true));
         let io = start(&store, 1 << 20);
         io.commit(put(Table::Data, b"k", b"v1")).await.unwrap();
         let key = Bytes::from_static(b"k");
@@ -533,7 +507,7 @@ mod read_cache_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_that_raced_a_write_never_fills_the_older_value() {
-        let store = Arc::new(Probe::default());
+        let store = Arc::new(Probe::new(true));
         let io = Arc::new(start(&store, 1 << 20));
         io.commit(put(Table::Data, b"held", b"old")).await.unwrap();
         // Evict by a failed write's invalidation, so the next get misses.
@@ -561,7 +535,7 @@ mod read_cache_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_write_leaves_its_keys_to_the_store() {
-        let store = Arc::new(Probe::default());
+        let store = Arc::new(Probe::new(true));
         let io = start(&store, 1 << 20);
         io.commit(put(Table::Data, b"k", b"v1")).await.unwrap();
         store.fail_writes.store(true, Ordering::SeqCst);
@@ -573,7 +547,7 @@ mod read_cache_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cache_stays_within_its_bytes_and_can_be_off() {
-        let store = Arc::new(Probe::default());
+        let store = Arc::new(Probe::new(true));
         let bound = 64 * 1024;
         let io = start(&store, bound);
         for i in 0..2_000u32 {

@@ -36,6 +36,9 @@ use crate::process::ProcessMetrics;
 /// Shards of the map: enough that 64 workers rarely meet on a lock.
 const SHARDS: usize = 64;
 
+/// How long the baseline may take to start listening.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The line the child prints once it listens.
 const READY_PREFIX: &str = "listening on ";
 
@@ -152,7 +155,10 @@ impl Baseline {
             .context("cannot start the baseline")?;
         let stdout = child.stdout.take().context("the baseline's output")?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next_line().await.context("reading the baseline's first line")?;
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .context("the baseline did not say it listens within 10 s")?
+            .context("reading the baseline's first line")?;
         let addr = line
             .as_deref()
             .and_then(|l| l.strip_prefix(READY_PREFIX))

@@ -28,6 +28,9 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Limit of the `/health` check and of a `/metrics` scrape.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest answer body kept (a `/metrics` scrape); a longer one is a
+/// transport error, so memory never follows what a node sends.
+const MAX_KEPT_BODY: usize = 16 * 1024 * 1024;
 
 /// Where one node's requests go.
 #[derive(Debug)]
@@ -64,6 +67,10 @@ impl Target {
             base,
             table: Vec::new(),
         };
+        // Key names are URL-safe: if one key's path parses, all do.
+        let probe = format!("{}/kv/{}", target.prefix, key_name(0));
+        Uri::try_from(probe.as_str())
+            .with_context(|| format!("node URL {} gives bad request paths", target.base))?;
         if tabulate {
             target.table.reserve(usize::try_from(keys).unwrap_or(0));
             for i in 0..keys {
@@ -86,7 +93,7 @@ impl Target {
         scratch.push_str(&self.prefix);
         scratch.push_str("/kv/");
         push_key_name(scratch, index);
-        // The prefix parsed as part of a URL and key names are URL-safe.
+        // `new` checked that the prefix forms request paths.
         Uri::try_from(scratch.as_str()).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
@@ -195,7 +202,8 @@ impl Conn {
             let status = resp.status();
             let mut body = resp.into_body();
             if keep_body {
-                let all = body.collect().await.map_err(|_| ErrorKind::Transport)?;
+                let limited = http_body_util::Limited::new(body, MAX_KEPT_BODY);
+                let all = limited.collect().await.map_err(|_| ErrorKind::Transport)?;
                 return Ok((status, all.to_bytes()));
             }
             while let Some(frame) = body.frame().await {
