@@ -54,8 +54,10 @@ pub enum Durability {
     Fsync,
     /// Batches are flushed to stable storage periodically rather than one
     /// by one: much faster, but a crash may lose the most recent
-    /// acknowledged writes (with redb, up to its flush interval, even on a
-    /// process crash; with LMDB, only on an OS crash or power loss). A
+    /// acknowledged writes (with redb, those since its last checkpoint, on
+    /// an OS crash or power loss, or even on a process crash when its
+    /// write-ahead log is off; with LMDB, only on an OS crash or power
+    /// loss). A
     /// store never corrupts or half-applies a batch in this mode; the
     /// cluster's N replicas cover the lost window.
     Buffered,

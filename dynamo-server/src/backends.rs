@@ -120,6 +120,7 @@ pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
             let options = dynamo_store_redb::RedbOptions {
                 durability: config.store.durability,
                 cache_size_bytes: config.store.redb_cache_bytes,
+                wal_bytes: config.store.redb_wal_bytes,
                 ..dynamo_store_redb::RedbOptions::default()
             };
             let store = dynamo_store_redb::RedbStore::open(&dir, options)

@@ -135,6 +135,9 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// redb page cache size, in bytes.
     pub redb_cache_bytes: usize,
+    /// redb write-ahead log size, in bytes; 0 turns the log off (see
+    /// `dynamo_store_redb::RedbOptions::wal_bytes`).
+    pub redb_wal_bytes: u64,
     /// LMDB map size (the most the store can hold), in bytes.
     pub lmdb_map_size_bytes: usize,
 }
@@ -268,6 +271,7 @@ impl Default for StoreConfig {
             engine: "redb".into(),
             durability: Durability::Fsync,
             redb_cache_bytes: 64 * 1024 * 1024,
+            redb_wal_bytes: 64 * 1024 * 1024,
             lmdb_map_size_bytes: 1 << 30,
         }
     }

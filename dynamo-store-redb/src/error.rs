@@ -106,3 +106,13 @@ pub(crate) fn commit(path: &Path, what: &str, err: CommitError) -> StoreError {
 pub(crate) fn durability(what: &str, err: SetDurabilityError) -> StoreError {
     backend(format!("{what}: cannot set the commit durability: {err}"))
 }
+
+/// An I/O error of a file beside the redb file (the write-ahead log);
+/// `what` names the operation. A full disk is [`StoreError::Full`].
+pub(crate) fn io(path: &Path, what: &str, err: &io::Error) -> StoreError {
+    if is_full(err) {
+        full(path, what, err)
+    } else {
+        backend(format!("{what} {}: {err}", path.display()))
+    }
+}

@@ -3,8 +3,9 @@
 //!
 //! A [`RedbStore`] keeps one redb file, `dynamo.redb`, in the directory it
 //! is opened on, with one redb table per [`Table`] (named after
-//! [`Table::name`], `&[u8] -> &[u8]`). Every [`Store::write`] is exactly one
-//! redb write transaction and one commit: core's group commit already
+//! [`Table::name`], `&[u8] -> &[u8]`), and a write-ahead log,
+//! `dynamo.wal`, beside it. Every [`Store::write`] is exactly one record of
+//! the log and one redb write transaction: core's group commit already
 //! merges concurrent writers into one batch, so this crate adds no
 //! batching of its own. Reads run in a redb read transaction, a consistent
 //! snapshot that never blocks on or is blocked by the writer. What an
@@ -32,6 +33,7 @@
 
 mod error;
 mod options;
+mod wal;
 
 use std::fmt;
 use std::ops::Bound;
@@ -39,7 +41,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,7 +49,11 @@ use bytes::Bytes;
 use dynamo_core::store::{BatchOp, Durability, Store, StoreError, Table, WriteBatch};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-pub use crate::options::{RedbOptions, DEFAULT_BUFFERED_FLUSH_INTERVAL_MS, DEFAULT_CACHE_SIZE_BYTES};
+pub use crate::options::{
+    RedbOptions, DEFAULT_CACHE_SIZE_BYTES, DEFAULT_CHECKPOINT_INTERVAL_MS, DEFAULT_WAL_BYTES,
+};
+use crate::wal::Wal;
+pub use crate::wal::WAL_FILE_NAME;
 
 /// Name of the redb file inside the store's directory.
 pub const FILE_NAME: &str = "dynamo.redb";
@@ -57,6 +63,9 @@ type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const DATA: BytesTable = TableDefinition::new("data");
 const HINTS: BytesTable = TableDefinition::new("hints");
 const META: BytesTable = TableDefinition::new("meta");
+/// This crate's own bookkeeping: the last checkpoint's sequence number.
+const WAL_STATE: TableDefinition<'static, &'static str, u64> = TableDefinition::new("wal");
+const CHECKPOINT_KEY: &str = "checkpoint";
 
 fn definition(table: Table) -> BytesTable {
     match table {
@@ -66,43 +75,111 @@ fn definition(table: Table) -> BytesTable {
     }
 }
 
-/// What the store and its flusher thread share.
+/// What the store and its background thread share.
 struct Shared {
     db: Database,
     /// The redb file.
     path: PathBuf,
-    /// Whether a buffered (non-durable) commit was made since the last
-    /// durable one.
+    /// The write-ahead log, unless [`RedbOptions::wal_bytes`] is 0.
+    wal: Option<Mutex<Wal>>,
+    /// Without the log: whether a buffered (non-durable) commit was made
+    /// since the last durable one.
     pending: AtomicBool,
-    /// Held for a whole flush, so a flush that finds nothing pending
-    /// returns only after a flush in progress elsewhere has committed.
+    /// Without the log: held for a whole flush, so a flush that finds
+    /// nothing pending returns only after a flush in progress elsewhere
+    /// has committed.
     flushing: Mutex<()>,
 }
 
 impl Shared {
-    /// Makes every commit so far durable with an empty durable commit, if
-    /// a buffered one is pending.
-    fn flush_pending(&self) -> Result<(), StoreError> {
+    fn lock_wal<'a>(wal: &'a Mutex<Wal>) -> MutexGuard<'a, Wal> {
+        wal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes every commit so far durable in the redb file: a checkpoint
+    /// with the log, an empty durable commit without it; nothing when
+    /// nothing is pending.
+    fn flush(&self) -> Result<(), StoreError> {
+        if let Some(wal) = &self.wal {
+            let mut wal = Shared::lock_wal(wal);
+            return if wal.has_pending() { self.checkpoint(&mut wal) } else { Ok(()) };
+        }
         let _flushing = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.durable_empty_commit();
+        let result = self.commit(&[], redb::Durability::Immediate, None, "flush");
         if result.is_err() {
             self.pending.store(true, Ordering::Release);
         }
         result
     }
 
-    fn durable_empty_commit(&self) -> Result<(), StoreError> {
+    /// One durable commit recording that every logged record is in the
+    /// redb file; the log is then written from its start again.
+    fn checkpoint(&self, wal: &mut Wal) -> Result<(), StoreError> {
+        self.commit(&[], redb::Durability::Immediate, Some(wal.covered_seq()), "checkpoint")?;
+        wal.checkpointed();
+        Ok(())
+    }
+
+    /// Applies `ops` in one redb write transaction of `durability`, also
+    /// recording `checkpoint` as the last sequence number of the log the
+    /// file holds. `what` names the operation in errors.
+    fn commit(
+        &self,
+        ops: &[BatchOp],
+        durability: redb::Durability,
+        checkpoint: Option<u64>,
+        what: &str,
+    ) -> Result<(), StoreError> {
         let path = &self.path;
-        let mut txn = self.db.begin_write().map_err(|e| error::transaction(path, "flush: begin", e))?;
-        txn.set_durability(redb::Durability::Immediate).map_err(|e| error::durability("flush", e))?;
-        txn.commit().map_err(|e| error::commit(path, "flush: commit", e))
+        let mut txn =
+            self.db.begin_write().map_err(|e| error::transaction(path, &format!("{what}: begin"), e))?;
+        txn.set_durability(durability).map_err(|e| error::durability(what, e))?;
+        {
+            // Each table is opened on first use, and stays open for the rest
+            // of the batch. On an error the transaction is dropped: aborted.
+            let mut tables: [Option<redb::Table<'_, &[u8], &[u8]>>; 3] = [None, None, None];
+            for op in ops {
+                let (table, key) = match op {
+                    BatchOp::Put { table, key, .. } | BatchOp::Delete { table, key } => (*table, key),
+                };
+                let slot = &mut tables[table.index()];
+                let t = match slot {
+                    Some(t) => t,
+                    None => slot.insert(txn.open_table(definition(table)).map_err(|e| {
+                        error::table(path, &format!("{what}: open table {}", table.name()), e)
+                    })?),
+                };
+                match op {
+                    BatchOp::Put { value, .. } => {
+                        t.insert(&key[..], &value[..]).map_err(|e| {
+                            error::storage(path, &format!("{what}: put into table {}", table.name()), e)
+                        })?;
+                    }
+                    BatchOp::Delete { .. } => {
+                        t.remove(&key[..]).map_err(|e| {
+                            error::storage(path, &format!("{what}: delete from table {}", table.name()), e)
+                        })?;
+                    }
+                }
+            }
+            if let Some(seq) = checkpoint {
+                let mut state = txn
+                    .open_table(WAL_STATE)
+                    .map_err(|e| error::table(path, &format!("{what}: open table wal"), e))?;
+                state
+                    .insert(CHECKPOINT_KEY, seq)
+                    .map_err(|e| error::storage(path, &format!("{what}: record the checkpoint"), e))?;
+            }
+        }
+        txn.commit().map_err(|e| error::commit(path, &format!("{what}: commit"), e))
     }
 }
 
-/// The thread that makes buffered writes durable periodically.
+/// The thread that checkpoints (or, without the log, makes buffered writes
+/// durable) periodically.
 struct Flusher {
     /// Dropped to stop the thread.
     stop: mpsc::Sender<()>,
@@ -117,8 +194,8 @@ impl Flusher {
             .spawn(move || loop {
                 match stopped.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {
-                        if let Err(e) = shared.flush_pending() {
-                            tracing::warn!(error = %e, "cannot make buffered writes durable; will retry");
+                        if let Err(e) = shared.flush() {
+                            tracing::warn!(error = %e, "cannot checkpoint the redb store; will retry");
                         }
                     }
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
@@ -129,46 +206,52 @@ impl Flusher {
     }
 }
 
-/// A [`Store`] in one redb file.
+/// A [`Store`] in one redb file and a write-ahead log beside it.
 ///
 /// # Durability
 ///
 /// Every [`Store::write`] is atomic in every mode: after a crash of the
 /// process or of the machine, a batch is either wholly there or wholly
-/// absent, and the file is consistent (redb checksums every commit and
-/// rolls a torn one back when it reopens). What an acknowledged write
-/// survives depends on [`RedbOptions::durability`]:
+/// absent, and the store is consistent (redb checksums every commit and
+/// rolls a torn one back when it reopens; the log checksums every record
+/// and ends at the first torn one). What an acknowledged write survives
+/// depends on [`RedbOptions::durability`]:
 ///
-/// - [`Durability::Fsync`]: each commit is a redb durable commit
-///   (`redb::Durability::Immediate`): the data and the new commit slot are
-///   written and fsynced before `write` returns. An acknowledged write
-///   survives a process crash (`SIGKILL`), a kernel crash and a power loss
-///   (as far as the disk honours fsync).
-/// - [`Durability::Buffered`]: each commit is a redb non-durable commit
-///   (`redb::Durability::None`, the only non-durable mode redb 4.x has;
-///   nothing is fsynced). The batch is visible at once to every later read
-///   of this store, but it stays in this process's memory until a durable
-///   commit follows: a background thread makes one (an empty durable
-///   commit, one fsync) every [`RedbOptions::buffered_flush_interval_ms`]
-///   when buffered writes are pending, [`RedbStore::flush`] makes one on
-///   demand, and dropping the store makes one. A crash of the process
-///   (even `SIGKILL`) or of the machine rolls the store back to the last
-///   durable commit, consistently: **the buffered writes of up to about
-///   one flush interval before the crash are lost**, each batch all or
-///   nothing, never anything older. This is weaker than core's description
-///   of `Buffered` ("a process crash loses nothing"): redb 4.x has no
-///   commit mode that hands a commit to the OS without fsyncing it.
+/// - [`Durability::Fsync`]: the batch's record is appended to the
+///   write-ahead log (`dynamo.wal`) and `fdatasync`ed, then the batch is
+///   committed to redb without an fsync, before `write` returns. An
+///   acknowledged write survives a process crash (`SIGKILL`), a kernel
+///   crash and a power loss (as far as the disk honours fsync): reopening
+///   replays the log. This costs one small append and sync per group
+///   commit instead of a durable redb commit, which rewrites and syncs
+///   every page the batch touched.
+/// - [`Durability::Buffered`]: the same, without the `fdatasync`: the
+///   record is handed to the operating system. **A process crash (even
+///   `SIGKILL`) loses nothing; a kernel crash or power loss loses the
+///   writes since the last checkpoint**, up to about one
+///   [`RedbOptions::checkpoint_interval_ms`], each batch all or nothing,
+///   never anything older.
+///
+/// A checkpoint (one durable redb commit) runs every
+/// `checkpoint_interval_ms` when writes are pending, when the log reaches
+/// [`RedbOptions::wal_bytes`], on [`RedbStore::flush`] and when the store
+/// is dropped; it bounds the log, and so the time a reopen spends
+/// replaying it.
+///
+/// With `wal_bytes = 0` there is no log: each `Fsync` write is a durable
+/// redb commit, and each `Buffered` write a non-durable one that even a
+/// process crash loses until the next checkpoint (redb 4.x has no commit
+/// mode that hands a commit to the OS without fsyncing it).
 ///
 /// # Concurrency
 ///
 /// Reads run concurrently with each other and with a write; writes are
-/// serialised by redb (one write transaction at a time). A directory can
-/// be open in one `RedbStore` at a time, in any process: redb locks the
-/// file.
+/// serialised (one at a time). A directory can be open in one `RedbStore`
+/// at a time, in any process: redb locks the file.
 pub struct RedbStore {
     shared: Arc<Shared>,
     durability: Durability,
-    /// Running with [`Durability::Buffered`] only.
+    /// Running with the log or with [`Durability::Buffered`].
     flusher: Option<Flusher>,
 }
 
@@ -177,36 +260,44 @@ impl fmt::Debug for RedbStore {
         f.debug_struct("RedbStore")
             .field("path", &self.shared.path)
             .field("durability", &self.durability)
+            .field("wal", &self.shared.wal.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RedbStore {
     /// Opens the store in directory `dir`, creating the directory and an
-    /// empty store if they do not exist. The file is `dir/dynamo.redb`; the
-    /// three tables exist when this returns, so reads never fail for want
-    /// of one. After an unclean shutdown, redb repairs the file first
-    /// (reading all of it).
+    /// empty store if they do not exist. The files are `dir/dynamo.redb`
+    /// and `dir/dynamo.wal`; the three tables exist when this returns, so
+    /// reads never fail for want of one. After an unclean shutdown, redb
+    /// repairs the file first (reading all of it), then the records of the
+    /// write-ahead log after the last checkpoint are applied and
+    /// checkpointed. A log left by a store opened with the log is replayed
+    /// even when this one runs without it (`wal_bytes = 0`), and then
+    /// removed.
     ///
     /// # Errors
     /// - [`StoreError::Corrupt`] (with the file's path) when the file is
     ///   not a redb database, is damaged (a failed checksum, a malformed
     ///   page), was written by an incompatible redb file format, or holds a
-    ///   table of the same name with other key/value types. Never a panic:
+    ///   table of the same name with other key/value types; or when a
+    ///   record of the log checks out but does not decode. Never a panic:
     ///   with [`RedbOptions::verify_on_open`] (the default) redb checks every
     ///   page before trusting it, and a panic inside redb while opening is
     ///   caught and reported as `Corrupt` too (under the default
     ///   `panic = "unwind"`).
-    /// - [`StoreError::Backend`] when the directory or file cannot be
+    /// - [`StoreError::Backend`] when the directory or a file cannot be
     ///   created or opened, when the store is already open (by another
     ///   `RedbStore` of this process or by another process), when
-    ///   `buffered_flush_interval_ms` is 0, or on an I/O error.
+    ///   `checkpoint_interval_ms` is 0 while a checkpoint thread is needed
+    ///   (with the log, or `Buffered`), or on an I/O error.
     /// - [`StoreError::Full`] when the disk is full while the file is
     ///   created or repaired.
     pub fn open(dir: &Path, options: RedbOptions) -> Result<RedbStore, StoreError> {
-        let interval = Duration::from_millis(options.buffered_flush_interval_ms);
-        if options.durability == Durability::Buffered && interval.is_zero() {
-            return Err(error::backend("open: buffered_flush_interval_ms must be at least 1".to_owned()));
+        let interval = Duration::from_millis(options.checkpoint_interval_ms);
+        let background = options.wal_bytes > 0 || options.durability == Durability::Buffered;
+        if background && interval.is_zero() {
+            return Err(error::backend("open: checkpoint_interval_ms must be at least 1".to_owned()));
         }
         std::fs::create_dir_all(dir).map_err(|e| {
             error::backend(format!("open: cannot create the store directory {}: {e}", dir.display()))
@@ -223,12 +314,22 @@ impl RedbStore {
                 return Err(error::corrupt(&path, format!("open: redb panicked reading the file: {what}")));
             }
         };
-        let shared = Arc::new(Shared { db, path, pending: AtomicBool::new(false), flushing: Mutex::new(()) });
-        let flusher = match options.durability {
-            Durability::Fsync => None,
-            Durability::Buffered => Some(Flusher::start(Arc::clone(&shared), interval)?),
-        };
-        tracing::debug!(path = %shared.path.display(), durability = ?options.durability, "opened redb store");
+        let mut shared =
+            Shared { db, path, wal: None, pending: AtomicBool::new(false), flushing: Mutex::new(()) };
+        let wal_path = dir.join(WAL_FILE_NAME);
+        let next_seq = replay_log(&shared, &wal_path)?;
+        if options.wal_bytes > 0 {
+            shared.wal = Some(Mutex::new(Wal::open(wal_path, options.wal_bytes, next_seq)?));
+        } else if wal_path.exists() {
+            std::fs::remove_file(&wal_path)
+                .map_err(|e| error::io(&wal_path, "open: remove the write-ahead log", &e))?;
+        }
+        let shared = Arc::new(shared);
+        let flusher = if background { Some(Flusher::start(Arc::clone(&shared), interval)?) } else { None };
+        tracing::debug!(
+            path = %shared.path.display(), durability = ?options.durability, wal_bytes = options.wal_bytes,
+            "opened redb store"
+        );
         Ok(RedbStore { shared, durability: options.durability, flusher })
     }
 
@@ -242,26 +343,42 @@ impl RedbStore {
         self.durability
     }
 
-    /// Makes every write acknowledged so far durable (one fsync), if a
-    /// [`Durability::Buffered`] write is not yet. Does nothing with
-    /// [`Durability::Fsync`], where every write already is.
+    /// Checkpoints now: makes every write so far durable in the redb file
+    /// (one durable commit) and starts the log over, if anything was
+    /// written since the last checkpoint.
     ///
     /// # Errors
-    /// [`StoreError`] when the durable commit fails; the writes stay
-    /// buffered and a later flush tries again.
+    /// [`StoreError`] when the durable commit fails; the log keeps the
+    /// writes and a later flush tries again.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.shared.flush_pending()
+        self.shared.flush()
     }
 
-    fn redb_durability(&self) -> redb::Durability {
-        match self.durability {
-            Durability::Fsync => redb::Durability::Immediate,
-            Durability::Buffered => redb::Durability::None,
+    /// The write path with the log: append (and sync), then commit to redb
+    /// non-durably; a batch too large for the log is a checkpoint of its own.
+    fn write_logged(&self, wal: &Mutex<Wal>, batch: &WriteBatch) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let mut wal = Shared::lock_wal(wal);
+        wal.check_usable()?;
+        if !wal.prepare(batch.ops()) {
+            shared.commit(batch.ops(), redb::Durability::Immediate, Some(wal.covered_seq()), "write")?;
+            wal.checkpointed();
+            return Ok(());
         }
+        if !wal.prepared_fits() {
+            shared.checkpoint(&mut wal)?;
+        }
+        wal.append(self.durability == Durability::Fsync)?;
+        if let Err(e) = shared.commit(batch.ops(), redb::Durability::None, None, "write") {
+            wal.take_back(&e);
+            return Err(e);
+        }
+        wal.advance();
+        Ok(())
     }
 }
 
-/// Opens or creates the redb file and its three tables (one durable commit).
+/// Opens or creates the redb file and its tables (one durable commit).
 fn open_database(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
     let db = Database::builder()
         .set_cache_size(options.cache_size_bytes)
@@ -273,8 +390,36 @@ fn open_database(path: &Path, options: &RedbOptions) -> Result<Database, StoreEr
         txn.open_table(definition(table))
             .map_err(|e| error::table(path, &format!("open: table {}", table.name()), e))?;
     }
+    txn.open_table(WAL_STATE).map_err(|e| error::table(path, "open: table wal", e))?;
     txn.commit().map_err(|e| error::commit(path, "open: commit", e))?;
     Ok(db)
+}
+
+/// Applies the log's records after the last checkpoint, if there is a log,
+/// and checkpoints them. Returns the number the next record takes.
+fn replay_log(shared: &Shared, wal_path: &Path) -> Result<u64, StoreError> {
+    let path = &shared.path;
+    let checkpoint = {
+        let txn =
+            shared.db.begin_read().map_err(|e| error::transaction(path, "open: read the checkpoint", e))?;
+        let state = txn.open_table(WAL_STATE).map_err(|e| error::table(path, "open: table wal", e))?;
+        let value = ReadableTable::get(&state, CHECKPOINT_KEY)
+            .map_err(|e| error::storage(path, "open: read the checkpoint", e))?;
+        value.map_or(0, |v| v.value())
+    };
+    let bytes = match std::fs::read(wal_path) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(checkpoint + 1),
+        Err(e) => return Err(error::io(wal_path, "open: read the write-ahead log", &e)),
+    };
+    let (records, last) = wal::replay(wal_path, &bytes, checkpoint)?;
+    if let Some(covered) = records.last().map(|r| r.seq) {
+        let count = records.len();
+        let ops: Vec<BatchOp> = records.into_iter().flat_map(|r| r.ops).collect();
+        shared.commit(&ops, redb::Durability::Immediate, Some(covered), "open: replay")?;
+        tracing::info!(path = %wal_path.display(), records = count, operations = ops.len(), "replayed the write-ahead log");
+    }
+    Ok(checkpoint.max(last) + 1)
 }
 
 impl Drop for RedbStore {
@@ -287,15 +432,18 @@ impl Drop for RedbStore {
         }
         // redb would make pending buffered commits durable when the
         // database closes too, but silently: do it here to log a failure.
-        if let Err(e) = self.shared.flush_pending() {
-            tracing::error!(error = %e, "buffered writes could not be made durable at close; they are lost");
+        if let Err(e) = self.shared.flush() {
+            tracing::error!(
+                error = %e,
+                "cannot checkpoint at close; what the write-ahead log holds is replayed at the next open, \
+                 what a store without it buffered is lost"
+            );
         }
     }
 }
 
 impl Store for RedbStore {
-    /// Makes buffered writes durable now (one durable commit); a no-op
-    /// cost in `Fsync` mode, where every write already is.
+    /// Checkpoints now (see [`RedbStore::flush`]).
     ///
     /// # Errors
     /// As [`RedbStore::flush`].
@@ -319,53 +467,28 @@ impl Store for RedbStore {
         Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
     }
 
-    /// Applies `batch` in one redb write transaction and one commit, of the
-    /// durability the store was opened with (see [`RedbStore`]). An empty
-    /// batch returns `Ok` without a transaction.
+    /// Applies `batch` as one record of the write-ahead log and one redb
+    /// commit, as durable as [`RedbStore`] sets out for its mode. An empty
+    /// batch returns `Ok` and writes nothing.
     ///
     /// # Errors
     /// [`StoreError::Full`] when the disk is full, [`StoreError::Corrupt`]
     /// when a page read fails its check, [`StoreError::Backend`] on an I/O
-    /// error or a key or value over redb's limit (3 GiB). Nothing of the
-    /// batch is applied then.
+    /// error, a key or value over redb's limit (3 GiB), or after a failed
+    /// write whose log record could not be taken back (until the next
+    /// checkpoint or reopen). Nothing of the batch is applied then.
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let path = &self.shared.path;
-        let mut txn =
-            self.shared.db.begin_write().map_err(|e| error::transaction(path, "write: begin", e))?;
-        txn.set_durability(self.redb_durability()).map_err(|e| error::durability("write", e))?;
-        {
-            // Each table is opened on first use, and stays open for the rest
-            // of the batch. On an error the transaction is dropped: aborted.
-            let mut tables: [Option<redb::Table<'_, &[u8], &[u8]>>; 3] = [None, None, None];
-            for op in batch.ops() {
-                let (table, key) = match op {
-                    BatchOp::Put { table, key, .. } | BatchOp::Delete { table, key } => (*table, key),
-                };
-                let slot = &mut tables[table.index()];
-                let t = match slot {
-                    Some(t) => t,
-                    None => slot.insert(txn.open_table(definition(table)).map_err(|e| {
-                        error::table(path, &format!("write: open table {}", table.name()), e)
-                    })?),
-                };
-                match op {
-                    BatchOp::Put { value, .. } => {
-                        t.insert(&key[..], &value[..]).map_err(|e| {
-                            error::storage(path, &format!("write: put into table {}", table.name()), e)
-                        })?;
-                    }
-                    BatchOp::Delete { .. } => {
-                        t.remove(&key[..]).map_err(|e| {
-                            error::storage(path, &format!("write: delete from table {}", table.name()), e)
-                        })?;
-                    }
-                }
-            }
+        if let Some(wal) = &self.shared.wal {
+            return self.write_logged(wal, &batch);
         }
-        txn.commit().map_err(|e| error::commit(path, "commit", e))?;
+        let durability = match self.durability {
+            Durability::Fsync => redb::Durability::Immediate,
+            Durability::Buffered => redb::Durability::None,
+        };
+        self.shared.commit(batch.ops(), durability, None, "write")?;
         if self.durability == Durability::Buffered {
             self.shared.pending.store(true, Ordering::Release);
         }

@@ -23,12 +23,24 @@ pub struct RedbOptions {
     /// Bytes of memory redb may use to cache pages of the file (redb's
     /// `Builder::set_cache_size`). Default 64 MiB.
     pub cache_size_bytes: usize,
-    /// With [`Durability::Buffered`] only: every this many milliseconds, a
-    /// background thread makes the buffered writes durable, if there are
-    /// any (one empty redb durable commit, one fsync). A crash loses the
-    /// writes of at most about one interval. Must be at least 1. Default
-    /// 1000. Ignored with [`Durability::Fsync`].
-    pub buffered_flush_interval_ms: u64,
+    /// Every this many milliseconds, a background thread checkpoints if
+    /// anything was written since the last checkpoint: one durable redb
+    /// commit, after which the write-ahead log starts over. With
+    /// [`Durability::Buffered`], a kernel crash or power loss loses the
+    /// writes of at most about one interval (without the log, a process
+    /// crash does too). Must be at least 1 when the thread runs (with the
+    /// log, or `Buffered`). Default 1000. Also accepted under its former
+    /// name, `buffered_flush_interval_ms`.
+    #[serde(alias = "buffered_flush_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Bytes of the write-ahead log (`dynamo.wal`), after which it is
+    /// checkpointed and written from its start again. A batch larger than
+    /// this is committed durably to redb without the log. 0 turns the log
+    /// off: each `Fsync` write is then a durable redb commit (several
+    /// times the CPU and latency), and `Buffered` writes are lost even in a
+    /// process crash until the next checkpoint. Default 64 MiB. The file
+    /// grows to this size in 1 MiB zero-filled steps as it is used.
+    pub wal_bytes: u64,
     /// Verify the checksum of every page of the file at every open, not
     /// only after an unclean shutdown (redb's
     /// `Builder::set_check_integrity_on_open`). Default `true`.
@@ -44,15 +56,19 @@ pub struct RedbOptions {
 /// Default of [`RedbOptions::cache_size_bytes`]: 64 MiB.
 pub const DEFAULT_CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Default of [`RedbOptions::buffered_flush_interval_ms`]: one second.
-pub const DEFAULT_BUFFERED_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default of [`RedbOptions::checkpoint_interval_ms`]: one second.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+
+/// Default of [`RedbOptions::wal_bytes`]: 64 MiB.
+pub const DEFAULT_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             durability: Durability::Fsync,
             cache_size_bytes: DEFAULT_CACHE_SIZE_BYTES,
-            buffered_flush_interval_ms: DEFAULT_BUFFERED_FLUSH_INTERVAL_MS,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            wal_bytes: DEFAULT_WAL_BYTES,
             verify_on_open: true,
         }
     }

@@ -28,3 +28,21 @@ fn redb_buffered_passes_the_store_suite() {
 fn redb_survives_sigkill() {
     store_crash_test("redb_survives_sigkill", |dir| open(dir, Durability::Fsync));
 }
+
+#[test]
+fn redb_buffered_survives_sigkill_through_its_log() {
+    store_crash_test("redb_buffered_survives_sigkill_through_its_log", |dir| open(dir, Durability::Buffered));
+}
+
+/// A log of 16 KiB wraps around every few dozen batches, so the kills land
+/// around checkpoints too.
+#[test]
+fn redb_with_a_small_log_survives_sigkill() {
+    store_crash_test("redb_with_a_small_log_survives_sigkill", |dir| {
+        let options = RedbOptions { wal_bytes: 16 * 1024, ..RedbOptions::default() };
+        match RedbStore::open(dir, options) {
+            Ok(store) => Arc::new(store),
+            Err(e) => panic!("open a redb store in {}: {e}", dir.display()),
+        }
+    });
+}
