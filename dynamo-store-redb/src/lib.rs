@@ -118,8 +118,14 @@ impl Shared {
     /// One durable commit recording that every logged record is in the
     /// redb file; the log is then written from its start again.
     fn checkpoint(&self, wal: &mut Wal) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let records = wal.pending_records();
         self.commit(&[], redb::Durability::Immediate, Some(wal.covered_seq()), "checkpoint")?;
         wal.checkpointed();
+        tracing::debug!(
+            path = %self.path.display(), records, micros = started.elapsed().as_micros() as u64,
+            "checkpointed the write-ahead log"
+        );
         Ok(())
     }
 

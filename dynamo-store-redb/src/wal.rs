@@ -226,6 +226,11 @@ impl Wal {
         self.pending > 0 || self.poisoned.is_some()
     }
 
+    /// Records appended since the last checkpoint.
+    pub(crate) fn pending_records(&self) -> u64 {
+        self.pending
+    }
+
     /// Refuses when an earlier failure left the log in an unknown state.
     pub(crate) fn check_usable(&self) -> Result<(), StoreError> {
         match &self.poisoned {

@@ -188,8 +188,11 @@ impl Cluster {
 
     /// Starts node `i` and a task that reports its exit.
     fn start(&mut self, i: usize) -> anyhow::Result<u32> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let preset = std::env::var_os(process::WORKER_THREADS_ENV);
+        let workers = process::worker_threads(cores, self.nodes.len(), preset.as_deref());
         let node = &mut self.nodes[i];
-        let mut child = process::spawn(&self.exe, node.id, &node.config, &node.log)?;
+        let mut child = process::spawn(&self.exe, node.id, &node.config, &node.log, workers)?;
         let pid = child.id().unwrap_or(0);
         node.generation += 1;
         let alive = Arc::new(AtomicBool::new(true));
