@@ -57,9 +57,8 @@ pub enum Durability {
     /// acknowledged writes (with redb, those since its last checkpoint, on
     /// an OS crash or power loss, or even on a process crash when its
     /// write-ahead log is off; with LMDB, only on an OS crash or power
-    /// loss). A
-    /// store never corrupts or half-applies a batch in this mode; the
-    /// cluster's N replicas cover the lost window.
+    /// loss). A store never corrupts or half-applies a batch in this mode;
+    /// the cluster's N replicas cover the lost window.
     Buffered,
 }
 

@@ -31,9 +31,10 @@ pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 /// A node alone on its machine runs one worker per core, tokio's default.
 /// Three nodes doing the same on one machine run three times as many
 /// workers as there are cores, and pay for it in cross-thread wake-ups and
-/// context switches: with 2 cores and 3 nodes, one worker each served
-/// YCSB-A at 64 clients 1.3x faster at 0.75x the server CPU per operation
-/// (measured for issue 14).
+/// context switches: with 2 cores and 3 nodes, one worker each cost 7–12%
+/// less server CPU per operation than two on buffered YCSB-A at 64
+/// clients, relative to the load generator's own CPU per operation in the
+/// same runs (measured for issue 14; the README's benchmark section).
 pub fn worker_threads(cores: usize, nodes: usize, preset: Option<&std::ffi::OsStr>) -> Option<usize> {
     if preset.is_some() {
         return None;
