@@ -84,6 +84,14 @@ pub struct HttpConfig {
     /// proxies: room for a fully percent-encoded key of `max_key_len` bytes
     /// and a large `X-Dynamo-Context`.
     pub max_header_bytes: usize,
+    /// Requests a second each client IP address may send on average; a
+    /// request over it gets `429` with `Retry-After`, before any work is
+    /// done for it. `/health` is never limited. Default 0: no limit.
+    pub rate_limit_per_s: u32,
+    /// Requests a client address may send at once above its average rate
+    /// (the token bucket's size). 0, or less than `rate_limit_per_s`,
+    /// means `rate_limit_per_s`. Default 0.
+    pub rate_limit_burst: u32,
 }
 
 /// The node-to-node transport.
@@ -201,6 +209,8 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             max_connections: 1024,
             max_header_bytes: 32 * 1024,
+            rate_limit_per_s: 0,
+            rate_limit_burst: 0,
         }
     }
 }

@@ -12,6 +12,9 @@
 //!   the connection's byte stream as hyper sees it (module `http_conn_io`);
 //! - body timeout: each request body's reads fail with [`BodyTimeout`]
 //!   once the deadline passes (the API answers `408`);
+//! - requests per client address (`rate_limit_per_s`): checked before a
+//!   request is routed, answered `429` JSON with `Retry-After` (module
+//!   [`rate_limit`](crate::rate_limit));
 //! - graceful shutdown: stop accepting, let hyper close idle connections
 //!   and finish in-flight requests, wait for them up to `drain_timeout`.
 //!
@@ -22,6 +25,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,6 +46,7 @@ use tower::ServiceExt as _;
 
 use crate::config::HttpConfig;
 use crate::http_conn_io::{ConnIo, ConnProgress, ResponseDone};
+use crate::rate_limit::{retry_after_secs, ClientRateLimiter};
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so that it reads our answer rather than a reset.
@@ -67,6 +72,10 @@ pub struct HttpLimits {
     /// At shutdown, how long in-flight requests may take to finish before
     /// their connections are dropped.
     pub drain_timeout: Duration,
+    /// Requests a second per client address; 0 for no limit.
+    pub rate_limit_per_s: u32,
+    /// Requests at once per client address (0: `rate_limit_per_s`).
+    pub rate_limit_burst: u32,
 }
 
 impl HttpLimits {
@@ -83,6 +92,8 @@ impl HttpLimits {
             max_connections: http.max_connections,
             max_header_bytes: http.max_header_bytes,
             drain_timeout: header_timeout.saturating_add(body_timeout).saturating_add(request_timeout),
+            rate_limit_per_s: http.rate_limit_per_s,
+            rate_limit_burst: http.rate_limit_burst,
         }
     }
 }
@@ -123,6 +134,8 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let rate_limit =
+        ClientRateLimiter::from_config(limits.rate_limit_per_s, limits.rate_limit_burst).map(Arc::new);
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -153,6 +166,8 @@ pub async fn serve(
                             http: Arc::clone(&http),
                             router: router.clone(),
                             limits: Arc::clone(&limits),
+                            client: peer.ip(),
+                            rate_limit: rate_limit.clone(),
                             stop: stop_rx.clone(),
                             _permit: permit,
                         };
@@ -216,6 +231,9 @@ struct Connection {
     http: Arc<http1::Builder>,
     router: Router,
     limits: Arc<HttpLimits>,
+    /// The client's address, which its requests are rate-limited by.
+    client: IpAddr,
+    rate_limit: Option<Arc<ClientRateLimiter>>,
     stop: watch::Receiver<bool>,
     /// Returned when the connection is closed.
     _permit: OwnedSemaphorePermit,
@@ -226,8 +244,13 @@ impl Connection {
         let progress = Arc::new(ConnProgress::default());
         let result = {
             let io = TokioIo::new(ConnIo::new(&mut stream, Arc::clone(&progress), Arc::clone(&self.limits)));
-            let service =
-                ConnService { router: self.router.clone(), progress, body_timeout: self.limits.body_timeout };
+            let service = ConnService {
+                router: self.router.clone(),
+                progress,
+                body_timeout: self.limits.body_timeout,
+                client: self.client,
+                rate_limit: self.rate_limit.clone(),
+            };
             let conn = self.http.serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -266,14 +289,43 @@ async fn linger_close(stream: &mut TcpStream) {
     .await;
 }
 
-/// The hyper service of one connection: the router, with each request's
-/// body under the body timeout and each response counted in
-/// [`ConnProgress`] once hyper is done with it.
+/// The hyper service of one connection: the router, with each request
+/// first checked against its client's rate limit, its body under the body
+/// timeout, and each response counted in [`ConnProgress`] once hyper is
+/// done with it.
 #[derive(Clone)]
 struct ConnService {
     router: Router,
     progress: Arc<ConnProgress>,
     body_timeout: Duration,
+    client: IpAddr,
+    rate_limit: Option<Arc<ClientRateLimiter>>,
+}
+
+impl ConnService {
+    /// The `429` for a request over its client's rate limit; `None` when it
+    /// may go on (no limit, within it, or `/health`).
+    fn over_rate_limit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        let limiter = self.rate_limit.as_ref()?;
+        if request.uri().path() == "/health" {
+            return None;
+        }
+        let wait = limiter.check(self.client).err()?;
+        let secs = retry_after_secs(wait);
+        tracing::debug!(client = %self.client, retry_after_s = secs, "HTTP request over its client's rate limit");
+        let body = serde_json::json!({
+            "error": format!(
+                "too many requests from {}: over http.rate_limit_per_s; retry after {secs} s",
+                self.client
+            )
+        });
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("content-type", "application/json")
+            .header("retry-after", secs.to_string())
+            .body(Body::from(body.to_string()))
+            .ok()
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -284,6 +336,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.progress.request_started();
         let done = ResponseDone(Arc::clone(&self.progress));
+        if let Some(refused) = self.over_rate_limit(&request) {
+            return Box::pin(async move { Ok(refused.map(|body| ResponseBody { body, _done: done })) });
+        }
         let request = request.map(|body| TimedBody { body, timeout: self.body_timeout, deadline: None });
         let router = self.router.clone();
         Box::pin(async move {

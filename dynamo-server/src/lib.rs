@@ -23,6 +23,7 @@ pub mod http_listener;
 pub mod metrics;
 pub mod plugins;
 pub mod process;
+pub mod rate_limit;
 pub mod serve;
 
 pub use cli::ServerBuilder;

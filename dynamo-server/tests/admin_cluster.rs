@@ -42,6 +42,8 @@ fn limits() -> HttpLimits {
         max_connections: 64,
         max_header_bytes: 8192,
         drain_timeout: Duration::from_secs(1),
+        rate_limit_per_s: 0,
+        rate_limit_burst: 0,
     }
 }
 

@@ -5,7 +5,7 @@
 //! connection is closed); short timeouts keep the tests quick, and every
 //! wait is for an event, with a deadline.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ fn limits() -> HttpLimits {
         max_connections: 64,
         max_header_bytes: 8192,
         drain_timeout: Duration::from_secs(5),
+        rate_limit_per_s: 0,
+        rate_limit_burst: 0,
     }
 }
 
@@ -102,6 +104,14 @@ struct Raw {
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
         Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+    }
+
+    /// A connection from `source`, a loopback address of the test's choice,
+    /// so the server sees another client address than 127.0.0.1.
+    async fn connect_from(addr: SocketAddr, source: IpAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Raw { stream: socket.connect(addr).await.unwrap(), buf: Vec::new() }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -493,4 +503,53 @@ async fn values_keep_their_content_type() {
     let body: serde_json::Value = refused.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("content type"), "{body}");
     assert!(server.values("bad").await.is_empty());
+}
+
+/// A client flooding the API is held to its rate limit: past its burst it
+/// gets `429` JSON with `Retry-After`, its write is not stored, and
+/// `/health` stays open to it; another client address is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_rate_limited_while_another_is_served() {
+    let server = Server::start(HttpLimits { rate_limit_per_s: 1, rate_limit_burst: 5, ..limits() }).await;
+    let flooder: IpAddr = "127.0.0.2".parse().unwrap();
+    let other: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut flood = Raw::connect_from(server.addr, flooder).await;
+    let mut passed = 0;
+    let mut refused = None;
+    for _ in 0..50 {
+        flood.send(b"GET /kv/absent HTTP/1.1\r\nhost: test\r\n\r\n").await;
+        let answer = flood.answer().await;
+        if answer.status == 429 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(answer.status, 404, "{answer:?}");
+        passed += 1;
+    }
+    let refused = refused.expect("50 requests at once and none over the limit");
+    // The burst, plus what the bucket refilled meanwhile (1 a second).
+    assert!((5..=7).contains(&passed), "{passed} requests passed before the first 429");
+    let retry: u64 = refused.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert!(refused.error().contains("too many requests from 127.0.0.2"), "{refused:?}");
+
+    // A write over the limit changes nothing.
+    let mut write = Raw::connect_from(server.addr, flooder).await;
+    write.send(&put_head("/kv/flooded", 1, "")).await;
+    write.send(b"v").await;
+    assert_eq!(write.answer().await.status, 429);
+    assert!(server.values("flooded").await.is_empty());
+
+    // Health checks are never limited.
+    let mut health = Raw::connect_from(server.addr, flooder).await;
+    health.send(GET_HEALTH).await;
+    assert_eq!(health.answer().await.status, 200);
+
+    // Another client is served.
+    let mut served = Raw::connect_from(server.addr, other).await;
+    served.send(&put_head("/kv/served", 1, "")).await;
+    served.send(b"v").await;
+    let answer = served.answer().await;
+    assert!(answer.status == 204 || answer.status == 200, "{answer:?}");
+    assert_eq!(server.values("served").await, vec![bytes::Bytes::from_static(b"v")]);
 }

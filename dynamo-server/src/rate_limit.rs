@@ -1,0 +1,144 @@
+//! Request rate limits per client address on the HTTP API.
+//!
+//! Each client IP address gets a token bucket (GCRA, from the `governor`
+//! crate): `per_second` requests a second on average, up to `burst` at
+//! once. A request over its address's limit is answered `429 Too Many
+//! Requests` with `Retry-After` (whole seconds, rounded up) before it is
+//! routed, so it costs the node no store or replica work. `/health` is
+//! never limited: load balancers and `dev` poll it.
+//!
+//! Memory is bounded by the addresses seen recently: the state of an
+//! address whose bucket has refilled is dropped every
+//! [`SWEEP_EVERY`] checks, so a scan from many addresses does not grow it
+//! for good.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Checks between two sweeps of refilled addresses' state.
+pub const SWEEP_EVERY: u64 = 4096;
+
+/// Rate limits per client address (see the module docs).
+pub struct ClientRateLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    checks: AtomicU64,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+}
+
+impl std::fmt::Debug for ClientRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRateLimiter")
+            .field("per_second", &self.per_second)
+            .field("burst", &self.burst)
+            .field("addresses", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl ClientRateLimiter {
+    /// `per_second` requests a second per address on average, `burst` at
+    /// most at once (a burst below `per_second` is raised to it).
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let burst = burst.max(per_second);
+        ClientRateLimiter {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+            per_second,
+            burst,
+        }
+    }
+
+    /// The limiter `http.rate_limit_per_s` and `http.rate_limit_burst`
+    /// describe; `None` when `per_second` is 0 (no limit).
+    pub fn from_config(per_second: u32, burst: u32) -> Option<Self> {
+        let per_second = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(per_second);
+        Some(ClientRateLimiter::new(per_second, burst))
+    }
+
+    /// Counts one request of `client`: `Ok` if it is within the limit,
+    /// else how long until it would be.
+    ///
+    /// # Errors
+    /// The wait, when `client` is over its limit.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(&client).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Addresses whose state is held.
+    pub fn addresses(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_over_its_burst_waits_and_others_are_not_affected() {
+        let limiter = ClientRateLimiter::from_config(1, 3).unwrap();
+        for _ in 0..3 {
+            limiter.check(ip("10.0.0.1")).unwrap();
+        }
+        let wait = limiter.check(ip("10.0.0.1")).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(retry_after_secs(wait), 1);
+        limiter.check(ip("10.0.0.2")).unwrap();
+        limiter.check(ip("::1")).unwrap();
+    }
+
+    #[test]
+    fn zero_means_no_limit_and_a_small_burst_is_raised_to_the_rate() {
+        assert!(ClientRateLimiter::from_config(0, 10).is_none());
+        let limiter = ClientRateLimiter::from_config(5, 1).unwrap();
+        for _ in 0..5 {
+            limiter.check(ip("10.0.0.1")).unwrap();
+        }
+        assert!(limiter.check(ip("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn refilled_addresses_are_forgotten() {
+        let limiter = ClientRateLimiter::from_config(1_000_000, 1_000_000).unwrap();
+        for i in 0..SWEEP_EVERY - 1 {
+            limiter.check(IpAddr::from((i as u32).to_be_bytes())).unwrap();
+        }
+        assert_eq!(limiter.addresses(), (SWEEP_EVERY - 1) as usize);
+        // A million a second refills a bucket within microseconds: by the
+        // sweep, every address but the newest is back to full.
+        std::thread::sleep(Duration::from_millis(20));
+        limiter.check(ip("10.9.9.9")).unwrap();
+        assert!(limiter.addresses() <= 2, "{} addresses held", limiter.addresses());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}
