@@ -84,9 +84,10 @@ pub struct HttpConfig {
     /// proxies: room for a fully percent-encoded key of `max_key_len` bytes
     /// and a large `X-Dynamo-Context`.
     pub max_header_bytes: usize,
-    /// Requests a second each client IP address may send on average; a
-    /// request over it gets `429` with `Retry-After`, before any work is
-    /// done for it. `/health` is never limited. Default 0: no limit.
+    /// Requests a second each client (IPv4 address, or IPv6 /64) may send
+    /// on average; a request over it gets `429` with `Retry-After`, before
+    /// any work is done for it. `/health` is never limited. Default 0: no
+    /// limit.
     pub rate_limit_per_s: u32,
     /// Requests a client address may send at once above its average rate
     /// (the token bucket's size). 0, or less than `rate_limit_per_s`,

@@ -1,7 +1,10 @@
 //! Request rate limits per client address on the HTTP API.
 //!
-//! Each client IP address gets a token bucket (GCRA, from the `governor`
-//! crate): `per_second` requests a second on average, up to `burst` at
+//! Each client address gets a token bucket (GCRA, from the `governor`
+//! crate); an IPv4 address is one client, and so is an IPv6 /64 network
+//! (what one host or site is routinely given, so that rotating addresses
+//! within it does not escape the limit; an IPv4-mapped IPv6 address counts
+//! as its IPv4 address): `per_second` requests a second on average, up to `burst` at
 //! once. A request over its address's limit is answered `429 Too Many
 //! Requests` with `Retry-After` (whole seconds, rounded up) before it is
 //! routed, so it costs the node no store or replica work. `/health` is
@@ -74,12 +77,25 @@ impl ClientRateLimiter {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        self.limiter.check_key(&client).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.limiter
+            .check_key(&client_key(client))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Addresses whose state is held.
     pub fn addresses(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// The bucket `client` counts against: its IPv4 address, or its IPv6 /64.
+fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -132,6 +148,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         limiter.check(ip("10.9.9.9")).unwrap();
         assert!(limiter.addresses() <= 2, "{} addresses held", limiter.addresses());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_mapped_ipv4_is_its_ipv4() {
+        let limiter = ClientRateLimiter::from_config(1, 2).unwrap();
+        limiter.check(ip("2001:db8:1:2::1")).unwrap();
+        limiter.check(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(limiter.check(ip("2001:db8:1:2:abcd::7")).is_err(), "the same /64");
+        limiter.check(ip("2001:db8:1:3::1")).unwrap();
+        limiter.check(ip("10.0.0.1")).unwrap();
+        limiter.check(ip("::ffff:10.0.0.1")).unwrap();
+        assert!(limiter.check(ip("10.0.0.1")).is_err(), "mapped and plain IPv4 share a bucket");
     }
 
     #[test]
