@@ -1,11 +1,11 @@
-//! Request rate limits per client address on the HTTP API.
+//! Request rate limits per client on the HTTP API.
 //!
-//! Each client address gets a token bucket (GCRA, from the `governor`
-//! crate); an IPv4 address is one client, and so is an IPv6 /64 network
-//! (what one host or site is routinely given, so that rotating addresses
-//! within it does not escape the limit; an IPv4-mapped IPv6 address counts
-//! as its IPv4 address): `per_second` requests a second on average, up to `burst` at
-//! once. A request over its address's limit is answered `429 Too Many
+//! Each client gets a token bucket (GCRA, from the `governor` crate):
+//! `per_second` requests a second on average, up to `burst` at once. A
+//! client is an IPv4 address, or an IPv6 /64 network (what one host or
+//! site is routinely given, so rotating addresses within it does not
+//! escape the limit); an IPv4-mapped IPv6 address counts as its IPv4
+//! address. A request over its client's limit is answered `429 Too Many
 //! Requests` with `Retry-After` (whole seconds, rounded up) before it is
 //! routed, so it costs the node no store or replica work. `/health` is
 //! never limited: load balancers and `dev` poll it.
