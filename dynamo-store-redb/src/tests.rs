@@ -412,12 +412,7 @@ fn a_log_record_that_does_not_decode_is_corrupt_and_names_the_log() {
     wal::encode(1, &[BatchOp::Delete { table: Table::Data, key: Bytes::from_static(b"k") }], &mut record)
         .unwrap();
     record[20] = 9;
-    let check = {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(&1u64.to_le_bytes());
-        h.update(&record[20..]);
-        h.digest()
-    };
+    let check = wal::checksum(1, &record[20..]);
     record[12..20].copy_from_slice(&check.to_le_bytes());
     fs::write(&log, record).unwrap();
     let message = assert_corrupt(RedbStore::open(dir.path(), RedbOptions::default()), &log);

@@ -108,7 +108,9 @@ pub(crate) fn encode(seq: u64, ops: &[BatchOp], buf: &mut Vec<u8>) -> Option<()>
     Some(())
 }
 
-fn checksum(seq: u64, payload: &[u8]) -> u64 {
+/// A record's checksum: xxh3-64 of its sequence number's 8 bytes, then
+/// its payload.
+pub(crate) fn checksum(seq: u64, payload: &[u8]) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(&seq.to_le_bytes());
     hasher.update(payload);
