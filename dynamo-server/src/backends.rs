@@ -161,8 +161,25 @@ pub async fn open_transport(config: &ServerConfig) -> anyhow::Result<Arc<dyn Tra
                 idle_timeout_ms: config.peer.idle_timeout_ms,
                 pool_idle_timeout_ms: config.peer.pool_idle_timeout_ms,
                 max_connections: config.peer.max_connections,
+                tls: config.peer.tls.as_ref().map(|t| dynamo_transport_tcp::TlsConfig {
+                    ca_file: t.ca_file.clone(),
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                }),
                 ..dynamo_transport_tcp::TcpConfig::default()
             };
+            match &config.peer.tls {
+                Some(tls) => tracing::info!(
+                    ca = %tls.ca_file.display(),
+                    cert = %tls.cert_file.display(),
+                    "peer links: mutual TLS 1.3; peers must hold a certificate from the cluster's CA"
+                ),
+                None => tracing::warn!(
+                    listen = %config.peer.listen,
+                    "peer links are PLAINTEXT and unauthenticated: anyone who can reach the peer port can read and \
+                     write every key; set [peer.tls] (see `dynamo-server cert`)"
+                ),
+            }
             let transport = dynamo_transport_tcp::TcpTransport::bind(tcp)
                 .await
                 .with_context(|| format!("cannot listen for peers on {}", config.peer.listen))?;

@@ -136,6 +136,9 @@ enum Command {
     /// Anti-entropy: see its status (exchanges, repairs, trees, tombstone
     /// purge, admission control) or run a round now (`aae run`).
     Aae(crate::aae_cmd::AaeArgs),
+    /// Make the cluster's CA and node certificates for `[peer.tls]`.
+    #[cfg(feature = "transport-tcp")]
+    Cert(crate::cert_cmd::CertArgs),
     /// Load-test a cluster: closed-loop reads and writes, latency percentiles.
     ///
     /// Writes are blind PUTs (no context): run the cluster with a reconciler
@@ -271,6 +274,8 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
         Command::Status { url, json } => print_status(&ApiClient::new(&url)?, json).await?,
         Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
         Command::Aae(args) => crate::aae_cmd::run(args).await?,
+        #[cfg(feature = "transport-tcp")]
+        Command::Cert(args) => crate::cert_cmd::run(args)?,
         Command::Bench(args) => crate::bench::run(args).await?,
         Command::BenchBaseline { listen } => crate::bench::baseline::serve(&listen).await?,
     }

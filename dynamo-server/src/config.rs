@@ -130,6 +130,26 @@ pub struct PeerConfig {
     /// must keep the same seed across restarts. Unset: a new identity at
     /// every start.
     pub identity_seed_hex: Option<String>,
+    /// tcp only: mutual TLS on every peer link (`[peer.tls]`); unset, links
+    /// are plaintext and unauthenticated, and the node says so at start.
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// `[peer.tls]`: the PEM files of a node's mutual TLS. Every node holds a
+/// certificate signed by the cluster's CA (`dynamo-server cert` makes
+/// them); a peer without one is refused during the handshake, before any
+/// message is decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// The cluster CA's certificate, PEM.
+    pub ca_file: PathBuf,
+    /// This node's certificate, PEM; its subject alternative names must
+    /// include the host of `peer.advertise` (or `peer.listen`).
+    pub cert_file: PathBuf,
+    /// This node's private key, PEM; the node refuses to start if other
+    /// users may read it (mode 0600, or 0640 at most).
+    pub key_file: PathBuf,
 }
 
 /// The storage engine.
@@ -272,6 +292,7 @@ impl Default for PeerConfig {
             pool_idle_timeout_ms: 60_000,
             max_connections: 1024,
             identity_seed_hex: None,
+            tls: None,
         }
     }
 }
@@ -388,6 +409,12 @@ impl ServerConfig {
         }
         if p.max_connections == 0 {
             return bad("peer.max_connections = 0: allow at least 1".into());
+        }
+        if p.tls.is_some() && p.transport != "tcp" {
+            return bad(format!(
+                "peer.tls applies to the tcp transport; {} links are encrypted by the transport itself",
+                p.transport
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ pub mod admin_aae;
 pub mod admin_cluster;
 pub mod backends;
 pub mod bench;
+#[cfg(feature = "transport-tcp")]
+pub mod cert_cmd;
 pub mod cli;
 pub mod client;
 pub mod cluster_cmd;

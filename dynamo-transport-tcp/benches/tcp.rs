@@ -9,6 +9,9 @@
 //! - `echo_1MiB/transport/1_in_flight`: one 1 MiB frame each way at a time,
 //!   the path of frames larger than the read buffer (assembled as their
 //!   bytes arrive).
+//! - `…/transport_tls/…`: the same over mutual TLS 1.3 (certificates from a
+//!   throwaway CA), in the same run, so secured and plaintext compare
+//!   under the same machine conditions.
 //!
 //! Everything runs on one tokio runtime with 2 worker threads, client and
 //! server alike, as a node does. Before criterion starts, a short run prints
@@ -24,7 +27,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dynamo_core::transport::Transport;
 use dynamo_testkit::transport_load::{calls_in_flight, percentile, Echo};
-use dynamo_transport_tcp::{TcpConfig, TcpTransport};
+use dynamo_transport_tcp::certs::{write_private, ClusterCa};
+use dynamo_transport_tcp::{TcpConfig, TcpTransport, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -57,10 +61,24 @@ async fn raw_pair() -> TcpStream {
     stream
 }
 
-async fn transport_pair() -> (TcpTransport, Arc<TcpTransport>) {
-    let server = TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await.unwrap();
+/// TLS files for 127.0.0.1 from a throwaway CA, in a directory that lives
+/// as long as the returned guard.
+fn tls_files() -> (TlsConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("bench").unwrap();
+    let node = ca.issue("node", &["127.0.0.1".into()]).unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(path("node.pem"), &node.cert_pem).unwrap();
+    write_private(&path("node.key"), &node.key_pem).unwrap();
+    (TlsConfig { ca_file: path("ca.pem"), cert_file: path("node.pem"), key_file: path("node.key") }, dir)
+}
+
+async fn transport_pair(tls: Option<&TlsConfig>) -> (TcpTransport, Arc<TcpTransport>) {
+    let config = TcpConfig { tls: tls.cloned(), ..TcpConfig::new("127.0.0.1:0") };
+    let server = TcpTransport::bind(config.clone()).await.unwrap();
     server.serve(Arc::new(Echo)).await.unwrap();
-    let client = Arc::new(TcpTransport::bind(TcpConfig::new("127.0.0.1:0")).await.unwrap());
+    let client = Arc::new(TcpTransport::bind(config).await.unwrap());
     // Warm the pool so no iteration pays for a connect.
     for _ in 0..100 {
         client.call(server.local_addr(), Bytes::from_static(&[7; FRAME]), TIMEOUT).await.unwrap();
@@ -69,17 +87,20 @@ async fn transport_pair() -> (TcpTransport, Arc<TcpTransport>) {
 }
 
 /// Prints p50/p90/p99 of `n` sequential round trips of each kind.
-fn print_percentiles(rt: &Runtime) {
+fn print_percentiles(rt: &Runtime, tls: &TlsConfig) {
     fn show(name: &str, mut samples: Vec<Duration>) {
         samples.sort();
         let at = |q: f64| percentile(&samples, q);
         eprintln!("{name:<28} p50 {:>7.1?}  p90 {:>7.1?}  p99 {:>7.1?}", at(0.5), at(0.9), at(0.99));
     }
     const N: usize = 20_000;
-    on_worker(rt, async {
+    let tls = tls.clone();
+    on_worker(rt, async move {
         let mut raw = raw_pair().await;
-        let (server, client) = transport_pair().await;
-        let (mut raw_t, mut ours_t) = (Vec::with_capacity(N), Vec::with_capacity(N));
+        let (server, client) = transport_pair(None).await;
+        let (tls_server, tls_client) = transport_pair(Some(&tls)).await;
+        let (mut raw_t, mut ours_t, mut tls_t) =
+            (Vec::with_capacity(N), Vec::with_capacity(N), Vec::with_capacity(N));
         let out = [7u8; FRAME];
         let mut back = [0u8; FRAME];
         let frame = Bytes::from_static(&[7; FRAME]);
@@ -92,12 +113,19 @@ fn print_percentiles(rt: &Runtime) {
             let t = Instant::now();
             black_box(client.call(server.local_addr(), frame.clone(), TIMEOUT).await.unwrap());
             ours_t.push(t.elapsed());
+            let t = Instant::now();
+            black_box(tls_client.call(tls_server.local_addr(), frame.clone(), TIMEOUT).await.unwrap());
+            tls_t.push(t.elapsed());
         }
         eprintln!("round trips of {FRAME}-byte frames, {N} each, interleaved:");
         show("raw tokio TCP echo", raw_t);
         show("TcpTransport::call", ours_t);
-        client.shutdown().await;
+        show("TcpTransport::call, TLS", tls_t);
+        for t in [client, tls_client] {
+            t.shutdown().await;
+        }
         server.shutdown().await;
+        tls_server.shutdown().await;
     });
 }
 
@@ -110,7 +138,8 @@ fn on_worker<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    print_percentiles(&rt);
+    let (tls, _tls_dir) = tls_files();
+    print_percentiles(&rt, &tls);
     let mut group = c.benchmark_group(format!("echo_{FRAME}B"));
 
     group.throughput(Throughput::Elements(1));
@@ -134,58 +163,68 @@ fn bench(c: &mut Criterion) {
     });
     drop(raw);
 
-    let (server, client) = rt.block_on(transport_pair());
-    let addr: Arc<str> = server.local_addr().into();
+    let pairs = [
+        ("transport", rt.block_on(transport_pair(None))),
+        ("transport_tls", rt.block_on(transport_pair(Some(&tls)))),
+    ];
     let frame = Bytes::from_static(&[7; FRAME]);
-    group.bench_function("transport/1_in_flight", |b| {
-        b.iter_custom(|iters| {
-            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
-            on_worker(&rt, async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
-                }
-                start.elapsed()
+    for (name, (server, client)) in &pairs {
+        let addr: Arc<str> = server.local_addr().into();
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{name}/1_in_flight"), |b| {
+            b.iter_custom(|iters| sequential_calls(&rt, client, &addr, &frame, iters))
+        });
+        group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+        group.bench_function(format!("{name}/{IN_FLIGHT}_in_flight"), |b| {
+            b.iter_custom(|iters| {
+                let load = calls_in_flight(
+                    Arc::clone(client),
+                    Arc::clone(&addr),
+                    frame.clone(),
+                    IN_FLIGHT,
+                    iters,
+                    TIMEOUT,
+                );
+                on_worker(&rt, load)
             })
-        })
-    });
-
-    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
-    group.bench_function(format!("transport/{IN_FLIGHT}_in_flight"), |b| {
-        b.iter_custom(|iters| {
-            let load = calls_in_flight(
-                Arc::clone(&client),
-                Arc::clone(&addr),
-                frame.clone(),
-                IN_FLIGHT,
-                iters,
-                TIMEOUT,
-            );
-            on_worker(&rt, load)
-        })
-    });
+        });
+    }
     group.finish();
 
     let mut large = c.benchmark_group("echo_1MiB");
     large.throughput(Throughput::Bytes(LARGE_FRAME as u64));
     let frame = Bytes::from(vec![7u8; LARGE_FRAME]);
-    large.bench_function("transport/1_in_flight", |b| {
-        b.iter_custom(|iters| {
-            let (client, addr, frame) = (Arc::clone(&client), Arc::clone(&addr), frame.clone());
-            on_worker(&rt, async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
-                }
-                start.elapsed()
-            })
-        })
-    });
+    for (name, (server, client)) in &pairs {
+        let addr: Arc<str> = server.local_addr().into();
+        large.bench_function(format!("{name}/1_in_flight"), |b| {
+            b.iter_custom(|iters| sequential_calls(&rt, client, &addr, &frame, iters))
+        });
+    }
     large.finish();
     rt.block_on(async {
-        client.shutdown().await;
-        server.shutdown().await;
+        for (_, (server, client)) in pairs {
+            client.shutdown().await;
+            server.shutdown().await;
+        }
     });
+}
+
+/// Time of `iters` calls of `frame`, one at a time, on a runtime worker.
+fn sequential_calls(
+    rt: &Runtime,
+    client: &Arc<TcpTransport>,
+    addr: &Arc<str>,
+    frame: &Bytes,
+    iters: u64,
+) -> Duration {
+    let (client, addr, frame) = (Arc::clone(client), Arc::clone(addr), frame.clone());
+    on_worker(rt, async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(client.call(&addr, frame.clone(), TIMEOUT).await.unwrap());
+        }
+        start.elapsed()
+    })
 }
 
 criterion_group! {

@@ -29,14 +29,17 @@ use bytes::Bytes;
 use dynamo_core::transport::TransportError;
 use futures::future::{FutureExt, Shared};
 use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::TcpConfig;
 use crate::reader::{FrameReader, ReadError, Traffic};
+use crate::tls::server_name;
 use crate::watchdog::Timeouts;
 use crate::wire::{write_frames, Outgoing, ERROR_FLAG};
 
@@ -110,8 +113,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Starts the connection's task on `stream`.
-    fn start(stream: TcpStream, peer: Arc<str>, config: &TcpConfig, parent: &CancellationToken) -> Arc<Conn> {
+    /// Starts the connection's task on a connected stream's two halves.
+    fn start(
+        read: impl AsyncRead + Unpin + Send + 'static,
+        write: impl AsyncWrite + Unpin + Send + 'static,
+        peer: Arc<str>,
+        config: &TcpConfig,
+        parent: &CancellationToken,
+    ) -> Arc<Conn> {
         let max_frame = config.max_frame_bytes;
         let timeouts = Timeouts { read: config.read_timeout(), idle: config.pool_idle_timeout() };
         let (queue, mut rx) = mpsc::unbounded_channel();
@@ -130,7 +139,6 @@ impl Conn {
         let task_conn = Arc::clone(&conn);
         tokio::spawn(async move {
             let conn = task_conn;
-            let (read, write) = stream.into_split();
             let mut frames = FrameReader::new(read, max_frame, timeouts);
             // Why the connection closed; `None` when it retired.
             let reader = async {
@@ -362,6 +370,8 @@ pub(crate) struct PoolShared {
     pub(crate) closed: AtomicBool,
     pub(crate) cancel: CancellationToken,
     pub(crate) config: TcpConfig,
+    /// The TLS client side, when connections must be mutual TLS.
+    pub(crate) tls: Option<TlsConnector>,
 }
 
 /// The client side of a transport: its peers by address.
@@ -580,7 +590,36 @@ impl Peer {
         if let Err(e) = stream.set_nodelay(true) {
             return Err(unreachable(format!("cannot set TCP_NODELAY: {e}")));
         }
-        let conn = Conn::start(stream, Arc::clone(&self.addr), config, &shared.cancel);
+        let peer = Arc::clone(&self.addr);
+        let conn = match &shared.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                Conn::start(read, write, peer, config, &shared.cancel)
+            }
+            Some(connector) => {
+                let name = server_name(&self.addr).map_err(&unreachable)?;
+                let handshake =
+                    tokio::time::timeout(config.connect_timeout(), connector.connect(name, stream));
+                let reason = match handshake.await {
+                    Ok(Ok(tls)) => {
+                        let (read, write) = tokio::io::split(tls);
+                        return self.keep(Conn::start(read, write, peer, config, &shared.cancel), shared);
+                    }
+                    Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+                    Err(_) => format!("TLS handshake not complete within {} ms", config.connect_timeout_ms),
+                };
+                // A security event, not a routine connect failure: warn (the
+                // dial backoff bounds how often).
+                warn!(peer = %self.addr, %reason, "peer not connected");
+                return Err(unreachable(reason));
+            }
+        };
+        self.keep(conn, shared)
+    }
+
+    /// Puts a new connection in a free slot (unless the transport shut
+    /// down meanwhile, which closes it) and hands it back.
+    fn keep(&self, conn: Arc<Conn>, shared: &PoolShared) -> Result<Arc<Conn>, TransportError> {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         // Checked under the slots lock, which shutdown also takes to close
         // the connections: either it sees this one or this sees it closed.

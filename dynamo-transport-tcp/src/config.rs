@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::TlsConfig;
+
 /// Largest `max_frame_bytes` the wire format can carry: the u32 length
 /// prefix also counts the 8-byte request id.
 pub const MAX_FRAME_LIMIT: usize = u32::MAX as usize - crate::wire::ID_LEN;
@@ -84,6 +86,11 @@ pub struct TcpConfig {
     /// until it receives traffic). Keep it below the process's file
     /// descriptor limit.
     pub max_connections: usize,
+    /// Mutual TLS for every connection, both ways (see [`TlsConfig`]);
+    /// `None` (the default) sends frames in plaintext, unauthenticated.
+    /// The TLS handshake of an inbound connection must complete within
+    /// `read_timeout_ms`, of an outbound one within `connect_timeout_ms`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for TcpConfig {
@@ -100,6 +107,7 @@ impl Default for TcpConfig {
             idle_timeout_ms: 300_000,
             pool_idle_timeout_ms: 60_000,
             max_connections: 1024,
+            tls: None,
         }
     }
 }

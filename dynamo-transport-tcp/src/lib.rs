@@ -107,15 +107,18 @@
 
 #![warn(missing_docs)]
 
+pub mod certs;
 mod client;
 mod config;
 mod decode;
 mod reader;
 mod refusals;
 mod server;
+mod tls;
 mod transport;
 mod watchdog;
 mod wire;
 
 pub use config::{ConfigError, TcpConfig, MAX_FRAME_LIMIT, MAX_TIMEOUT_MS};
+pub use tls::{check_key_permissions, TlsConfig, TlsError};
 pub use transport::TcpTransport;

@@ -11,17 +11,24 @@
 //! that connection alone; the listener and other connections go on. Past
 //! `max_connections` open connections a new one is closed as soon as it is
 //! accepted.
+//!
+//! With TLS, a connection's task first completes the handshake, within the
+//! read timeout; a peer without a certificate from the cluster's CA, one
+//! speaking plaintext, or one that stalls or breaks off the handshake is
+//! closed before a single frame is read, and the refusal is logged with
+//! its address (at most one warning every 10 s, the rest at debug).
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use dynamo_core::transport::FrameHandler;
 use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -29,11 +36,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::client::lock;
 use crate::config::TcpConfig;
 use crate::reader::{FrameReader, ReadError, Traffic};
 use crate::refusals::RefusalLog;
 use crate::watchdog::Timeouts;
 use crate::wire::{write_frames, Outgoing, ERROR_FLAG};
+use tokio_rustls::TlsAcceptor;
 
 /// Most requests of one connection handled at once; past it the connection
 /// is not read until one completes (backpressure on a flooding client).
@@ -43,7 +52,7 @@ pub(crate) const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the serving side takes from the transport's config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct ServeOptions {
     /// Largest request or response body.
     pub(crate) max_frame: usize,
@@ -51,14 +60,17 @@ pub(crate) struct ServeOptions {
     pub(crate) timeouts: Timeouts,
     /// Most connections open at once.
     pub(crate) max_connections: usize,
+    /// The TLS server side, when connections must be mutual TLS.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl ServeOptions {
-    pub(crate) fn new(config: &TcpConfig) -> Self {
+    pub(crate) fn new(config: &TcpConfig, tls: Option<TlsAcceptor>) -> Self {
         ServeOptions {
             max_frame: config.max_frame_bytes,
             timeouts: Timeouts { read: config.read_timeout(), idle: config.idle_timeout() },
             max_connections: config.max_connections,
+            tls,
         }
     }
 }
@@ -73,6 +85,7 @@ pub(crate) async fn accept_loop(
 ) {
     let mut conns = JoinSet::new();
     let mut refusals = RefusalLog::default();
+    let handshakes = Arc::new(Mutex::new(RefusalLog::default()));
     loop {
         tokio::select! {
             biased;
@@ -82,10 +95,12 @@ pub(crate) async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) if conns.len() >= options.max_connections => {
                     drop(stream);
-                    refusals.refused(Instant::now(), from, options.max_connections);
+                    let limit = options.max_connections;
+                    refusals.refused(Instant::now(), from, &format_args!("{limit} connections are open (max_connections)"));
                 }
                 Ok((stream, from)) => {
-                    conns.spawn(serve_connection(stream, from, Arc::clone(&handler), options));
+                    let handshakes = Arc::clone(&handshakes);
+                    conns.spawn(serve_connection(stream, from, Arc::clone(&handler), options.clone(), handshakes));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -124,21 +139,49 @@ impl Traffic for Inbound {
     }
 }
 
-/// Serves one connection until the client closes it, sends a bad frame,
-/// stalls mid-frame or idles past the timeouts, or the task is aborted by
-/// shutdown.
+/// Serves one connection (after its TLS handshake, when TLS is on) until
+/// the client closes it, sends a bad frame, stalls mid-frame or idles past
+/// the timeouts, or the task is aborted by shutdown.
 async fn serve_connection(
     stream: TcpStream,
     from: SocketAddr,
     handler: Arc<dyn FrameHandler>,
     options: ServeOptions,
+    handshakes: Arc<Mutex<RefusalLog>>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         warn!(%from, error = %e, "cannot set TCP_NODELAY; closing connection");
         return;
     }
+    let Some(acceptor) = &options.tls else {
+        let (read, write) = stream.into_split();
+        return serve_frames(read, write, from, handler, &options).await;
+    };
+    let refused = |reason: &dyn std::fmt::Display| {
+        lock(&handshakes).refused(Instant::now(), from, &format_args!("TLS handshake failed: {reason}"));
+    };
+    match tokio::time::timeout(options.timeouts.read, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let (read, write) = tokio::io::split(tls);
+            serve_frames(read, write, from, handler, &options).await;
+        }
+        Ok(Err(e)) => refused(&e),
+        Err(_) => {
+            refused(&format_args!("not complete within the read timeout of {:?}", options.timeouts.read))
+        }
+    }
+}
+
+/// Reads request frames from `read` and writes their responses to `write`
+/// until the connection ends (see [`serve_connection`]).
+async fn serve_frames(
+    read: impl AsyncRead + Unpin,
+    write: impl AsyncWrite + Unpin,
+    from: SocketAddr,
+    handler: Arc<dyn FrameHandler>,
+    options: &ServeOptions,
+) {
     let max_frame = options.max_frame;
-    let (read, write) = stream.into_split();
     let (responses, mut queue) = mpsc::unbounded_channel();
     let inbound = Inbound {
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION)),

@@ -15,6 +15,8 @@ use tracing::warn;
 use crate::client::{lock, Pool, PoolShared};
 use crate::config::TcpConfig;
 use crate::server::{accept_loop, ServeOptions};
+use crate::tls::PeerTls;
+use tokio_rustls::TlsAcceptor;
 
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -32,6 +34,8 @@ pub struct TcpTransport {
     /// Bound but not yet accepting; taken by `serve` (or `shutdown`).
     listener: Mutex<Option<TcpListener>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The TLS server side, when `config.tls` is set.
+    acceptor: Option<TlsAcceptor>,
 }
 
 impl TcpTransport {
@@ -40,9 +44,15 @@ impl TcpTransport {
     /// [`Transport::serve`] starts accepting. The advertised address is
     /// known from here on, with port 0 resolved.
     ///
+    /// With `config.tls` set, the TLS files are read and checked here (see
+    /// [`TlsConfig`](crate::TlsConfig)), and every connection either way
+    /// will be mutual TLS.
+    ///
     /// # Errors
     /// [`TransportError::Listen`] when the config is invalid, the address
-    /// does not resolve, or no resolved address can be bound (in use, say).
+    /// does not resolve, no resolved address can be bound (in use, say), or
+    /// the TLS files are unreadable, open to other users, or do not fit
+    /// together (the reason names the file).
     pub async fn bind(config: TcpConfig) -> Result<TcpTransport, TransportError> {
         let listen_error =
             |reason: String| TransportError::Listen { addr: config.listen_addr.clone(), reason };
@@ -78,14 +88,23 @@ impl TcpTransport {
                 local.to_string()
             }
         };
-        let shared =
-            Arc::new(PoolShared { closed: Default::default(), cancel: CancellationToken::new(), config });
+        let tls = match &config.tls {
+            Some(files) => Some(PeerTls::load(files, &local_addr).map_err(|e| listen_error(e.to_string()))?),
+            None => None,
+        };
+        let shared = Arc::new(PoolShared {
+            closed: Default::default(),
+            cancel: CancellationToken::new(),
+            tls: tls.as_ref().map(|t| t.connector.clone()),
+            config,
+        });
         Ok(TcpTransport {
             local_addr,
             pool: Pool::new(Arc::clone(&shared)),
             shared,
             listener: Mutex::new(Some(listener)),
             accept_task: Mutex::new(None),
+            acceptor: tls.map(|t| t.acceptor),
         })
     }
 
@@ -116,7 +135,7 @@ impl Transport for TcpTransport {
             let reason = if self.is_closed() { "transport was shut down" } else { "already serving" };
             return Err(TransportError::Listen { addr: self.local_addr.clone(), reason: reason.into() });
         };
-        let options = ServeOptions::new(&self.shared.config);
+        let options = ServeOptions::new(&self.shared.config, self.acceptor.clone());
         *task = Some(tokio::spawn(accept_loop(listener, handler, options, self.shared.cancel.clone())));
         Ok(())
     }

@@ -19,8 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Bytes of the request id that starts every frame body.
@@ -51,8 +50,8 @@ pub(crate) struct Outgoing {
 ///
 /// Whatever is queued when the task runs goes out in one batch: the frames
 /// are gathered in one buffer and written with one system call (up to
-/// [`BATCH_BYTES`] at a time). TCP sockets are unbuffered in tokio, so the
-/// write is the flush.
+/// [`BATCH_BYTES`] at a time), then flushed: a no-op on a TCP socket, which
+/// tokio does not buffer; over TLS it sends what the session still holds.
 ///
 /// `busy` tells whether other requests are in flight on the connection. If
 /// so, the writer yields once before writing: the tasks those requests wake
@@ -64,7 +63,7 @@ pub(crate) struct Outgoing {
 /// traffic in this direction by it. The batch buffer starts empty and grows
 /// with what is written, so an idle connection holds none.
 pub(crate) async fn write_frames(
-    mut sink: OwnedWriteHalf,
+    mut sink: impl AsyncWrite + Unpin,
     rx: &mut UnboundedReceiver<Outgoing>,
     busy: impl Fn() -> bool,
     written: &AtomicU64,
@@ -95,6 +94,7 @@ pub(crate) async fn write_frames(
             sink.write_all(&batch).await?;
             batch.clear();
         }
+        sink.flush().await?;
         written.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

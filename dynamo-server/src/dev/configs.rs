@@ -108,6 +108,7 @@ mod tests {
             peer_port: 7001,
             durability: Durability::Buffered,
             reconciler: "keep-siblings".into(),
+            plaintext: false,
         }
     }
 

@@ -17,13 +17,17 @@
 //! - the nodes die with `dev`, even when it is SIGKILLed (see [`process`]);
 //! - one `dev` per data directory (see [`lock`]), and ports already in use
 //!   are refused by name before anything starts;
-//! - node logs are appended across restarts, never truncated.
+//! - node logs are appended across restarts, never truncated;
+//! - peer links are mutual TLS, with certificates from a CA made at each
+//!   start (see [`tls`]), unless `--plaintext`.
 
 pub mod configs;
 pub mod control;
 pub mod lock;
 pub mod process;
 mod supervisor;
+#[cfg(feature = "transport-tcp")]
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -58,6 +62,9 @@ pub struct DevArgs {
     /// Reconciler name.
     #[arg(long, default_value = "keep-siblings")]
     pub reconciler: String,
+    /// Plaintext, unauthenticated peer links instead of mutual TLS.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {

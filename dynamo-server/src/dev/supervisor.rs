@@ -83,10 +83,44 @@ struct Cluster {
     data_dir_arg: String,
     /// Node 1's configuration, which `dev add` derives a new node's from.
     template: ServerConfig,
+    /// The CA that certifies the nodes' peer links; `None` with `--plaintext`.
+    ca: Option<DevCa>,
     /// HTTP and peer ports of node 1; node i listens on these + i - 1.
     ports: (u16, u16),
     nodes: Vec<Node>,
     exits: mpsc::UnboundedSender<Exit>,
+}
+
+/// With the `transport-tcp` feature and without `--plaintext`: a new CA,
+/// and a certificate from it for each node.
+#[cfg(feature = "transport-tcp")]
+type DevCa = super::tls::DevCa;
+
+/// Without the tcp transport there is no TLS to set up.
+#[cfg(not(feature = "transport-tcp"))]
+#[derive(Debug)]
+enum DevCa {}
+
+#[cfg(not(feature = "transport-tcp"))]
+impl DevCa {
+    fn secure(&self, _config: &mut ServerConfig) -> anyhow::Result<()> {
+        match *self {}
+    }
+}
+
+/// Makes the cluster's CA and secures every node's peer links with it,
+/// unless `--plaintext` (or the tcp transport is not compiled in).
+fn secure(args: &DevArgs, configs: &mut [ServerConfig]) -> anyhow::Result<Option<DevCa>> {
+    #[cfg(feature = "transport-tcp")]
+    if !args.plaintext {
+        let ca = DevCa::create(&args.data_dir)?;
+        for c in configs.iter_mut() {
+            ca.secure(c)?;
+        }
+        return Ok(Some(ca));
+    }
+    let _ = (args, configs);
+    Ok(None)
 }
 
 /// Runs the cluster until Ctrl-C or SIGTERM.
@@ -94,7 +128,7 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
     // Every check before anything is written or started.
     plugins.reconciler(&args.reconciler)?;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let configs = configs::dev_configs(&args, &args.data_dir)?;
+    let mut configs = configs::dev_configs(&args, &args.data_dir)?;
     for c in &configs {
         plugins.check(c)?;
     }
@@ -102,6 +136,7 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let _lock = lock::lock(&args.data_dir)?;
     check_ports(&configs)?;
+    let ca = secure(&args, &mut configs)?;
     let listener = control::listen(&args.data_dir)?;
     let (requests_tx, mut requests) = mpsc::channel::<Incoming>(16);
     let control_task = tokio::spawn(control::serve(listener, requests_tx));
@@ -114,6 +149,7 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
             format!(" --data-dir {}", args.data_dir.display())
         },
         template: configs[0].clone(),
+        ca,
         ports: (args.http_port, args.peer_port),
         nodes: Vec::with_capacity(configs.len()),
         exits: exits_tx,
@@ -250,6 +286,12 @@ impl Cluster {
             config.reconciler,
             data_dir.display()
         );
+        match &config.peer.tls {
+            Some(tls) => {
+                println!("peer links: mutual TLS, certificates from a new CA ({})", tls.ca_file.display())
+            }
+            None => println!("peer links: PLAINTEXT, unauthenticated (--plaintext)"),
+        }
         for node in &self.nodes {
             let pid = node.running.as_ref().map_or(0, |r| r.pid);
             println!("  node {}  {}  pid {}  log {}", node.id, node.url, pid, node.log.display());
@@ -448,6 +490,9 @@ impl Cluster {
         c.cluster.seeds = self.nodes.iter().map(|n| n.peer.clone()).collect();
         c.validate()?;
         check_ports(std::slice::from_ref(&c))?;
+        if let Some(ca) = &self.ca {
+            ca.secure(&mut c)?;
+        }
         Ok(c)
     }
 

@@ -1,6 +1,7 @@
 //! The real binary as separate processes on loopback, shared by the
 //! multi-process tests: `serve` processes with their configs in a
-//! tempdir, started, killed and restarted like hosts.
+//! tempdir, started, killed and restarted like hosts. Their peer links are
+//! mutual TLS, each node with its own certificate from the cluster's CA.
 
 #![allow(dead_code)] // Each test binary uses its own part.
 
@@ -9,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dynamo_server::client::ApiClient;
-use dynamo_server::config::{MemberConfig, ServerConfig};
+use dynamo_server::config::{MemberConfig, PeerTlsConfig, ServerConfig};
+use dynamo_transport_tcp::certs::{write_private, ClusterCa};
 
 pub const READY: Duration = Duration::from_secs(30);
 pub const CONVERGE: Duration = Duration::from_secs(60);
@@ -27,6 +29,24 @@ pub struct ProcCluster {
     /// The loopback address all its nodes listen on.
     pub host: String,
     pub nodes: Vec<Proc>,
+    /// The CA of the nodes' peer certificates.
+    pub ca: ClusterCa,
+}
+
+/// Issues node `id` at `host` a certificate from `ca`, writes it and the
+/// CA's certificate under `dir`, and returns the `[peer.tls]` for them.
+pub fn certify(ca: &ClusterCa, dir: &std::path::Path, id: u64, host: &str) -> PeerTlsConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    let issued = ca.issue(&format!("node-{id}"), &[host.to_owned()]).unwrap();
+    let tls = PeerTlsConfig {
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join(format!("node-{id}.pem")),
+        key_file: dir.join(format!("node-{id}.key")),
+    };
+    std::fs::write(&tls.ca_file, ca.cert_pem()).unwrap();
+    std::fs::write(&tls.cert_file, &issued.cert_pem).unwrap();
+    write_private(&tls.key_file, &issued.key_pem).unwrap();
+    tls
 }
 
 /// A loopback address of its own for one cluster, `127.a.b.1` with `a`
@@ -52,6 +72,7 @@ impl ProcCluster {
 
     pub fn start_with(nodes: usize, adjust: impl Fn(&mut ServerConfig)) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("test cluster").unwrap();
         let host = private_loopback();
         let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(&host), free_port(&host))).collect();
         let members: Vec<MemberConfig> = ports
@@ -80,6 +101,7 @@ impl ProcCluster {
             c.cluster.w = c.cluster.n / 2 + 1;
             c.cluster.suspect_period_ms = 500;
             c.cluster.hint_delivery_interval_ms = 200;
+            c.peer.tls = Some(certify(&ca, &c.data_dir.join("tls"), c.node_id, &host));
             adjust(&mut c);
             std::fs::create_dir_all(&c.data_dir).unwrap();
             let path = c.data_dir.join("dynamo.toml");
@@ -91,7 +113,7 @@ impl ProcCluster {
                 log: c.data_dir.join("node.log"),
             });
         }
-        let mut cluster = ProcCluster { dir, host, nodes: procs };
+        let mut cluster = ProcCluster { dir, host, nodes: procs, ca };
         for i in 0..nodes {
             cluster.spawn(i);
         }
@@ -167,6 +189,12 @@ impl ProcCluster {
     /// and `seeds`: it learns the cluster by gossip and owns nothing until
     /// a topology change gives it partitions. Returns its index.
     pub fn add_node(&mut self, seeds: Vec<String>) -> usize {
+        self.add_node_with(seeds, |_| {})
+    }
+
+    /// [`add_node`](Self::add_node) with its configuration changed by
+    /// `adjust` before it is written and the node started.
+    pub fn add_node_with(&mut self, seeds: Vec<String>, adjust: impl FnOnce(&mut ServerConfig)) -> usize {
         let mut c = self.config(0);
         let id = self.nodes.len() as u64 + 1;
         let host = &self.host;
@@ -178,6 +206,8 @@ impl ProcCluster {
         c.peer.listen = format!("{host}:{}", free_port(host));
         c.peer.advertise = None;
         c.cluster.seeds = seeds;
+        c.peer.tls = Some(certify(&self.ca, &c.data_dir.join("tls"), id, host));
+        adjust(&mut c);
         std::fs::create_dir_all(&c.data_dir).unwrap();
         let path = c.data_dir.join("dynamo.toml");
         std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
