@@ -27,6 +27,8 @@ pub struct AaeArgs {
     /// Print the API's JSON answer for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    token: crate::client_token::TokenArgs,
 }
 
 /// An `aae` command.
@@ -46,7 +48,7 @@ enum AaeCommand {
 /// # Errors
 /// The node does not answer, or refuses (the server's message).
 pub async fn run(args: AaeArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.url)?;
+    let client = ApiClient::with_token(&args.url, args.token.resolve()?.as_ref())?;
     let text = match args.command {
         AaeCommand::Status => {
             let answer = client.json("/admin/aae").await?;

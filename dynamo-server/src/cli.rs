@@ -43,6 +43,7 @@ use dynamo_core::reconcile::Reconciler;
 use dynamo_core::store::Store;
 
 use crate::client::{print_read, print_status, ApiClient, ReadFormat};
+use crate::client_token::TokenArgs;
 use crate::config::{CliOverrides, ServerConfig};
 use crate::plugins::{PluginError, Plugins};
 use crate::{dev, serve};
@@ -89,6 +90,8 @@ enum Command {
         r: Option<usize>,
         #[command(flatten)]
         format: ReadFormat,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Write a key (VALUE, or `-` to read it from standard input); prints
     /// the new context.
@@ -106,6 +109,8 @@ enum Command {
         /// Write quorum.
         #[arg(long)]
         w: Option<usize>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Delete a key.
     Delete {
@@ -120,6 +125,8 @@ enum Command {
         /// Write quorum.
         #[arg(long)]
         w: Option<usize>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Show a node's health, members, ring and hints.
     Status {
@@ -129,6 +136,8 @@ enum Command {
         /// One JSON object for scripts instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Grow or shrink the cluster: stage join, leave or remove, see the
     /// plan, commit it, and watch the data move (`cluster status`).
@@ -146,6 +155,9 @@ enum Command {
     /// keep-siblings siblings pile up to the limit and writes get 409, which
     /// are counted as errors.
     Bench(crate::bench::BenchArgs),
+    /// Manage the client tokens file (`http.tokens_file`): create a token
+    /// (shown once), list or revoke them. Nodes read the file at start.
+    Token(crate::token_cmd::TokenCmdArgs),
     /// The baseline `bench` starts for itself: an unreplicated in-memory
     /// key-value server behind the node's HTTP stack.
     #[command(hide = true)]
@@ -253,11 +265,12 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
             serve::serve(loaded.config, plugins, adopt_ring).await?;
         }
         Command::Dev(args) => dev::run(args, plugins).await?,
-        Command::Get { key, url, r, format } => {
-            let read = ApiClient::new(&url)?.get(&key, r).await?;
+        Command::Get { key, url, r, format, token } => {
+            let read = ApiClient::with_token(&url, token.resolve()?.as_ref())?.get(&key, r).await?;
             return print_read(&key, &read, &format);
         }
-        Command::Put { key, value, url, context, w } => {
+        Command::Put { key, value, url, context, w, token } => {
+            let client = ApiClient::with_token(&url, token.resolve()?.as_ref())?;
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin().read_to_end(&mut buf).context("read the value from standard input")?;
@@ -265,18 +278,22 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
             } else {
                 Bytes::from(value)
             };
-            let ctx = ApiClient::new(&url)?.put(&key, value, context.as_deref(), w).await?;
+            let ctx = client.put(&key, value, context.as_deref(), w).await?;
             println!("{ctx}");
         }
-        Command::Delete { key, url, context, w } => {
-            ApiClient::new(&url)?.delete(&key, context.as_deref(), w).await?;
+        Command::Delete { key, url, context, w, token } => {
+            let client = ApiClient::with_token(&url, token.resolve()?.as_ref())?;
+            client.delete(&key, context.as_deref(), w).await?;
         }
-        Command::Status { url, json } => print_status(&ApiClient::new(&url)?, json).await?,
+        Command::Status { url, json, token } => {
+            print_status(&ApiClient::with_token(&url, token.resolve()?.as_ref())?, json).await?;
+        }
         Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
         Command::Aae(args) => crate::aae_cmd::run(args).await?,
         #[cfg(feature = "transport-tcp")]
         Command::Cert(args) => crate::cert_cmd::run(args)?,
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::Token(args) => crate::token_cmd::run(args)?,
         Command::BenchBaseline { listen } => crate::bench::baseline::serve(&listen).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,7 @@
 //! A small HTTP client for the API, behind the `get`, `put`, `delete`,
-//! `status`, `cluster` and `aae` commands (and `dev`'s readiness checks).
+//! `status`, `cluster` and `aae` commands (and `dev`'s readiness checks),
+//! sending the client's bearer token when it has one
+//! ([`crate::client_token`]).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::client_token::{ClientToken, TOKEN_VARIABLE};
 use crate::http::CONTEXT_HEADER;
 
 /// A client of one node's HTTP API.
@@ -19,6 +22,8 @@ use crate::http::CONTEXT_HEADER;
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// Whether requests carry a bearer token.
+    authenticated: bool,
 }
 
 /// What a read found.
@@ -52,24 +57,60 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
-async fn error_of(resp: reqwest::Response) -> anyhow::Error {
+/// The error an answer that is not a success stands for: its status and
+/// the server's message; for `401`, what to do about the token.
+async fn error_of(resp: reqwest::Response, authenticated: bool) -> anyhow::Error {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
         .unwrap_or(text);
-    anyhow::anyhow!("{status}: {message}")
+    auth_error(status, &message, authenticated).unwrap_or_else(|| anyhow::anyhow!("{status}: {message}"))
+}
+
+/// The CLI's words for a `401` or `403` answer carrying `message`, or
+/// `None` for any other status.
+fn auth_error(status: StatusCode, message: &str, authenticated: bool) -> Option<anyhow::Error> {
+    match status {
+        StatusCode::UNAUTHORIZED if !authenticated => Some(anyhow::anyhow!(
+            "the node requires a token: set {TOKEN_VARIABLE} or --token-file (401: {message})"
+        )),
+        StatusCode::UNAUTHORIZED => Some(anyhow::anyhow!(
+            "the node refused the token ({message}); check {TOKEN_VARIABLE} or --token-file"
+        )),
+        // The node's message names the token and the scope it lacks.
+        StatusCode::FORBIDDEN => Some(anyhow::anyhow!("{message}")),
+        _ => None,
+    }
 }
 
 impl ApiClient {
-    /// A client of the node at `url` (`http://` is assumed when absent).
+    /// A client of the node at `url` (`http://` is assumed when absent),
+    /// without a token.
     ///
     /// # Errors
     /// The HTTP client cannot be built.
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).tcp_nodelay(true).build()?;
-        Ok(ApiClient { http, base: base_url(url) })
+        ApiClient::with_token(url, None)
+    }
+
+    /// A client of the node at `url` that sends `token` (if any) with
+    /// every request, as `Authorization: Bearer …` marked sensitive.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built.
+    pub fn with_token(url: &str, token: Option<&ClientToken>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert(reqwest::header::AUTHORIZATION, token.header_value());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .default_headers(headers)
+            .build()?;
+        Ok(ApiClient { http, base: base_url(url), authenticated: token.is_some() })
     }
 
     fn kv(&self, key: &str) -> String {
@@ -87,7 +128,7 @@ impl ApiClient {
         }
         let resp = req.send().await.with_context(|| format!("GET {}", self.base))?;
         if !matches!(resp.status(), StatusCode::OK | StatusCode::NOT_FOUND) {
-            return Err(error_of(resp).await);
+            return Err(error_of(resp, self.authenticated).await);
         }
         let body: Value = resp.json().await?;
         let context =
@@ -121,7 +162,7 @@ impl ApiClient {
         }
         let resp = req.send().await.with_context(|| format!("write to {}", self.base))?;
         if resp.status() != StatusCode::NO_CONTENT {
-            return Err(error_of(resp).await);
+            return Err(error_of(resp, self.authenticated).await);
         }
         Ok(resp.headers().get(CONTEXT_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string())
     }
@@ -160,7 +201,7 @@ impl ApiClient {
             .await
             .with_context(|| format!("GET {}{path}", self.base))?;
         if !resp.status().is_success() {
-            return Err(error_of(resp).await);
+            return Err(error_of(resp, self.authenticated).await);
         }
         Ok(resp.json().await?)
     }
@@ -178,7 +219,7 @@ impl ApiClient {
             .await
             .with_context(|| format!("POST {}{path}", self.base))?;
         if !resp.status().is_success() {
-            return Err(error_of(resp).await);
+            return Err(error_of(resp, self.authenticated).await);
         }
         Ok(resp.json().await?)
     }
@@ -394,6 +435,23 @@ mod tests {
         assert_eq!(json["values"][1], STANDARD.encode("eggs"));
         let missing = Read { values: vec![], context: None };
         assert_eq!(printed(&missing, ReadFormat { context: true, ..Default::default() }), "\n");
+    }
+
+    #[test]
+    fn auth_refusals_say_what_to_do() {
+        let missing =
+            auth_error(StatusCode::UNAUTHORIZED, "this node requires a bearer token", false).unwrap();
+        assert!(
+            missing.to_string().starts_with("the node requires a token: set DYNAMO_TOKEN or --token-file"),
+            "{missing}"
+        );
+        let refused = auth_error(StatusCode::UNAUTHORIZED, "token 'ci' has expired", true).unwrap();
+        assert!(refused.to_string().contains("refused the token (token 'ci' has expired)"), "{refused}");
+        let forbidden =
+            auth_error(StatusCode::FORBIDDEN, "token 'x' lacks scope admin, which GET /admin/… needs", true)
+                .unwrap();
+        assert!(forbidden.to_string().starts_with("token 'x' lacks scope admin"), "{forbidden}");
+        assert!(auth_error(StatusCode::NOT_FOUND, "not found", true).is_none());
     }
 
     #[test]

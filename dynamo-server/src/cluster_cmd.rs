@@ -35,6 +35,8 @@ pub struct ClusterArgs {
     /// Print the API's JSON answer for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    token: crate::client_token::TokenArgs,
 }
 
 /// A `cluster` command.
@@ -78,7 +80,7 @@ enum ClusterCommand {
 /// # Errors
 /// The node does not answer, or refuses (the server's message).
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.url)?;
+    let client = ApiClient::with_token(&args.url, args.token.resolve()?.as_ref())?;
     let text = match args.command {
         ClusterCommand::Join { node } => {
             staged(&args, client.post_json(&format!("/admin/cluster/join/{node}")).await?)

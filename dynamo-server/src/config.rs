@@ -84,15 +84,27 @@ pub struct HttpConfig {
     /// proxies: room for a fully percent-encoded key of `max_key_len` bytes
     /// and a large `X-Dynamo-Context`.
     pub max_header_bytes: usize,
-    /// Requests a second each client (IPv4 address, or IPv6 /64) may send
-    /// on average; a request over it gets `429` with `Retry-After`, before
-    /// any work is done for it. `/health` is never limited. Default 0: no
+    /// Requests a second each client may send on average; a request over
+    /// it gets `429` with `Retry-After`, before any work is done for it. A
+    /// client is its token (by name) when the request carries a valid one,
+    /// else its address (IPv4 address, or IPv6 /64), so requests with bad
+    /// tokens are limited too. `/health` is never limited. Default 0: no
     /// limit.
     pub rate_limit_per_s: u32,
-    /// Requests a client address may send at once above its average rate
-    /// (the token bucket's size). 0, or less than `rate_limit_per_s`,
-    /// means `rate_limit_per_s`. Default 0.
+    /// Requests a client may send at once above its average rate (the
+    /// token bucket's size). 0, or less than `rate_limit_per_s`, means
+    /// `rate_limit_per_s`. Default 0.
     pub rate_limit_burst: u32,
+    /// The client tokens file (see [`crate::tokens`] for its format and
+    /// [`crate::auth`] for the scopes), read once at start; relative to
+    /// the directory `serve` runs in. Set: every request but `/health`
+    /// needs `Authorization: Bearer <token>` with a token of the file that
+    /// grants its scope (`401`/`403` otherwise); a file that cannot be
+    /// read or has any bad entry refuses the start. Unset or empty
+    /// (default): no authentication, and the node warns at start that its
+    /// API is open to anyone who can reach it. `dynamo-server token create`
+    /// writes the file.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The node-to-node transport.
@@ -232,6 +244,7 @@ impl Default for HttpConfig {
             max_header_bytes: 32 * 1024,
             rate_limit_per_s: 0,
             rate_limit_burst: 0,
+            tokens_file: None,
         }
     }
 }
@@ -244,6 +257,12 @@ const MAX_HTTP_CONNECTIONS: usize = 1_000_000;
 const MAX_HTTP_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 impl HttpConfig {
+    /// The tokens file, when authentication is on (`tokens_file` set and
+    /// not empty).
+    pub fn tokens_path(&self) -> Option<&std::path::Path> {
+        self.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Checks the limits, and that a request for the longest key fits in
     /// `max_header_bytes`.
     ///
@@ -578,22 +597,37 @@ mod tests {
         assert!(err.contains("http.max_header_bytes") && err.contains("cluster.max_key_len"), "{err}");
     }
 
-    /// The README's configuration table lists every `[http]` key with its default.
+    /// The README's configuration table lists every `[http]` key with its
+    /// default (`unset` for a key that has none).
     #[test]
     fn readme_documents_every_http_key_with_its_default() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let defaults = serde_json::to_value(HttpConfig::default()).unwrap();
         for (name, default) in defaults.as_object().unwrap() {
-            let default = default.as_str().map_or_else(|| default.to_string(), str::to_string);
+            let shown = match default {
+                serde_json::Value::Null => "unset".to_string(),
+                serde_json::Value::String(s) => format!("`{s}`"),
+                other => format!("`{other}`"),
+            };
             let row = readme
                 .lines()
                 .find(|l| l.starts_with(&format!("| `http.{name}` |")))
                 .unwrap_or_else(|| panic!("README's configuration table has no row for `http.{name}`"));
             assert!(
-                row.contains(&format!("| `{default}` |")),
-                "README row for `http.{name}` must show `{default}`: {row}"
+                row.contains(&format!("| {shown} |")),
+                "README row for `http.{name}` must show {shown}: {row}"
             );
         }
+    }
+
+    #[test]
+    fn an_empty_tokens_file_means_no_authentication() {
+        let mut http = HttpConfig::default();
+        assert_eq!(http.tokens_path(), None);
+        http.tokens_file = Some(PathBuf::new());
+        assert_eq!(http.tokens_path(), None);
+        http.tokens_file = Some(PathBuf::from("tokens.toml"));
+        assert_eq!(http.tokens_path(), Some(std::path::Path::new("tokens.toml")));
     }
 
     /// The core's anti-entropy, tombstone and admission keys flow from the

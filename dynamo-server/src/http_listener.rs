@@ -12,9 +12,13 @@
 //!   the connection's byte stream as hyper sees it (module `http_conn_io`);
 //! - body timeout: each request body's reads fail with [`BodyTimeout`]
 //!   once the deadline passes (the API answers `408`);
-//! - requests per client address (`rate_limit_per_s`): checked before a
-//!   request is routed, answered `429` JSON with `Retry-After` (module
-//!   [`rate_limit`](crate::rate_limit));
+//! - client authentication (`tokens_file`): checked before a request is
+//!   routed, answered `401` or `403` JSON with `WWW-Authenticate` (module
+//!   [`auth`]);
+//! - requests per client (`rate_limit_per_s`), a client being its token
+//!   when it has a valid one, else its address: checked before a request
+//!   is routed (and before a bad token is answered), answered `429` JSON
+//!   with `Retry-After` (module [`rate_limit`](crate::rate_limit));
 //! - graceful shutdown: stop accepting, let hyper close idle connections
 //!   and finish in-flight requests, wait for them up to `drain_timeout`.
 //!
@@ -29,10 +33,10 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{header, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -44,9 +48,11 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tower::ServiceExt as _;
 
+use crate::auth;
 use crate::config::HttpConfig;
 use crate::http_conn_io::{ConnIo, ConnProgress, ResponseDone};
-use crate::rate_limit::{retry_after_secs, ClientRateLimiter};
+use crate::rate_limit::{retry_after_secs, ClientRateLimiter, RateKey};
+use crate::tokens::Tokens;
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so that it reads our answer rather than a reset.
@@ -72,9 +78,10 @@ pub struct HttpLimits {
     /// At shutdown, how long in-flight requests may take to finish before
     /// their connections are dropped.
     pub drain_timeout: Duration,
-    /// Requests a second per client address; 0 for no limit.
+    /// Requests a second per client (token, or address without one); 0
+    /// for no limit.
     pub rate_limit_per_s: u32,
-    /// Requests at once per client address (0: `rate_limit_per_s`).
+    /// Requests at once per client (0: `rate_limit_per_s`).
     pub rate_limit_burst: u32,
 }
 
@@ -128,10 +135,25 @@ pub(crate) fn json_error_response(status: StatusCode, message: &str, headers: &[
 /// Serves `router` on `listener` within `limits` until `shutdown`
 /// resolves, then stops accepting and waits for in-flight requests (at
 /// most `limits.drain_timeout`). Sets `TCP_NODELAY` on every connection.
+/// No client authentication: every request is served to anyone who
+/// reaches the port (see [`serve_with_auth`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with_auth(listener, router, limits, None, shutdown).await;
+}
+
+/// [`serve`], with every request but `/health` required to carry a bearer
+/// token of `tokens` that grants the scope it needs (module
+/// [`auth`]); `None`: no authentication.
+pub async fn serve_with_auth(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tokens: Option<Arc<Tokens>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let rate_limit =
@@ -168,6 +190,7 @@ pub async fn serve(
                             limits: Arc::clone(&limits),
                             client: peer.ip(),
                             rate_limit: rate_limit.clone(),
+                            tokens: tokens.clone(),
                             stop: stop_rx.clone(),
                             _permit: permit,
                         };
@@ -231,9 +254,11 @@ struct Connection {
     http: Arc<http1::Builder>,
     router: Router,
     limits: Arc<HttpLimits>,
-    /// The client's address, which its requests are rate-limited by.
+    /// The client's address, which its requests without a valid token
+    /// are rate-limited by.
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
+    tokens: Option<Arc<Tokens>>,
     stop: watch::Receiver<bool>,
     /// Returned when the connection is closed.
     _permit: OwnedSemaphorePermit,
@@ -250,6 +275,7 @@ impl Connection {
                 body_timeout: self.limits.body_timeout,
                 client: self.client,
                 rate_limit: self.rate_limit.clone(),
+                tokens: self.tokens.clone(),
             };
             let conn = self.http.serve_connection(io, service);
             tokio::pin!(conn);
@@ -290,9 +316,9 @@ async fn linger_close(stream: &mut TcpStream) {
 }
 
 /// The hyper service of one connection: the router, with each request
-/// first checked against its client's rate limit, its body under the body
-/// timeout, and each response counted in [`ConnProgress`] once hyper is
-/// done with it.
+/// first admitted (its token, its client's rate limit), its body under the
+/// body timeout, and each response counted in [`ConnProgress`] once hyper
+/// is done with it.
 #[derive(Clone)]
 struct ConnService {
     router: Router,
@@ -300,24 +326,55 @@ struct ConnService {
     body_timeout: Duration,
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl ConnService {
-    /// The `429` for a request over its client's rate limit; `None` when it
-    /// may go on (no limit, within it, or `/health`).
-    fn over_rate_limit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
-        let limiter = self.rate_limit.as_ref()?;
-        if request.uri().path() == "/health" {
-            return None;
+    /// The answer to a request refused before routing, `None` when it may
+    /// go on. `/health` always may. With authentication on, a request with
+    /// a valid token is rate-limited by the token, then needs its scope
+    /// (`403`); one without is rate-limited by its address, then refused
+    /// (`401`): a flood of bad tokens meets the limit too. Without
+    /// authentication, every request is rate-limited by its address.
+    fn admit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        let path = request.uri().path();
+        let needed = auth::required_scope(request.method(), path)?;
+        let Some(tokens) = &self.tokens else {
+            return self.over_rate_limit(&RateKey::address(self.client));
+        };
+        let authorization = request.headers().get(header::AUTHORIZATION);
+        match auth::authenticate(tokens, authorization, SystemTime::now()) {
+            Ok(token) => {
+                if let Some(refused) = self.over_rate_limit(&RateKey::token(Arc::clone(&token.name))) {
+                    return Some(refused);
+                }
+                let forbidden = auth::authorize(token, needed, request.method(), path).err()?;
+                tracing::debug!(client = %self.client, token = %token.name, needed = %needed, "HTTP request refused: token lacks the scope");
+                Some(forbidden.response())
+            }
+            Err(refusal) => {
+                if let Some(refused) = self.over_rate_limit(&RateKey::address(self.client)) {
+                    return Some(refused);
+                }
+                tracing::debug!(client = %self.client, reason = %refusal, "HTTP request refused: not authenticated");
+                Some(refusal.response())
+            }
         }
-        let wait = limiter.check(self.client).err()?;
+    }
+
+    /// The `429` for a request over the rate limit of `key`, its client;
+    /// `None` when it may go on (no limit, or within it).
+    fn over_rate_limit(&self, key: &RateKey) -> Option<Response<Body>> {
+        let limiter = self.rate_limit.as_ref()?;
+        let wait = limiter.check_key(key).err()?;
         let secs = retry_after_secs(wait);
-        tracing::debug!(client = %self.client, retry_after_s = secs, "HTTP request over its client's rate limit");
+        tracing::debug!(client = %self.client, key = %key, retry_after_s = secs, "HTTP request over its client's rate limit");
+        let from = match key {
+            RateKey::Address(_) => format!("from {key}"),
+            RateKey::Token(_) => format!("with {key}"),
+        };
         let body = serde_json::json!({
-            "error": format!(
-                "too many requests from {}: over http.rate_limit_per_s; retry after {secs} s",
-                self.client
-            )
+            "error": format!("too many requests {from}: over http.rate_limit_per_s; retry after {secs} s")
         });
         Response::builder()
             .status(StatusCode::TOO_MANY_REQUESTS)
@@ -336,7 +393,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.progress.request_started();
         let done = ResponseDone(Arc::clone(&self.progress));
-        if let Some(refused) = self.over_rate_limit(&request) {
+        if let Some(refused) = self.admit(&request) {
             return Box::pin(async move { Ok(refused.map(|body| ResponseBody { body, _done: done })) });
         }
         let request = request.map(|body| TimedBody { body, timeout: self.body_timeout, deadline: None });

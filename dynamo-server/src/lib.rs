@@ -10,12 +10,14 @@
 pub mod aae_cmd;
 pub mod admin_aae;
 pub mod admin_cluster;
+pub mod auth;
 pub mod backends;
 pub mod bench;
 #[cfg(feature = "transport-tcp")]
 pub mod cert_cmd;
 pub mod cli;
 pub mod client;
+pub mod client_token;
 pub mod cluster_cmd;
 pub mod config;
 pub mod dev;
@@ -27,6 +29,8 @@ pub mod plugins;
 pub mod process;
 pub mod rate_limit;
 pub mod serve;
+pub mod token_cmd;
+pub mod tokens;
 
 pub use cli::ServerBuilder;
 pub use plugins::Plugins;

@@ -70,6 +70,8 @@ pub async fn serve_until(
                 .context("invalid cluster membership")?,
         )
     };
+    // Client tokens: checked before anything is bound or opened.
+    let tokens = crate::auth::load_tokens(&config.http)?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
@@ -113,7 +115,7 @@ pub async fn serve_until(
         "node ready"
     );
     let limits = HttpLimits::new(&config.http, Duration::from_millis(config.cluster.request_timeout_ms));
-    crate::http_listener::serve(listener, router(state), limits, shutdown).await;
+    crate::http_listener::serve_with_auth(listener, router(state), limits, tokens, shutdown).await;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
     // Waits for writes in flight, marks the store cleanly shut down and
     // flushes it: buffered writes reach the disk before the process exits.

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::{HeaderValue, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use reqwest::Url;
@@ -41,6 +41,9 @@ pub(crate) struct Target {
     addr: String,
     /// The `Host` header.
     host: HeaderValue,
+    /// The `Authorization` header, when the run has a token (sensitive:
+    /// never shown by `Debug`).
+    authorization: Option<HeaderValue>,
     /// The path prefix, empty or `/prefix`.
     prefix: String,
     /// The URI of each key's `/kv/` path, parsed ahead; empty when there
@@ -50,11 +53,17 @@ pub(crate) struct Target {
 
 impl Target {
     /// The target at normalized URL `base`, with the URIs of `keys` keys
-    /// parsed ahead when `tabulate`.
+    /// parsed ahead when `tabulate`; every request carries
+    /// `authorization` when given.
     ///
     /// # Errors
     /// A URL without a host, or a path that does not form a URI.
-    pub(crate) fn new(base: String, keys: u64, tabulate: bool) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        base: String,
+        keys: u64,
+        tabulate: bool,
+        authorization: Option<HeaderValue>,
+    ) -> anyhow::Result<Self> {
         let url = Url::parse(&base).with_context(|| format!("bad node URL {base}"))?;
         let host = url.host_str().with_context(|| format!("node URL {base} has no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
@@ -62,6 +71,7 @@ impl Target {
         let prefix = url.path().trim_end_matches('/').to_string();
         let mut target = Target {
             host: HeaderValue::from_str(&addr).with_context(|| format!("bad host in {base}"))?,
+            authorization,
             addr,
             prefix,
             base,
@@ -113,6 +123,9 @@ impl Target {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, self.host.clone());
+        if let Some(authorization) = &self.authorization {
+            req.headers_mut().insert(AUTHORIZATION, authorization.clone());
+        }
         req
     }
 
@@ -135,7 +148,9 @@ impl Target {
         }
     }
 
-    /// Whether the node answers `/health` with a success.
+    /// Whether the node answers `/health` with a success, and a read of
+    /// the first key with anything but `401`/`403` (a node that requires
+    /// a token the run lacks, or refuses the one it has).
     ///
     /// # Errors
     /// What went wrong, naming the node.
@@ -145,7 +160,26 @@ impl Target {
             Ok((status, _)) => Err(anyhow::anyhow!("/health answered {status}")),
             Err(e) => Err(e),
         };
-        result.map_err(|e| anyhow::anyhow!("node {} is unreachable: {e:#}", self.base))
+        result.map_err(|e| anyhow::anyhow!("node {} is unreachable: {e:#}", self.base))?;
+        let path = format!("/kv/{}", key_name(0));
+        let (status, body) =
+            self.fetch(&path).await.map_err(|e| anyhow::anyhow!("node {}: {e:#}", self.base))?;
+        let message = || {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        match status {
+            StatusCode::UNAUTHORIZED if self.authorization.is_none() => anyhow::bail!(
+                "node {} requires a token: set DYNAMO_TOKEN or --token-file ({})",
+                self.base,
+                message()
+            ),
+            StatusCode::UNAUTHORIZED => anyhow::bail!("node {} refused the token: {}", self.base, message()),
+            StatusCode::FORBIDDEN => anyhow::bail!("node {}: {}", self.base, message()),
+            _ => Ok(()),
+        }
     }
 
     /// The node's CPU seconds so far (`dynamo_process_cpu_seconds_total`
@@ -258,8 +292,14 @@ mod tests {
 
     #[test]
     fn key_uris_from_the_table_and_formatted_agree() {
-        let with = Target::new("http://127.0.0.1:8001".into(), 50, true).unwrap();
-        let without = Target::new("http://127.0.0.1:8001".into(), 50, false).unwrap();
+        let with = Target::new("http://127.0.0.1:8001".into(), 50, true, None).unwrap();
+        let without = Target::new(
+            "http://127.0.0.1:8001".into(),
+            50,
+            false,
+            Some(HeaderValue::from_static("Bearer t")),
+        )
+        .unwrap();
         assert_eq!(with.table.len(), 50);
         assert!(without.table.is_empty());
         assert_eq!(with.addr, "127.0.0.1:8001");
@@ -271,10 +311,12 @@ mod tests {
             assert_eq!(a.uri(), b.uri());
             assert_eq!((a.method(), b.method()), (&Method::GET, &Method::PUT));
             assert_eq!(a.headers()[HOST], "127.0.0.1:8001");
+            assert!(a.headers().get(AUTHORIZATION).is_none());
+            assert_eq!(b.headers()[AUTHORIZATION], "Bearer t", "the token goes with every request");
         }
-        let prefixed = Target::new("http://h:1/prefix".into(), 1, true).unwrap();
+        let prefixed = Target::new("http://h:1/prefix".into(), 1, true, None).unwrap();
         assert_eq!(prefixed.kv_request(0, None, &mut scratch).uri(), "/prefix/kv/user0000000000");
-        assert_eq!(Target::new("http://h".into(), 0, false).unwrap().addr, "h:80");
+        assert_eq!(Target::new("http://h".into(), 0, false, None).unwrap().addr, "h:80");
     }
 
     #[test]

@@ -8,7 +8,12 @@
 //! `0..--keys`, a read (`GET /kv/{key}`) with the workload's probability,
 //! else a write (`PUT /kv/{key}`) of `--value-size` random bytes.
 //!
-//! Phases: every node must answer `/health`; then, with `--preload`, every
+//! With a token (`DYNAMO_TOKEN` or `--token-file`), every request carries
+//! it: reads need its `read` scope, writes `write`, the CPU scrape of
+//! `/metrics` `admin` (without it the run reports no server CPU). A node
+//! that refuses the token stops the run before it starts.
+//!
+//! Phases: every node must answer `/health` and a read; then, with `--preload`, every
 //! key is written once so that reads find values; then `--warmup` seconds
 //! that are not recorded; then `--duration` seconds of measurement. An
 //! operation belongs to the measurement when it *starts* inside the window.
@@ -122,6 +127,8 @@ pub struct BenchArgs {
     /// Print a JSON summary line at the end (for scripts).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub token: crate::client_token::TokenArgs,
 }
 
 /// A node URL in the form requests are built from: `http://` added when
@@ -275,7 +282,8 @@ async fn preload(common: &Arc<Common>, progress: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every node answers `/health`, or an error naming those that do not.
+/// Every node answers `/health` and lets the token read, or an error
+/// naming those that do not.
 async fn check_health(targets: &[Target]) -> anyhow::Result<()> {
     let failures: Vec<String> = futures::future::join_all(targets.iter().map(Target::check_health))
         .await
@@ -313,9 +321,11 @@ async fn execute_on(
         .ok()
         .and_then(|k| k.checked_mul(urls.len()))
         .is_some_and(|n| n <= MAX_URL_TABLE);
+    // Built once: every request clones it (a reference count).
+    let authorization = args.token.resolve()?.map(|t| t.header_value());
     let targets = urls
         .iter()
-        .map(|base| Target::new(base.clone(), args.keys, tabulate))
+        .map(|base| Target::new(base.clone(), args.keys, tabulate, authorization.clone()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     check_health(&targets).await?;
     let common = Arc::new(Common {

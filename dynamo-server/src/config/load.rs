@@ -16,10 +16,11 @@ use figment::{Figment, Source};
 use super::{CliOverrides, ConfigError, ServerConfig};
 
 /// Environment variables with the `DYNAMO_` prefix that are not
-/// configuration keys: the client commands' node URL, the tests' seeds and
-/// the crash harness's. `serve` and `dev` ignore them.
-pub const NON_CONFIG_VARIABLES: [&str; 6] = [
+/// configuration keys: the client commands' node URL and token, the tests'
+/// seeds and the crash harness's. `serve` and `dev` ignore them.
+pub const NON_CONFIG_VARIABLES: [&str; 7] = [
     "DYNAMO_URL",
+    "DYNAMO_TOKEN",
     "DYNAMO_TEST_SEED",
     "DYNAMO_SIM_FROM",
     "DYNAMO_SIM_LOG",
