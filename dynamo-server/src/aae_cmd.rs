@@ -13,7 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::client::ApiClient;
 use crate::cluster_cmd::bytes_text;
 
 /// Options of `aae`.
@@ -28,7 +27,7 @@ pub struct AaeArgs {
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
-    token: crate::client_token::TokenArgs,
+    token: crate::client_token::ConnectArgs,
 }
 
 /// An `aae` command.
@@ -48,7 +47,7 @@ enum AaeCommand {
 /// # Errors
 /// The node does not answer, or refuses (the server's message).
 pub async fn run(args: AaeArgs) -> anyhow::Result<()> {
-    let client = ApiClient::with_token(&args.url, args.token.resolve()?.as_ref())?;
+    let client = args.token.client(&args.url)?;
     let text = match args.command {
         AaeCommand::Status => {
             let answer = client.json("/admin/aae").await?;

@@ -42,8 +42,8 @@ use clap::{Parser, Subcommand};
 use dynamo_core::reconcile::Reconciler;
 use dynamo_core::store::Store;
 
-use crate::client::{print_read, print_status, ApiClient, ReadFormat};
-use crate::client_token::TokenArgs;
+use crate::client::{print_read, print_status, ReadFormat};
+use crate::client_token::ConnectArgs;
 use crate::config::{CliOverrides, ServerConfig};
 use crate::plugins::{PluginError, Plugins};
 use crate::{dev, serve};
@@ -91,7 +91,7 @@ enum Command {
         #[command(flatten)]
         format: ReadFormat,
         #[command(flatten)]
-        token: TokenArgs,
+        token: ConnectArgs,
     },
     /// Write a key (VALUE, or `-` to read it from standard input); prints
     /// the new context.
@@ -110,7 +110,7 @@ enum Command {
         #[arg(long)]
         w: Option<usize>,
         #[command(flatten)]
-        token: TokenArgs,
+        token: ConnectArgs,
     },
     /// Delete a key.
     Delete {
@@ -126,7 +126,7 @@ enum Command {
         #[arg(long)]
         w: Option<usize>,
         #[command(flatten)]
-        token: TokenArgs,
+        token: ConnectArgs,
     },
     /// Show a node's health, members, ring and hints.
     Status {
@@ -137,7 +137,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        token: TokenArgs,
+        token: ConnectArgs,
     },
     /// Grow or shrink the cluster: stage join, leave or remove, see the
     /// plan, commit it, and watch the data move (`cluster status`).
@@ -266,11 +266,11 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(args) => dev::run(args, plugins).await?,
         Command::Get { key, url, r, format, token } => {
-            let read = ApiClient::with_token(&url, token.resolve()?.as_ref())?.get(&key, r).await?;
+            let read = token.client(&url)?.get(&key, r).await?;
             return print_read(&key, &read, &format);
         }
         Command::Put { key, value, url, context, w, token } => {
-            let client = ApiClient::with_token(&url, token.resolve()?.as_ref())?;
+            let client = token.client(&url)?;
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin().read_to_end(&mut buf).context("read the value from standard input")?;
@@ -282,11 +282,11 @@ pub async fn run(cli: Cli, plugins: &Plugins) -> anyhow::Result<ExitCode> {
             println!("{ctx}");
         }
         Command::Delete { key, url, context, w, token } => {
-            let client = ApiClient::with_token(&url, token.resolve()?.as_ref())?;
+            let client = token.client(&url)?;
             client.delete(&key, context.as_deref(), w).await?;
         }
         Command::Status { url, json, token } => {
-            print_status(&ApiClient::with_token(&url, token.resolve()?.as_ref())?, json).await?;
+            print_status(&token.client(&url)?, json).await?;
         }
         Command::Cluster(args) => crate::cluster_cmd::run(args).await?,
         Command::Aae(args) => crate::aae_cmd::run(args).await?,

@@ -4,7 +4,9 @@
 //! ([`crate::client_token`]).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -42,6 +44,33 @@ fn base_url(url: &str) -> String {
     } else {
         format!("http://{url}")
     }
+}
+
+/// A TLS 1.3 client configuration that trusts the certificates in the
+/// PEM file `ca` and nothing else.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, or holds no usable certificate.
+fn tls_trusting(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read --ca-file {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("--ca-file {}: bad PEM", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("--ca-file {}: not a usable CA certificate", ca.display()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("--ca-file {} holds no CERTIFICATE", ca.display());
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(config)
 }
 
 /// Percent-encodes a key as one path segment.
@@ -92,25 +121,36 @@ impl ApiClient {
     /// # Errors
     /// The HTTP client cannot be built.
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        ApiClient::with_token(url, None)
+        ApiClient::connect(url, None, None)
     }
 
     /// A client of the node at `url` that sends `token` (if any) with
-    /// every request, as `Authorization: Bearer …` marked sensitive.
+    /// every request, as `Authorization: Bearer …` marked sensitive, and
+    /// verifies an `https://` node's certificate against the CA
+    /// certificate(s) in `ca_file` (PEM; TLS 1.3).
     ///
     /// # Errors
-    /// The HTTP client cannot be built.
-    pub fn with_token(url: &str, token: Option<&ClientToken>) -> anyhow::Result<Self> {
+    /// The CA file cannot be read or holds no certificate, an `https://`
+    /// URL without a CA file, or the HTTP client cannot be built.
+    pub fn connect(url: &str, token: Option<&ClientToken>, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             headers.insert(reqwest::header::AUTHORIZATION, token.header_value());
         }
-        let http = reqwest::Client::builder()
+        let base = base_url(url);
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
-            .default_headers(headers)
-            .build()?;
-        Ok(ApiClient { http, base: base_url(url), authenticated: token.is_some() })
+            .default_headers(headers);
+        match ca_file {
+            Some(ca) => builder = builder.use_preconfigured_tls(tls_trusting(ca)?),
+            None if base.starts_with("https://") => anyhow::bail!(
+                "{base}: an https:// node needs --ca-file (or DYNAMO_CA_FILE) naming the CA of its certificate"
+            ),
+            None => {}
+        }
+        let http = builder.build()?;
+        Ok(ApiClient { http, base, authenticated: token.is_some() })
     }
 
     fn kv(&self, key: &str) -> String {

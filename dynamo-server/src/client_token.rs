@@ -1,6 +1,7 @@
-//! The bearer token the client commands (`get`, `put`, `delete`,
-//! `status`, `cluster`, `aae`, `bench`) send to a node that requires one
-//! (`http.tokens_file`).
+//! How the client commands (`get`, `put`, `delete`, `status`, `cluster`,
+//! `aae`, `bench`) reach a secured node: the bearer token they send to a
+//! node that requires one (`http.tokens_file`), and the CA they verify an
+//! `https://` node's certificate against (`http.tls`).
 //!
 //! It comes from `--token-file PATH` (the file's contents, trimmed) or
 //! else the `DYNAMO_TOKEN` environment variable. There is deliberately no
@@ -18,17 +19,30 @@ use reqwest::header::HeaderValue;
 /// The environment variable holding the token when `--token-file` is not given.
 pub const TOKEN_VARIABLE: &str = "DYNAMO_TOKEN";
 
-/// The token flag every client command shares (`#[command(flatten)]`).
+/// The flags every client command shares (`#[command(flatten)]`).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct TokenArgs {
+pub struct ConnectArgs {
     /// File holding the bearer token to send (its contents, trimmed);
     /// without it, the DYNAMO_TOKEN environment variable. Needed when the
     /// node has http.tokens_file set.
     #[arg(long, value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that an https:// node's certificate must chain
+    /// to; needed for https:// URLs (the system's roots are not used).
+    #[arg(long, value_name = "PATH", global = true, env = "DYNAMO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
-impl TokenArgs {
+impl ConnectArgs {
+    /// A client of the node at `url` with this token and CA.
+    ///
+    /// # Errors
+    /// The token cannot be read ([`resolve`](Self::resolve)), or the CA
+    /// file cannot be read, or an `https://` URL without one.
+    pub fn client(&self, url: &str) -> anyhow::Result<crate::client::ApiClient> {
+        crate::client::ApiClient::connect(url, self.resolve()?.as_ref(), self.ca_file.as_deref())
+    }
+
     /// The token to send: from `--token-file`, else from `DYNAMO_TOKEN`
     /// (unset or empty: none).
     ///
@@ -115,13 +129,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "  dyn_fromfile\n").unwrap();
-        let args = TokenArgs { token_file: Some(file.clone()) };
+        let args = ConnectArgs { token_file: Some(file.clone()), ca_file: None };
         let token = args.resolve_with(Some("dyn_fromenv".into())).unwrap().unwrap();
         assert_eq!(token.expose(), "dyn_fromfile");
-        let env = TokenArgs::default().resolve_with(Some(" dyn_fromenv ".into())).unwrap().unwrap();
+        let env = ConnectArgs::default().resolve_with(Some(" dyn_fromenv ".into())).unwrap().unwrap();
         assert_eq!(env.expose(), "dyn_fromenv");
-        assert!(TokenArgs::default().resolve_with(None).unwrap().is_none());
-        assert!(TokenArgs::default().resolve_with(Some(String::new())).unwrap().is_none());
+        assert!(ConnectArgs::default().resolve_with(None).unwrap().is_none());
+        assert!(ConnectArgs::default().resolve_with(Some(String::new())).unwrap().is_none());
     }
 
     #[test]
@@ -129,12 +143,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = TokenArgs { token_file: Some(empty) }.resolve_with(None).unwrap_err();
+        let err = ConnectArgs { token_file: Some(empty), ca_file: None }.resolve_with(None).unwrap_err();
         assert!(format!("{err:#}").contains("is empty"), "{err:#}");
-        let missing =
-            TokenArgs { token_file: Some(dir.path().join("missing")) }.resolve_with(None).unwrap_err();
+        let missing = ConnectArgs { token_file: Some(dir.path().join("missing")), ca_file: None }
+            .resolve_with(None)
+            .unwrap_err();
         assert!(format!("{missing:#}").contains("cannot read --token-file"), "{missing:#}");
-        let spaced = TokenArgs::default().resolve_with(Some("dyn_secret part".into())).unwrap_err();
+        let spaced = ConnectArgs::default().resolve_with(Some("dyn_secret part".into())).unwrap_err();
         let text = format!("{spaced:#} {spaced:?}");
         assert!(text.contains("DYNAMO_TOKEN") && !text.contains("dyn_secret"), "{text}");
     }
@@ -147,7 +162,7 @@ mod tests {
         assert!(header.is_sensitive());
         assert_eq!(header, "Bearer dyn_secretvalue");
         assert!(!format!("{header:?}").contains("secret"));
-        let client = crate::client::ApiClient::with_token("127.0.0.1:1", Some(&token)).unwrap();
+        let client = crate::client::ApiClient::connect("127.0.0.1:1", Some(&token), None).unwrap();
         assert!(!format!("{client:?}").contains("secret"), "{client:?}");
     }
 }

@@ -22,8 +22,6 @@ use dynamo_core::handoff::{HandoffStatus, TransferState};
 use dynamo_core::topology::Plan;
 use serde_json::Value;
 
-use crate::client::ApiClient;
-
 /// Options of `cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
@@ -36,7 +34,7 @@ pub struct ClusterArgs {
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
-    token: crate::client_token::TokenArgs,
+    token: crate::client_token::ConnectArgs,
 }
 
 /// A `cluster` command.
@@ -80,7 +78,7 @@ enum ClusterCommand {
 /// # Errors
 /// The node does not answer, or refuses (the server's message).
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = ApiClient::with_token(&args.url, args.token.resolve()?.as_ref())?;
+    let client = args.token.client(&args.url)?;
     let text = match args.command {
         ClusterCommand::Join { node } => {
             staged(&args, client.post_json(&format!("/admin/cluster/join/{node}")).await?)

@@ -105,6 +105,22 @@ pub struct HttpConfig {
     /// API is open to anyone who can reach it. `dynamo-server token create`
     /// writes the file.
     pub tokens_file: Option<PathBuf>,
+    /// `[http.tls]`: serve HTTPS (TLS 1.3) instead of plaintext HTTP.
+    pub tls: Option<HttpTlsConfig>,
+}
+
+/// `[http.tls]`: the HTTP API's certificate and key, PEM. Clients verify
+/// the certificate (the CLI against `--ca-file`), so it must name the host
+/// they connect to; a node certificate from `dynamo-server cert node`
+/// serves. The TLS handshake must complete within `http.header_timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM; the node refuses to start if other users may
+    /// read it (mode 0600, or 0640 at most).
+    pub key_file: PathBuf,
 }
 
 /// The node-to-node transport.
@@ -245,6 +261,7 @@ impl Default for HttpConfig {
             rate_limit_per_s: 0,
             rate_limit_burst: 0,
             tokens_file: None,
+            tls: None,
         }
     }
 }

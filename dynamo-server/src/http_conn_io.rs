@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::http_listener::{json_error_response, HttpLimits};
@@ -88,9 +87,10 @@ enum End {
     Refused,
 }
 
-/// The socket of one connection, wrapped for hyper (see the module docs).
-pub(crate) struct ConnIo<'a> {
-    stream: &'a mut TcpStream,
+/// The socket of one connection (a TCP stream, or a TLS stream over one),
+/// wrapped for hyper (see the module docs).
+pub(crate) struct ConnIo<'a, S> {
+    stream: &'a mut S,
     progress: Arc<ConnProgress>,
     limits: Arc<HttpLimits>,
     phase: Phase,
@@ -105,14 +105,10 @@ pub(crate) struct ConnIo<'a> {
     refusal: Vec<u8>,
 }
 
-impl<'a> ConnIo<'a> {
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> ConnIo<'a, S> {
     /// Wraps a just-accepted connection: its first request head is due
     /// within the header timeout.
-    pub(crate) fn new(
-        stream: &'a mut TcpStream,
-        progress: Arc<ConnProgress>,
-        limits: Arc<HttpLimits>,
-    ) -> Self {
+    pub(crate) fn new(stream: &'a mut S, progress: Arc<ConnProgress>, limits: Arc<HttpLimits>) -> Self {
         let deadline = Box::pin(tokio::time::sleep(limits.header_timeout));
         ConnIo {
             stream,
@@ -226,7 +222,7 @@ impl<'a> ConnIo<'a> {
     }
 }
 
-impl AsyncRead for ConnIo<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<'_, S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.observe_requests();
@@ -267,7 +263,7 @@ impl AsyncRead for ConnIo<'_> {
     }
 }
 
-impl AsyncWrite for ConnIo<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<'_, S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.observe_requests();

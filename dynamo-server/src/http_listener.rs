@@ -41,11 +41,12 @@ use axum::Router;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::auth;
@@ -135,27 +136,48 @@ pub(crate) fn json_error_response(status: StatusCode, message: &str, headers: &[
 /// Serves `router` on `listener` within `limits` until `shutdown`
 /// resolves, then stops accepting and waits for in-flight requests (at
 /// most `limits.drain_timeout`). Sets `TCP_NODELAY` on every connection.
-/// No client authentication: every request is served to anyone who
-/// reaches the port (see [`serve_with_auth`]).
+/// Plaintext, and no client authentication: every request is served to
+/// anyone who reaches the port (see [`serve_secured`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with_auth(listener, router, limits, None, shutdown).await;
+    serve_secured(listener, router, limits, ClientSecurity::default(), shutdown).await;
 }
 
-/// [`serve`], with every request but `/health` required to carry a bearer
-/// token of `tokens` that grants the scope it needs (module
-/// [`auth`]); `None`: no authentication.
-pub async fn serve_with_auth(
+/// What the HTTP port asks of its clients; the default asks nothing.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    /// Every request but `/health` must carry a bearer token of these that
+    /// grants the scope it needs (module [`auth`]); `None`: no
+    /// authentication.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Every connection is TLS with this configuration, its handshake due
+    /// within the header timeout; `None`: plaintext HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("tokens", &self.tokens.as_ref().map(|t| t.len()))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// [`serve`], with the client authentication and TLS of `security`.
+pub async fn serve_secured(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tokens: Option<Arc<Tokens>>,
+    security: ClientSecurity,
     shutdown: impl Future<Output = ()>,
 ) {
+    let ClientSecurity { tokens, tls } = security;
+    let tls = tls.map(TlsAcceptor::from);
     let rate_limit =
         ClientRateLimiter::from_config(limits.rate_limit_per_s, limits.rate_limit_burst).map(Arc::new);
     let limits = Arc::new(limits);
@@ -194,7 +216,7 @@ pub async fn serve_with_auth(
                             stop: stop_rx.clone(),
                             _permit: permit,
                         };
-                        connections.spawn(connection.run(stream));
+                        connections.spawn(connection.start(stream, peer, tls.clone()));
                     }
                     Err(_) => refuse(&stream, peer, limits.max_connections),
                 },
@@ -265,7 +287,22 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, mut stream: TcpStream) {
+    /// Serves the connection, after its TLS handshake when `tls` is set
+    /// (due within the header timeout, else the connection is closed).
+    async fn start(self, stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            return self.run(stream).await;
+        };
+        match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.run(stream).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection closed: TLS handshake failed"),
+            Err(_) => {
+                tracing::debug!(%peer, "HTTP connection closed: TLS handshake not complete within the header timeout")
+            }
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut stream: S) {
         let progress = Arc::new(ConnProgress::default());
         let result = {
             let io = TokioIo::new(ConnIo::new(&mut stream, Arc::clone(&progress), Arc::clone(&self.limits)));
@@ -302,7 +339,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Sends FIN, then discards what the client still sends until it closes
 /// or [`LINGER`] passes.
-async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let mut scratch = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER, async {

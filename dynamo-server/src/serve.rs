@@ -14,9 +14,9 @@ use dynamo_core::node::NodeBuilder;
 use dynamo_core::ring::Ring;
 use dynamo_core::Error;
 
-use crate::config::{MemberConfig, ServerConfig};
+use crate::config::{HttpConfig, MemberConfig, ServerConfig};
 use crate::http::{router, AppState};
-use crate::http_listener::HttpLimits;
+use crate::http_listener::{ClientSecurity, HttpLimits};
 use crate::metrics::ServerMetrics;
 use crate::plugins::Plugins;
 
@@ -70,8 +70,9 @@ pub async fn serve_until(
                 .context("invalid cluster membership")?,
         )
     };
-    // Client tokens: checked before anything is bound or opened.
-    let tokens = crate::auth::load_tokens(&config.http)?;
+    // Client tokens and TLS: checked before anything is bound or opened.
+    let security =
+        ClientSecurity { tokens: crate::auth::load_tokens(&config.http)?, tls: http_tls(&config.http)? };
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
@@ -115,7 +116,7 @@ pub async fn serve_until(
         "node ready"
     );
     let limits = HttpLimits::new(&config.http, Duration::from_millis(config.cluster.request_timeout_ms));
-    crate::http_listener::serve_with_auth(listener, router(state), limits, tokens, shutdown).await;
+    crate::http_listener::serve_secured(listener, router(state), limits, security, shutdown).await;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
     // Waits for writes in flight, marks the store cleanly shut down and
     // flushes it: buffered writes reach the disk before the process exits.
@@ -181,4 +182,30 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// The HTTP port's TLS configuration from `[http.tls]`, its files read and
+/// checked; `None` (plaintext HTTP) without it.
+///
+/// # Errors
+/// A file unreadable or open to other users, or a key that does not match
+/// the certificate; or `[http.tls]` in a build without the tcp transport,
+/// whose TLS loader it uses.
+fn http_tls(http: &HttpConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let Some(tls) = &http.tls else {
+        tracing::info!(http = %http.listen, "HTTP API: plaintext (no [http.tls])");
+        return Ok(None);
+    };
+    #[cfg(feature = "transport-tcp")]
+    {
+        let config =
+            dynamo_transport_tcp::server_config(&tls.cert_file, &tls.key_file).context("http.tls")?;
+        tracing::info!(http = %http.listen, cert = %tls.cert_file.display(), "HTTP API: TLS 1.3");
+        Ok(Some(config))
+    }
+    #[cfg(not(feature = "transport-tcp"))]
+    anyhow::bail!(
+        "http.tls needs the transport-tcp feature (its TLS loader); {} was not loaded",
+        tls.cert_file.display()
+    )
 }

@@ -92,15 +92,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(http_listener::serve_with_auth(
-            listener,
-            router(state),
-            limits,
-            Some(Arc::new(tokens)),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let security = http_listener::ClientSecurity { tokens: Some(Arc::new(tokens)), tls: None };
+        tokio::spawn(http_listener::serve_secured(listener, router(state), limits, security, async {
+            let _ = stopped.await;
+        }));
         Server { addr, cluster, http: reqwest::Client::new(), _stop: stop }
     }
 

@@ -1,6 +1,6 @@
-//! Secured peer links end to end: certificates from `dynamo-server cert`,
-//! a node refusing a key file others can read, and a node of another CA
-//! kept out while the cluster serves.
+//! Secured links end to end: certificates from `dynamo-server cert`, a
+//! node refusing a key file others can read, a node of another CA kept
+//! out while the cluster serves, and the HTTP API over TLS.
 
 mod support;
 
@@ -109,7 +109,7 @@ async fn a_node_of_another_ca_is_refused_and_the_cluster_keeps_serving() {
     let host = cluster.host.clone();
     let start = cluster.log(0).len();
     let foreign = cluster.add_node_with(seeds, |c| {
-        c.peer.tls = Some(certify(&other, &c.data_dir.join("tls"), c.node_id, &host));
+        c.peer.tls = Some(certify(&other, &c.data_dir.join("foreign-tls"), c.node_id, &host));
     });
     let intruder = cluster.config(foreign).node_id;
 
@@ -159,4 +159,70 @@ async fn a_node_of_another_ca_is_refused_and_the_cluster_keeps_serving() {
         }
     })
     .await;
+}
+
+/// The HTTP API over TLS: the CLI's client reads and writes through it
+/// with the CA; without the CA, with another CA, or in plaintext it gets
+/// nowhere, and a client that never finishes its handshake is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_serves_https_to_clients_that_trust_its_ca() {
+    use dynamo_server::client::ApiClient;
+    use dynamo_server::http::{router, AppState};
+    use dynamo_server::http_listener::{self, ClientSecurity, HttpLimits};
+    use dynamo_server::metrics::ServerMetrics;
+    use tokio::io::AsyncReadExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("api").unwrap();
+    let tls = certify(&ca, dir.path(), 1, "127.0.0.1");
+    let other = ClusterCa::generate("other").unwrap();
+    std::fs::write(dir.path().join("other.pem"), other.cert_pem()).unwrap();
+
+    let cluster = dynamo_testkit::Cluster::builder().nodes(1).n(1).r(1).w(1).build().await.unwrap();
+    let state =
+        std::sync::Arc::new(AppState { node: cluster.node(0).unwrap(), metrics: ServerMetrics::new() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = HttpLimits {
+        header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        max_connections: 64,
+        max_header_bytes: 8192,
+        drain_timeout: Duration::from_secs(5),
+        rate_limit_per_s: 0,
+        rate_limit_burst: 0,
+    };
+    let security = ClientSecurity {
+        tokens: None,
+        tls: Some(dynamo_transport_tcp::server_config(&tls.cert_file, &tls.key_file).unwrap()),
+    };
+    tokio::spawn(http_listener::serve_secured(
+        listener,
+        router(state),
+        limits,
+        security,
+        std::future::pending(),
+    ));
+
+    let url = format!("https://{addr}");
+    let client = ApiClient::connect(&url, None, Some(&tls.ca_file)).unwrap();
+    client.put("k", Bytes::from("over tls"), None, None).await.unwrap();
+    assert_eq!(client.get("k", None).await.unwrap().values, vec![Bytes::from("over tls")]);
+
+    let err = ApiClient::connect(&url, None, None).expect_err("https without a CA is refused");
+    assert!(format!("{err:#}").contains("--ca-file"), "{err:#}");
+    let stranger = ApiClient::connect(&url, None, Some(&dir.path().join("other.pem"))).unwrap();
+    assert!(stranger.get("k", None).await.is_err(), "a certificate from another CA is not trusted");
+    let plaintext = ApiClient::new(&format!("http://{addr}")).unwrap();
+    assert!(plaintext.get("k", None).await.is_err(), "plaintext HTTP is not served on a TLS port");
+
+    // A client that connects and never starts its handshake is closed
+    // after the header timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, not answered: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "closed by the header timeout");
 }

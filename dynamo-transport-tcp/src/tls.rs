@@ -178,13 +178,7 @@ impl PeerTls {
             .map_err(setup)?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| {
-                TlsError::Setup(format!(
-                    "{} and {}: {e}",
-                    config.cert_file.display(),
-                    config.key_file.display()
-                ))
-            })?;
+            .map_err(|e| mismatch(&config.cert_file, &config.key_file, e))?;
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
         server.max_early_data_size = 0;
@@ -194,13 +188,7 @@ impl PeerTls {
             .map_err(setup)?
             .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| {
-                TlsError::Setup(format!(
-                    "{} and {}: {e}",
-                    config.cert_file.display(),
-                    config.key_file.display()
-                ))
-            })?;
+            .map_err(|e| mismatch(&config.cert_file, &config.key_file, e))?;
         client.resumption = rustls::client::Resumption::disabled();
         client.enable_early_data = false;
 
@@ -209,6 +197,31 @@ impl PeerTls {
             connector: TlsConnector::from(Arc::new(client)),
         })
     }
+}
+
+/// A TLS 1.3 server configuration for a plain (not mutual) TLS listener,
+/// such as the HTTP API's: the certificate chain in `cert_file` and the
+/// private key in `key_file`, both PEM, checked as [`PeerTls`] checks a
+/// node's (the key file must not be open to other users).
+///
+/// # Errors
+/// [`TlsError`] naming the file: unreadable, without the PEM it should
+/// hold, the key open to others, or a key that does not match.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    check_key_permissions(key_file)?;
+    let chain = read_certificates(cert_file)?;
+    let key = read_key(key_file)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| mismatch(cert_file, key_file, e))?;
+    Ok(Arc::new(config))
+}
+
+fn mismatch(cert_file: &Path, key_file: &Path, e: rustls::Error) -> TlsError {
+    TlsError::Setup(format!("{} and {}: {e}", cert_file.display(), key_file.display()))
 }
 
 /// The name a caller checks the server's certificate against: the host

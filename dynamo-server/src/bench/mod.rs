@@ -128,7 +128,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub token: crate::client_token::TokenArgs,
+    pub token: crate::client_token::ConnectArgs,
 }
 
 /// A node URL in the form requests are built from: `http://` added when

@@ -16,11 +16,12 @@ use figment::{Figment, Source};
 use super::{CliOverrides, ConfigError, ServerConfig};
 
 /// Environment variables with the `DYNAMO_` prefix that are not
-/// configuration keys: the client commands' node URL and token, the tests'
-/// seeds and the crash harness's. `serve` and `dev` ignore them.
-pub const NON_CONFIG_VARIABLES: [&str; 7] = [
+/// configuration keys: the client commands' node URL, token and CA file,
+/// the tests' seeds and the crash harness's. `serve` and `dev` ignore them.
+pub const NON_CONFIG_VARIABLES: [&str; 8] = [
     "DYNAMO_URL",
     "DYNAMO_TOKEN",
+    "DYNAMO_CA_FILE",
     "DYNAMO_TEST_SEED",
     "DYNAMO_SIM_FROM",
     "DYNAMO_SIM_LOG",

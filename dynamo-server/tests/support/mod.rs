@@ -101,7 +101,7 @@ impl ProcCluster {
             c.cluster.w = c.cluster.n / 2 + 1;
             c.cluster.suspect_period_ms = 500;
             c.cluster.hint_delivery_interval_ms = 200;
-            c.peer.tls = Some(certify(&ca, &c.data_dir.join("tls"), c.node_id, &host));
+            c.peer.tls = Some(certify(&ca, &dir.path().join(format!("tls-{}", c.node_id)), c.node_id, &host));
             adjust(&mut c);
             std::fs::create_dir_all(&c.data_dir).unwrap();
             let path = c.data_dir.join("dynamo.toml");
@@ -206,7 +206,7 @@ impl ProcCluster {
         c.peer.listen = format!("{host}:{}", free_port(host));
         c.peer.advertise = None;
         c.cluster.seeds = seeds;
-        c.peer.tls = Some(certify(&self.ca, &c.data_dir.join("tls"), id, host));
+        c.peer.tls = Some(certify(&self.ca, &self.dir.path().join(format!("tls-{id}")), id, host));
         adjust(&mut c);
         std::fs::create_dir_all(&c.data_dir).unwrap();
         let path = c.data_dir.join("dynamo.toml");
