@@ -35,10 +35,15 @@ fn free_bases() -> (u16, u16) {
 
 impl Dev {
     fn start(data_dir: &Path, http: u16, peer: u16) -> Dev {
+        Dev::start_with(data_dir, http, peer, &[])
+    }
+
+    fn start_with(data_dir: &Path, http: u16, peer: u16, extra: &[&str]) -> Dev {
         let mut child = Command::new(EXE)
             .args(["dev", "--durability", "buffered", "--data-dir"])
             .arg(data_dir)
             .args(["--http-port", &http.to_string(), "--peer-port", &peer.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,4 +308,42 @@ fn dev_add_starts_a_node_that_joins_by_gossip() {
     for pid in nodes {
         wait_until("every node, the added one too, to stop with dev", || has_exited(pid).then_some(()));
     }
+}
+
+/// `dev` secures its peer links by default (each node's log says so), and
+/// with `--auth` its HTTP API takes the admin token it wrote and refuses
+/// requests without it.
+#[test]
+fn dev_runs_secured_and_with_auth_asks_for_its_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, peer) = free_bases();
+    let dev = Dev::start_with(dir.path(), http, peer, &["--auth"]);
+    let out = dev.output();
+    assert!(out.contains("peer links: mutual TLS"), "{out}");
+    assert!(out.contains("admin token in"), "{out}");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{id}/node.log"))).unwrap();
+        assert!(log.contains("peer links: mutual TLS 1.3"), "node {id}:\n{log}");
+    }
+    let url = format!("http://127.0.0.1:{http}");
+    let token = dir.path().join("admin.token");
+    let run = |args: &[&str]| Command::new(EXE).args(args).env_remove("DYNAMO_TOKEN").output().unwrap();
+    let refused = run(&["put", "k", "v", "--url", &url]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("requires a token"), "{refused:?}");
+    let token = token.to_str().unwrap();
+    // A write at W=2 of 3 crosses the secured peer links.
+    let put = run(&["put", "k", "v", "--url", &url, "--w", "3", "--token-file", token]);
+    assert!(put.status.success(), "{put:?}");
+    let get = run(&[
+        "get",
+        "k",
+        "--url",
+        &format!("http://127.0.0.1:{}", http + 2),
+        "--r",
+        "3",
+        "--token-file",
+        token,
+    ]);
+    assert!(get.status.success() && String::from_utf8_lossy(&get.stdout).trim() == "v", "{get:?}");
 }

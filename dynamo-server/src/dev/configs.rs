@@ -109,6 +109,7 @@ mod tests {
             durability: Durability::Buffered,
             reconciler: "keep-siblings".into(),
             plaintext: false,
+            auth: false,
         }
     }
 

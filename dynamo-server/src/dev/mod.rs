@@ -19,8 +19,11 @@
 //!   are refused by name before anything starts;
 //! - node logs are appended across restarts, never truncated;
 //! - peer links are mutual TLS, with certificates from a CA made at each
-//!   start (see [`tls`]), unless `--plaintext`.
+//!   start (see [`tls`]), unless `--plaintext`;
+//! - with `--auth`, the HTTP API asks for bearer tokens, and an admin
+//!   token is written for the client commands (see [`auth`]).
 
+pub mod auth;
 pub mod configs;
 pub mod control;
 pub mod lock;
@@ -65,6 +68,11 @@ pub struct DevArgs {
     /// Plaintext, unauthenticated peer links instead of mutual TLS.
     #[arg(long)]
     pub plaintext: bool,
+    /// Require bearer tokens on the HTTP API (but /health): writes a
+    /// tokens file with one admin token, and the token to
+    /// <data-dir>/admin.token for `--token-file`.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {

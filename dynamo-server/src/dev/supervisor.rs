@@ -85,11 +85,15 @@ struct Cluster {
     template: ServerConfig,
     /// The CA that certifies the nodes' peer links; `None` with `--plaintext`.
     ca: Option<DevCa>,
+    /// The tokens file and admin token of `--auth`.
+    tokens: Option<DevTokens>,
     /// HTTP and peer ports of node 1; node i listens on these + i - 1.
     ports: (u16, u16),
     nodes: Vec<Node>,
     exits: mpsc::UnboundedSender<Exit>,
 }
+
+use super::auth::DevTokens;
 
 /// With the `transport-tcp` feature and without `--plaintext`: a new CA,
 /// and a certificate from it for each node.
@@ -137,6 +141,13 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
     let _lock = lock::lock(&args.data_dir)?;
     check_ports(&configs)?;
     let ca = secure(&args, &mut configs)?;
+    let tokens = if args.auth {
+        let tokens = DevTokens::create(&args.data_dir)?;
+        configs.iter_mut().for_each(|c| tokens.require(c));
+        Some(tokens)
+    } else {
+        None
+    };
     let listener = control::listen(&args.data_dir)?;
     let (requests_tx, mut requests) = mpsc::channel::<Incoming>(16);
     let control_task = tokio::spawn(control::serve(listener, requests_tx));
@@ -150,6 +161,7 @@ pub(super) async fn run(args: DevArgs, plugins: &Plugins) -> anyhow::Result<()> 
         },
         template: configs[0].clone(),
         ca,
+        tokens,
         ports: (args.http_port, args.peer_port),
         nodes: Vec::with_capacity(configs.len()),
         exits: exits_tx,
@@ -302,7 +314,18 @@ impl Cluster {
             self.exe.display(),
             self.data_dir_arg
         );
-        println!("try:  curl -i -X PUT --data-binary hello {}/kv/greeting", self.nodes[0].url);
+        match &self.tokens {
+            None => println!("try:  curl -i -X PUT --data-binary hello {}/kv/greeting", self.nodes[0].url),
+            Some(tokens) => {
+                let token = tokens.admin_token.display();
+                println!("client API: bearer tokens required (--auth); admin token in {token}");
+                println!(
+                    "try:  curl -i -X PUT -H \"Authorization: Bearer $(cat {token})\" --data-binary hello {}/kv/greeting",
+                    self.nodes[0].url
+                );
+                println!("      {} status --token-file {token}", self.exe.display());
+            }
+        }
         println!("Ctrl-C stops every node.");
     }
 
