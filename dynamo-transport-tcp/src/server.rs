@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -42,7 +43,6 @@ use crate::reader::{FrameReader, ReadError, Traffic};
 use crate::refusals::RefusalLog;
 use crate::watchdog::Timeouts;
 use crate::wire::{write_frames, Outgoing, ERROR_FLAG};
-use tokio_rustls::TlsAcceptor;
 
 /// Most requests of one connection handled at once; past it the connection
 /// is not read until one completes (backpressure on a flooding client).

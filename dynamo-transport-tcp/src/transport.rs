@@ -9,6 +9,7 @@ use bytes::Bytes;
 use dynamo_core::transport::{FrameHandler, Transport, TransportError};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -16,7 +17,6 @@ use crate::client::{lock, Pool, PoolShared};
 use crate::config::TcpConfig;
 use crate::server::{accept_loop, ServeOptions};
 use crate::tls::PeerTls;
-use tokio_rustls::TlsAcceptor;
 
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
