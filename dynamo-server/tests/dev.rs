@@ -332,18 +332,15 @@ fn dev_runs_secured_and_with_auth_asks_for_its_admin_token() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("requires a token"), "{refused:?}");
     let token = token.to_str().unwrap();
-    // A write at W=2 of 3 crosses the secured peer links.
-    let put = run(&["put", "k", "v", "--url", &url, "--w", "3", "--token-file", token]);
+    // The write crosses the secured peer links to two replicas at least;
+    // once every replica has it, a read at R=3 through another node finds
+    // it (a peer still in its connect backoff from the nodes' start may
+    // miss the write at first; read repair and hints bring it).
+    let put = run(&["put", "k", "v", "--url", &url, "--w", "2", "--token-file", token]);
     assert!(put.status.success(), "{put:?}");
-    let get = run(&[
-        "get",
-        "k",
-        "--url",
-        &format!("http://127.0.0.1:{}", http + 2),
-        "--r",
-        "3",
-        "--token-file",
-        token,
-    ]);
-    assert!(get.status.success() && String::from_utf8_lossy(&get.stdout).trim() == "v", "{get:?}");
+    let other = format!("http://127.0.0.1:{}", http + 2);
+    wait_until("a read at R=3 to find the write", || {
+        let get = run(&["get", "k", "--url", &other, "--r", "3", "--token-file", token]);
+        (get.status.success() && String::from_utf8_lossy(&get.stdout).trim() == "v").then_some(())
+    });
 }
