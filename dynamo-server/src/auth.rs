@@ -30,7 +30,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::config::HttpConfig;
-use crate::tokens::{Scope, TokenEntry, Tokens, TokensError};
+use crate::tokens::{Scope, TokenEntry, TokenStore, Tokens, TokensError};
 
 /// The realm of every `WWW-Authenticate` challenge.
 pub const REALM: &str = "dynamo";
@@ -41,7 +41,7 @@ pub const REALM: &str = "dynamo";
 ///
 /// # Errors
 /// The file cannot be read or holds a bad entry ([`TokensError`]).
-pub fn load_tokens(http: &HttpConfig) -> Result<Option<Arc<Tokens>>, TokensError> {
+pub fn load_tokens(http: &HttpConfig) -> Result<Option<Arc<TokenStore>>, TokensError> {
     let Some(path) = http.tokens_path() else {
         tracing::warn!(
             http = %http.listen,
@@ -49,13 +49,14 @@ pub fn load_tokens(http: &HttpConfig) -> Result<Option<Arc<Tokens>>, TokensError
         );
         return Ok(None);
     };
-    let tokens = Tokens::load(path)?;
-    if tokens.is_empty() {
+    let store = TokenStore::load(path)?;
+    let count = store.current().len();
+    if count == 0 {
         tracing::warn!(file = %path.display(), "the tokens file holds no token: every request but /health is refused");
     } else {
-        tracing::info!(file = %path.display(), tokens = tokens.len(), "client authentication on");
+        tracing::info!(file = %path.display(), tokens = count, "client authentication on; SIGHUP reloads the file");
     }
-    Ok(Some(Arc::new(tokens)))
+    Ok(Some(Arc::new(store)))
 }
 
 /// The scope a request for `path` with `method` needs; `None` for

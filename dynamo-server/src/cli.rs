@@ -156,7 +156,7 @@ enum Command {
     /// are counted as errors.
     Bench(crate::bench::BenchArgs),
     /// Manage the client tokens file (`http.tokens_file`): create a token
-    /// (shown once), list or revoke them. Nodes read the file at start.
+    /// (shown once), list or revoke them. Nodes read the file at start and at SIGHUP.
     Token(crate::token_cmd::TokenCmdArgs),
     /// The baseline `bench` starts for itself: an unreplicated in-memory
     /// key-value server behind the node's HTTP stack.

@@ -96,7 +96,8 @@ pub struct HttpConfig {
     /// `rate_limit_per_s`. Default 0.
     pub rate_limit_burst: u32,
     /// The client tokens file (see [`crate::tokens`] for its format and
-    /// [`crate::auth`] for the scopes), read once at start; relative to
+    /// [`crate::auth`] for the scopes), read at start and at each SIGHUP
+    /// (a file that no longer checks out leaves the tokens in use); relative to
     /// the directory `serve` runs in. Set: every request but `/health`
     /// needs `Authorization: Bearer <token>` with a token of the file that
     /// grants its scope (`401`/`403` otherwise); a file that cannot be

@@ -53,7 +53,7 @@ use crate::auth;
 use crate::config::HttpConfig;
 use crate::http_conn_io::{ConnIo, ConnProgress, ResponseDone};
 use crate::rate_limit::{retry_after_secs, ClientRateLimiter, RateKey};
-use crate::tokens::Tokens;
+use crate::tokens::TokenStore;
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so that it reads our answer rather than a reset.
@@ -153,7 +153,7 @@ pub struct ClientSecurity {
     /// Every request but `/health` must carry a bearer token of these that
     /// grants the scope it needs (module [`auth`]); `None`: no
     /// authentication.
-    pub tokens: Option<Arc<Tokens>>,
+    pub tokens: Option<Arc<TokenStore>>,
     /// Every connection is TLS with this configuration, its handshake due
     /// within the header timeout; `None`: plaintext HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -162,7 +162,7 @@ pub struct ClientSecurity {
 impl std::fmt::Debug for ClientSecurity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientSecurity")
-            .field("tokens", &self.tokens.as_ref().map(|t| t.len()))
+            .field("tokens", &self.tokens.as_ref().map(|t| t.path().to_path_buf()))
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -280,7 +280,7 @@ struct Connection {
     /// are rate-limited by.
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<TokenStore>>,
     stop: watch::Receiver<bool>,
     /// Returned when the connection is closed.
     _permit: OwnedSemaphorePermit,
@@ -363,7 +363,7 @@ struct ConnService {
     body_timeout: Duration,
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<TokenStore>>,
 }
 
 impl ConnService {
@@ -376,11 +376,12 @@ impl ConnService {
     fn admit(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
         let path = request.uri().path();
         let needed = auth::required_scope(request.method(), path)?;
-        let Some(tokens) = &self.tokens else {
+        let Some(store) = &self.tokens else {
             return self.over_rate_limit(&RateKey::address(self.client));
         };
+        let tokens = store.current();
         let authorization = request.headers().get(header::AUTHORIZATION);
-        match auth::authenticate(tokens, authorization, SystemTime::now()) {
+        match auth::authenticate(&tokens, authorization, SystemTime::now()) {
             Ok(token) => {
                 if let Some(refused) = self.over_rate_limit(&RateKey::token(Arc::clone(&token.name))) {
                     return Some(refused);

@@ -19,6 +19,7 @@ use crate::http::{router, AppState};
 use crate::http_listener::{ClientSecurity, HttpLimits};
 use crate::metrics::ServerMetrics;
 use crate::plugins::Plugins;
+use crate::tokens::TokenStore;
 
 /// Sets up `tracing` output: `RUST_LOG` if set, else the config's filter;
 /// text or JSON lines on stderr.
@@ -115,6 +116,8 @@ pub async fn serve_until(
         data_dir = %data_dir.display(),
         "node ready"
     );
+    #[cfg(unix)]
+    tokio::spawn(reload_tokens_on_hangup(security.tokens.clone()));
     let limits = HttpLimits::new(&config.http, Duration::from_millis(config.cluster.request_timeout_ms));
     crate::http_listener::serve_secured(listener, router(state), limits, security, shutdown).await;
     tracing::info!(node = config.node_id, "shutting down: in-flight requests finished");
@@ -208,4 +211,33 @@ fn http_tls(http: &HttpConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig
         "http.tls needs the transport-tcp feature (its TLS loader); {} was not loaded",
         tls.cert_file.display()
     )
+}
+
+/// Reloads the tokens file at every SIGHUP, for as long as the node runs:
+/// created and revoked tokens take effect without a restart. A file that
+/// does not check out is reported, and the tokens in use stay. Without a
+/// tokens file a SIGHUP is only logged (it never stops the node, as its
+/// default action would).
+#[cfg(unix)]
+async fn reload_tokens_on_hangup(store: Option<Arc<TokenStore>>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGHUP: the tokens file is read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let Some(store) = &store else {
+            tracing::info!("SIGHUP: no http.tokens_file, nothing to reload");
+            continue;
+        };
+        let file = store.path().display();
+        match store.reload() {
+            Ok(tokens) => tracing::info!(%file, tokens, "SIGHUP: tokens file reloaded"),
+            Err(e) => {
+                tracing::error!(%file, error = %e, "SIGHUP: tokens file NOT reloaded; the tokens in use stay")
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! `create` prints the new token on stdout, once: the file keeps only its
 //! SHA-256, so it cannot be shown again (create another and revoke this one
 //! if it is lost). `list` shows names, scopes and expiry. Nodes read the
-//! file at start: restart them for a change to take effect.
+//! file at start and again at each SIGHUP (or restart them).
 //!
 //! Every change is checked against the whole file first (a broken file is
 //! refused, never made worse), keeps what an operator wrote in it
@@ -373,7 +373,7 @@ pub fn run(args: TokenCmdArgs) -> anyhow::Result<()> {
                 .as_deref()
                 .map_or("never expires".to_string(), |at| format!("expires {at}"));
             eprintln!(
-                "token '{name}' ({}; {expiry}) added to {}. This is the only time it is shown: store it now (for the client commands: DYNAMO_TOKEN or --token-file). Restart the nodes that use this file to accept it.",
+                "token '{name}' ({}; {expiry}) added to {}. This is the only time it is shown: store it now (for the client commands: DYNAMO_TOKEN or --token-file). Nodes that use this file accept it after a SIGHUP (or a restart).",
                 created.record.scopes.join(", "),
                 file.display()
             );
@@ -389,7 +389,7 @@ pub fn run(args: TokenCmdArgs) -> anyhow::Result<()> {
         TokenCommand::Revoke { file, name } => {
             revoke(&file, &name)?;
             eprintln!(
-                "token '{name}' removed from {}. Restart the nodes that use this file to refuse it.",
+                "token '{name}' removed from {}. Nodes that use this file refuse it after a SIGHUP (or a restart).",
                 file.display()
             );
         }

@@ -14,10 +14,13 @@
 //! `dynamo-server token create` writes such entries ([`crate::token_cmd`]);
 //! an operator may write them by hand too (any token string works, though
 //! it should be as random as the generated ones). The node loads the file
-//! once at start; a file that cannot be read or parsed, an unknown key or
+//! at start; a file that cannot be read or parsed, an unknown key or
 //! field, a name or hash listed twice, an unknown scope, an empty scope
 //! list, a hash that is not 64 hex digits or a bad expiry refuses the
 //! start with an error naming the file and the entry ([`TokensError`]).
+//! SIGHUP reloads it ([`TokenStore`]): a created or revoked token takes
+//! effect without a restart, and a file that no longer checks out is
+//! reported and leaves the tokens in use as they were.
 //!
 //! Scopes ([`Scope`]): `read` for `GET`/`HEAD` of keys, `write` for
 //! `PUT`/`DELETE`/`POST` of keys, `admin` for `/metrics` and `/admin/…`.
@@ -37,7 +40,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -309,6 +312,54 @@ pub enum TokensError {
 
 fn name_suffix(name: &Option<String>) -> String {
     name.as_ref().map(|n| format!(" ({n:?})")).unwrap_or_default()
+}
+
+/// The tokens a node accepts now, reloadable from their file while the
+/// node serves (on SIGHUP, see `serve`): a request reads the set in use
+/// (one uncontended read lock and an `Arc` clone), a reload swaps in a
+/// new set only if the whole file checks out, so a bad edit never locks
+/// clients out.
+#[derive(Debug)]
+pub struct TokenStore {
+    path: PathBuf,
+    current: RwLock<Arc<Tokens>>,
+}
+
+impl TokenStore {
+    /// A store serving `tokens`, reloadable from `path`.
+    pub fn new(path: PathBuf, tokens: Tokens) -> Self {
+        TokenStore { path, current: RwLock::new(Arc::new(tokens)) }
+    }
+
+    /// The tokens file at `path`, read and checked.
+    ///
+    /// # Errors
+    /// See [`Tokens::load`].
+    pub fn load(path: &Path) -> Result<Self, TokensError> {
+        Ok(TokenStore::new(path.to_path_buf(), Tokens::load(path)?))
+    }
+
+    /// The file the tokens come from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tokens in use.
+    pub fn current(&self) -> Arc<Tokens> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Reads the file again and, if it checks out, serves its tokens from
+    /// now on; how many there are.
+    ///
+    /// # Errors
+    /// See [`Tokens::load`]; the tokens in use stay as they were.
+    pub fn reload(&self) -> Result<usize, TokensError> {
+        let tokens = Tokens::load(&self.path)?;
+        let count = tokens.len();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+        Ok(count)
+    }
 }
 
 /// The tokens a node accepts, by the SHA-256 of the token string.

@@ -17,7 +17,7 @@ use dynamo_core::node::ReadOptions;
 use dynamo_server::http::{router, AppState};
 use dynamo_server::http_listener::{self, HttpLimits};
 use dynamo_server::metrics::ServerMetrics;
-use dynamo_server::tokens::{generate_token, hash_hex, Tokens};
+use dynamo_server::tokens::{generate_token, hash_hex, TokenStore, Tokens};
 use dynamo_testkit::Cluster;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -92,7 +92,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let security = http_listener::ClientSecurity { tokens: Some(Arc::new(tokens)), tls: None };
+        let store = TokenStore::new(PathBuf::from("tokens.toml"), tokens);
+        let security = http_listener::ClientSecurity { tokens: Some(Arc::new(store)), tls: None };
         tokio::spawn(http_listener::serve_secured(listener, router(state), limits, security, async {
             let _ = stopped.await;
         }));
@@ -446,12 +447,22 @@ async fn a_node_without_tokens_warns_that_its_api_is_open() {
         .find(|l| l.contains("open to anyone who can reach it"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("WARN"), "{line}");
+    // A SIGHUP (what an operator sends after editing a tokens file) does
+    // not stop a node that has none.
+    let pid = cluster.nodes[0].child.as_ref().expect("node running").id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !cluster.log(0).contains("nothing to reload") {
+        assert!(Instant::now() < deadline, "{}", cluster.log(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.client(0).put("k", bytes::Bytes::from_static(b"v"), None, None).await.unwrap();
 }
 
 /// `token create` prints a token that the client commands then use
 /// against a node reading the file; `list` shows it without its hash;
-/// `revoke` removes it, and a node restarted on the file refuses it.
+/// `revoke` removes it, and the node refuses it after a SIGHUP, while a
+/// broken file at a SIGHUP is reported and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_create_list_revoke_and_the_printed_token_authenticates() {
     let dir = tempfile::tempdir().unwrap();
@@ -530,15 +541,44 @@ async fn token_create_list_revoke_and_the_printed_token_authenticates() {
         text(&bad.stderr)
     );
 
-    // Revoked, and the node restarted on the file: refused.
+    // Revoked, and the node told by SIGHUP: refused from then on, without
+    // a restart; the other token goes on working.
     let revoked = run_binary(&["token", "revoke", "--file", f, "--name", "app"], None).await;
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     let listing = text(&run_binary(&["token", "list", "--file", f], None).await.stdout);
     assert!(!listing.contains("app") && listing.contains("ops"), "{listing}");
-    assert!(cluster.terminate(0).success());
-    cluster.restart(0).await;
-    let get = run_binary(&["get", "cart", "--url", &url], Some(&app)).await;
-    assert!(text(&get.stderr).contains("unknown token"), "{}", text(&get.stderr));
+    let hangup = || {
+        let pid = cluster.nodes[0].child.as_ref().expect("node running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+            .unwrap();
+    };
+    hangup();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let get = run_binary(&["get", "cart", "--url", &url], Some(&app)).await;
+        if text(&get.stderr).contains("unknown token") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the revoked token still works: {}", cluster.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let get = run_binary(&["get", "cart", "--url", &url], Some(&ops)).await;
     assert_eq!(text(&get.stdout), "milk\n", "{}", text(&get.stderr));
+
+    // A broken file at the next SIGHUP is reported and changes nothing.
+    std::fs::write(&file, "[[token]]\nname = \"broken\"\n").unwrap();
+    hangup();
+    let deadline = Instant::now() + DEADLINE;
+    while !cluster.log(0).contains("tokens file NOT reloaded") {
+        assert!(Instant::now() < deadline, "no report of the bad file: {}", cluster.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let get = run_binary(&["get", "cart", "--url", &url], Some(&ops)).await;
+    assert_eq!(text(&get.stdout), "milk\n", "the tokens in use stay: {}", text(&get.stderr));
+
+    // The CLI, like the node, refuses to build on a broken file.
+    assert!(cluster.terminate(0).success());
+    let added =
+        run_binary(&["token", "create", "--file", f, "--name", "ops2", "--scope", "admin"], None).await;
+    assert!(!added.status.success(), "the CLI refuses to add to a broken file");
 }
