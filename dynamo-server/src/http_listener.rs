@@ -52,6 +52,7 @@ use tower::ServiceExt as _;
 use crate::auth;
 use crate::config::HttpConfig;
 use crate::http_conn_io::{ConnIo, ConnProgress, ResponseDone};
+use crate::metrics::HttpRefusals;
 use crate::rate_limit::{retry_after_secs, ClientRateLimiter, RateKey};
 use crate::tokens::TokenStore;
 
@@ -157,6 +158,10 @@ pub struct ClientSecurity {
     /// Every connection is TLS with this configuration, its handshake due
     /// within the header timeout; `None`: plaintext HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where requests refused before routing (`401`, `403`, `429`) are
+    /// counted (`ServerMetrics::http_refusals`); the default counts into
+    /// nothing exported.
+    pub refusals: HttpRefusals,
 }
 
 impl std::fmt::Debug for ClientSecurity {
@@ -176,7 +181,7 @@ pub async fn serve_secured(
     security: ClientSecurity,
     shutdown: impl Future<Output = ()>,
 ) {
-    let ClientSecurity { tokens, tls } = security;
+    let ClientSecurity { tokens, tls, refusals } = security;
     let tls = tls.map(TlsAcceptor::from);
     let rate_limit =
         ClientRateLimiter::from_config(limits.rate_limit_per_s, limits.rate_limit_burst).map(Arc::new);
@@ -213,6 +218,7 @@ pub async fn serve_secured(
                             client: peer.ip(),
                             rate_limit: rate_limit.clone(),
                             tokens: tokens.clone(),
+                            refusals: refusals.clone(),
                             stop: stop_rx.clone(),
                             _permit: permit,
                         };
@@ -281,6 +287,7 @@ struct Connection {
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
     tokens: Option<Arc<TokenStore>>,
+    refusals: HttpRefusals,
     stop: watch::Receiver<bool>,
     /// Returned when the connection is closed.
     _permit: OwnedSemaphorePermit,
@@ -313,6 +320,7 @@ impl Connection {
                 client: self.client,
                 rate_limit: self.rate_limit.clone(),
                 tokens: self.tokens.clone(),
+                refusals: self.refusals.clone(),
             };
             let conn = self.http.serve_connection(io, service);
             tokio::pin!(conn);
@@ -364,6 +372,7 @@ struct ConnService {
     client: IpAddr,
     rate_limit: Option<Arc<ClientRateLimiter>>,
     tokens: Option<Arc<TokenStore>>,
+    refusals: HttpRefusals,
 }
 
 impl ConnService {
@@ -387,6 +396,7 @@ impl ConnService {
                     return Some(refused);
                 }
                 let forbidden = auth::authorize(token, needed, request.method(), path).err()?;
+                self.refusals.forbidden();
                 tracing::debug!(client = %self.client, token = %token.name, needed = %needed, "HTTP request refused: token lacks the scope");
                 Some(forbidden.response())
             }
@@ -394,6 +404,7 @@ impl ConnService {
                 if let Some(refused) = self.over_rate_limit(&RateKey::address(self.client)) {
                     return Some(refused);
                 }
+                self.refusals.unauthenticated();
                 tracing::debug!(client = %self.client, reason = %refusal, "HTTP request refused: not authenticated");
                 Some(refusal.response())
             }
@@ -406,6 +417,7 @@ impl ConnService {
         let limiter = self.rate_limit.as_ref()?;
         let wait = limiter.check_key(key).err()?;
         let secs = retry_after_secs(wait);
+        self.refusals.rate_limited();
         tracing::debug!(client = %self.client, key = %key, retry_after_s = secs, "HTTP request over its client's rate limit");
         let from = match key {
             RateKey::Address(_) => format!("from {key}"),

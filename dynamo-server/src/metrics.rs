@@ -36,6 +36,41 @@ pub struct PeerLabels {
     pub peer: u64,
 }
 
+/// Why the HTTP port refused a request before routing it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `unauthenticated` (`401`), `forbidden` (`403`) or `rate_limited` (`429`).
+    pub reason: &'static str,
+}
+
+/// Counts of requests the HTTP port refused before routing them
+/// (`dynamo_http_refused_total{reason}`): cheap to clone, and shared
+/// between the listener and the registry. The default counts into a
+/// family no registry exports.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRefusals(Family<RefusalLabels, Counter>);
+
+impl HttpRefusals {
+    /// Counts one request refused `401`.
+    pub fn unauthenticated(&self) {
+        self.count("unauthenticated");
+    }
+
+    /// Counts one request refused `403`.
+    pub fn forbidden(&self) {
+        self.count("forbidden");
+    }
+
+    /// Counts one request refused `429`.
+    pub fn rate_limited(&self) {
+        self.count("rate_limited");
+    }
+
+    fn count(&self, reason: &'static str) {
+        self.0.get_or_create(&RefusalLabels { reason }).inc();
+    }
+}
+
 /// What the failure detector says of one peer at scrape time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PeerSample {
@@ -148,6 +183,7 @@ pub struct ServerMetrics {
     background_slots: Gauge,
     background_p99: Gauge<f64, AtomicU64>,
     aae_trees_ready: Gauge,
+    http_refused: HttpRefusals,
     process: crate::process::ProcessMetrics,
 }
 
@@ -261,6 +297,12 @@ impl ServerMetrics {
             background_waits: Counter::default(),
             background_throttled: Counter::default(),
         };
+        let http_refused = HttpRefusals::default();
+        registry.register(
+            "http_refused",
+            "HTTP requests refused before routing: unauthenticated (401), forbidden (403), rate_limited (429)",
+            http_refused.0.clone(),
+        );
         registry.register(
             "quorum_failures",
             "Requests that failed for want of a quorum or by deadline",
@@ -404,8 +446,14 @@ impl ServerMetrics {
             background_slots,
             background_p99,
             aae_trees_ready,
+            http_refused,
             process,
         }
+    }
+
+    /// The counts of refused HTTP requests, for the listener to add to.
+    pub fn http_refusals(&self) -> HttpRefusals {
+        self.http_refused.clone()
     }
 
     /// Records one request's latency.

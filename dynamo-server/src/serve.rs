@@ -72,8 +72,11 @@ pub async fn serve_until(
         )
     };
     // Client tokens and TLS: checked before anything is bound or opened.
-    let security =
-        ClientSecurity { tokens: crate::auth::load_tokens(&config.http)?, tls: http_tls(&config.http)? };
+    let mut security = ClientSecurity {
+        tokens: crate::auth::load_tokens(&config.http)?,
+        tls: http_tls(&config.http)?,
+        refusals: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {} (http.listen)", config.http.listen))?;
@@ -105,6 +108,7 @@ pub async fn serve_until(
         node: node.clone(),
         metrics: ServerMetrics::with_request_timeout(config.cluster.request_timeout()),
     });
+    security.refusals = state.metrics.http_refusals();
     let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     tracing::info!(
         node = config.node_id,

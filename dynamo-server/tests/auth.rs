@@ -93,7 +93,11 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let store = TokenStore::new(PathBuf::from("tokens.toml"), tokens);
-        let security = http_listener::ClientSecurity { tokens: Some(Arc::new(store)), tls: None };
+        let security = http_listener::ClientSecurity {
+            tokens: Some(Arc::new(store)),
+            tls: None,
+            refusals: state.metrics.http_refusals(),
+        };
         tokio::spawn(http_listener::serve_secured(listener, router(state), limits, security, async {
             let _ = stopped.await;
         }));
@@ -206,6 +210,15 @@ async fn requests_without_a_valid_token_are_401_with_a_challenge() {
     expired.assert_unauthenticated(INVALID, "token 'old' has expired");
     assert!(!expired.body.contains(&keys.expired[4..]), "{expired:?}");
     assert!(server.values("k").await.is_empty(), "no refused write was stored");
+
+    // Each refusal is counted, by reason, in /metrics.
+    let metrics = server.send(Method::GET, "/metrics", &keys.admin).await;
+    let line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("dynamo_http_refused_total{reason=\"unauthenticated\"}"))
+        .unwrap_or_else(|| panic!("no refusal count: {}", metrics.body));
+    assert!(line.ends_with(" 7"), "7 requests were refused 401: {line}");
 }
 
 /// `read` reads keys only; `write` writes and deletes keys only; `admin`
@@ -304,6 +317,14 @@ async fn one_tokens_flood_is_rate_limited_while_another_token_is_served() {
 
     // Health checks are never limited nor authenticated.
     assert_eq!(server.send_as(Method::GET, "/health", None).await.status, StatusCode::OK);
+
+    // Both 429s are counted.
+    let metrics = server.send(Method::GET, "/metrics", &keys.admin).await;
+    assert!(
+        metrics.body.lines().any(|l| l == "dynamo_http_refused_total{reason=\"rate_limited\"} 2"),
+        "{}",
+        metrics.body
+    );
 }
 
 /// Requests without a valid token count against their address, checked

@@ -196,6 +196,7 @@ async fn the_http_api_serves_https_to_clients_that_trust_its_ca() {
     let security = ClientSecurity {
         tokens: None,
         tls: Some(dynamo_transport_tcp::server_config(&tls.cert_file, &tls.key_file).unwrap()),
+        ..ClientSecurity::default()
     };
     tokio::spawn(http_listener::serve_secured(
         listener,
