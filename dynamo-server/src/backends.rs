@@ -165,6 +165,7 @@ pub async fn open_transport(config: &ServerConfig) -> anyhow::Result<Arc<dyn Tra
                     ca_file: t.ca_file.clone(),
                     cert_file: t.cert_file.clone(),
                     key_file: t.key_file.clone(),
+                    crl_file: t.crl_file.clone(),
                 }),
                 ..dynamo_transport_tcp::TcpConfig::default()
             };

@@ -4,14 +4,19 @@
 //! ```text
 //! dynamo-server cert ca --dir certs
 //! dynamo-server cert node --dir certs --name node1 --host 10.0.0.1 --host node1.example
+//! dynamo-server cert revoke --dir certs --name node1
 //! ```
 //!
 //! `ca` writes `ca.pem` (copy it to every node) and `ca.key` (keep it off
 //! the nodes: whoever holds it can admit a node); `node` writes
-//! `NAME.pem` and `NAME.key` (that node's, mode 0600) and prints the
-//! `[peer.tls]` section for it. Keys are never printed.
+//! `NAME.pem` and `NAME.key` (that node's, mode 0600) and `NAME.serial`
+//! (its serial number, for `revoke`), and prints the `[peer.tls]` section
+//! for it. `revoke` adds the node's certificate to `revoked.txt` and
+//! writes `crl.pem`, the CA's signed list of every certificate revoked so
+//! far, for every node's `peer.tls.crl_file`. Keys are never printed.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use dynamo_transport_tcp::certs::{write_private, ClusterCa, CA_VALID_DAYS, NODE_VALID_DAYS};
@@ -53,6 +58,17 @@ enum CertCommand {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
     },
+    /// Revoke the certificate `cert node` issued to NAME: DIR/crl.pem then
+    /// lists it (with every one revoked before), for every node's
+    /// peer.tls.crl_file.
+    Revoke {
+        /// Directory holding ca.pem, ca.key and NAME.serial.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node whose certificate to revoke.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Runs a `cert` command.
@@ -84,15 +100,16 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
             );
         }
         CertCommand::Node { dir, name, hosts } => {
-            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name == "ca" {
-                bail!("--name {name:?}: use a plain file name (not \"ca\")");
-            }
+            check_name(&name)?;
             let ca = read_ca(&dir)?;
             let issued = ca.issue(&name, &hosts).with_context(|| format!("hosts {hosts:?}"))?;
             let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
             std::fs::write(&cert, &issued.cert_pem)
                 .with_context(|| format!("cannot write {}", cert.display()))?;
             write_private(&key, &issued.key_pem)?;
+            let serial = dir.join(format!("{name}.serial"));
+            std::fs::write(&serial, format!("{}\n", hex(&issued.serial)))
+                .with_context(|| format!("cannot write {}", serial.display()))?;
             println!(
                 "wrote {} and {} (mode 0600), valid {NODE_VALID_DAYS} days for {}",
                 cert.display(),
@@ -104,8 +121,79 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
                 "[peer.tls]\nca_file = \"ca.pem\"\ncert_file = \"{name}.pem\"\nkey_file = \"{name}.key\""
             );
         }
+        CertCommand::Revoke { dir, name } => revoke(&dir, &name)?,
     }
     Ok(())
+}
+
+/// Adds `name`'s certificate to `dir/revoked.txt` and writes `dir/crl.pem`
+/// listing every certificate revoked so far, its number the count.
+fn revoke(dir: &Path, name: &str) -> anyhow::Result<()> {
+    check_name(name)?;
+    let ca = read_ca(dir)?;
+    let serial_file = dir.join(format!("{name}.serial"));
+    let serial = std::fs::read_to_string(&serial_file).with_context(|| {
+        format!(
+            "cannot read {} (revoke knows the certificates `cert node` made; with another CA, make the list with it, e.g. `openssl ca -gencrl`)",
+            serial_file.display()
+        )
+    })?;
+    let serial = serial.trim();
+    unhex(serial).with_context(|| format!("{}: not a serial number", serial_file.display()))?;
+    let list = dir.join("revoked.txt");
+    let mut lines: Vec<String> = match std::fs::read_to_string(&list) {
+        Ok(text) => text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", list.display())),
+    };
+    if lines.iter().any(|l| l.split_whitespace().next() == Some(serial)) {
+        bail!("{name}'s certificate ({serial}) is already revoked (see {})", list.display());
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    lines.push(format!("{serial} {now} {name}"));
+    let mut revoked = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let bad = || format!("{}: bad line {line:?}", list.display());
+        let mut fields = line.split_whitespace();
+        let (Some(serial), Some(at)) = (fields.next(), fields.next()) else {
+            bail!(bad());
+        };
+        let at: u64 = at.parse().with_context(bad)?;
+        revoked.push((unhex(serial).with_context(bad)?, UNIX_EPOCH + Duration::from_secs(at)));
+    }
+    let crl = ca.revocation_list(&revoked, lines.len() as u64)?;
+    let crl_file = dir.join("crl.pem");
+    std::fs::write(&crl_file, crl).with_context(|| format!("cannot write {}", crl_file.display()))?;
+    std::fs::write(&list, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", list.display()))?;
+    println!("revoked {name} ({serial}); {} lists {} certificate(s)", crl_file.display(), lines.len());
+    println!("copy it to every node, set [peer.tls] crl_file to it, and restart the nodes");
+    Ok(())
+}
+
+/// Refuses a node name that is not a plain file name.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name == "ca" || name == "crl"
+    {
+        bail!("--name {name:?}: use a plain file name (not \"ca\" or \"crl\")");
+    }
+    Ok(())
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of an even-length hex string.
+fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) || !text.is_ascii() {
+        bail!("{text:?} is not an even number of hex digits");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).with_context(|| format!("{text:?} is not hex")))
+        .collect()
 }
 
 fn read_ca(dir: &Path) -> anyhow::Result<ClusterCa> {

@@ -179,6 +179,11 @@ pub struct PeerTlsConfig {
     /// This node's private key, PEM; the node refuses to start if other
     /// users may read it (mode 0600, or 0640 at most).
     pub key_file: PathBuf,
+    /// The CA's certificate revocation list, PEM (`dynamo-server cert
+    /// revoke` writes it): peers whose certificates it lists are refused.
+    /// Unset: nothing is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
 }
 
 /// The storage engine.

@@ -64,8 +64,39 @@ fn cert_makes_a_ca_and_node_certificates_and_never_prints_a_key() {
         ca_file: dir.path().join("ca.pem"),
         cert_file: dir.path().join("node1.pem"),
         key_file: dir.path().join("node1.key"),
+        crl_file: None,
     };
+    // Revoking node2 lists it in crl.pem; node1, given the list, still
+    // starts, node2 does not.
+    let node2 = dynamo(&["cert", "node", "--dir", d, "--name", "node2", "--host", "127.0.0.1"]);
+    assert!(node2.status.success(), "{}", text(&node2));
+    let revoke = dynamo(&["cert", "revoke", "--dir", d, "--name", "node2"]);
+    assert!(revoke.status.success() && text(&revoke).contains("1 certificate(s)"), "{}", text(&revoke));
+    let again = dynamo(&["cert", "revoke", "--dir", d, "--name", "node2"]);
+    assert!(!again.status.success() && text(&again).contains("already revoked"), "{}", text(&again));
+    let unknown = dynamo(&["cert", "revoke", "--dir", d, "--name", "node9"]);
+    assert!(!unknown.status.success() && text(&unknown).contains("node9.serial"), "{}", text(&unknown));
+    let crl_file = Some(dir.path().join("crl.pem"));
+    let node2_tls = dynamo_transport_tcp::TlsConfig {
+        cert_file: dir.path().join("node2.pem"),
+        key_file: dir.path().join("node2.key"),
+        crl_file: crl_file.clone(),
+        ..tls.clone()
+    };
+    let node1_with_crl = dynamo_transport_tcp::TlsConfig { crl_file, ..tls.clone() };
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let bind = |tls| {
+            dynamo_transport_tcp::TcpTransport::bind(dynamo_transport_tcp::TcpConfig {
+                tls: Some(tls),
+                ..dynamo_transport_tcp::TcpConfig::new("127.0.0.1:0")
+            })
+        };
+        bind(node1_with_crl).await.expect("node1 is not revoked");
+        let err = bind(node2_tls).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("node2.pem") && err.to_lowercase().contains("revoked"), "{err}");
+    });
     rt.block_on(async {
         let config = dynamo_transport_tcp::TcpConfig {
             tls: Some(tls),

@@ -71,7 +71,15 @@ fn tls_files() -> (TlsConfig, tempfile::TempDir) {
     std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(path("node.pem"), &node.cert_pem).unwrap();
     write_private(&path("node.key"), &node.key_pem).unwrap();
-    (TlsConfig { ca_file: path("ca.pem"), cert_file: path("node.pem"), key_file: path("node.key") }, dir)
+    (
+        TlsConfig {
+            ca_file: path("ca.pem"),
+            cert_file: path("node.pem"),
+            key_file: path("node.key"),
+            crl_file: None,
+        },
+        dir,
+    )
 }
 
 async fn transport_pair(tls: Option<&TlsConfig>) -> (TcpTransport, Arc<TcpTransport>) {

@@ -19,9 +19,12 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use std::time::SystemTime;
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber,
 };
 
 /// Days a CA certificate is valid.
@@ -53,6 +56,9 @@ pub enum CertError {
 pub struct IssuedCert {
     /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its serial number (16 random bytes, big-endian, top bit clear):
+    /// what a revocation list names it by ([`ClusterCa::revocation_list`]).
+    pub serial: Vec<u8>,
     /// Its private key, PEM (PKCS#8). Keep it in a file only its owner
     /// can read ([`write_private`]).
     pub key_pem: String,
@@ -148,9 +154,46 @@ impl ClusterCa {
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
+        let mut serial: [u8; 16] = rand::random();
+        // Positive, and 16 bytes long in DER.
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         validity(&mut params, NODE_VALID_DAYS);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCert { cert_pem: cert.pem(), serial: serial.to_vec(), key_pem: key.serialize_pem() })
+    }
+
+    /// A certificate revocation list, PEM, signed by this CA, listing the
+    /// certificates with the serial numbers in `revoked`, each with when
+    /// it was revoked; `number` is the list's sequence number (RFC 5280:
+    /// increasing with each new list). Peers given it refuse those
+    /// certificates (`TlsConfig::crl_file`).
+    ///
+    /// # Errors
+    /// [`CertError::Generate`] if rcgen fails.
+    pub fn revocation_list(
+        &self,
+        revoked: &[(Vec<u8>, SystemTime)],
+        number: u64,
+    ) -> Result<String, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(NODE_VALID_DAYS),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: time::OffsetDateTime::from(*at),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 

@@ -16,8 +16,9 @@
 //! [`PeerTls::load`] reads the PEM files named by [`TlsConfig`] and checks
 //! them before the node starts: the private key file must not be open to
 //! other users, and the node's own certificate must chain to the CA and
-//! name the host it advertises, so a mistake shows at start, not as
-//! refused connections later.
+//! name the host it advertises (nor be revoked), so a mistake shows at
+//! start, not as refused connections later. With a `crl_file`, a peer
+//! whose certificate the CA revoked is refused like a stranger.
 
 use std::fmt;
 use std::io;
@@ -30,7 +31,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -59,6 +60,11 @@ pub struct TlsConfig {
     /// readable or writable by other users (mode 0600 or 0640 with no group
     /// write), or the node refuses to start.
     pub key_file: PathBuf,
+    /// Certificate revocation lists from the CA, PEM (`dynamo-server cert
+    /// revoke` writes one): a peer whose certificate is listed is refused
+    /// at the handshake, either way. `None`: nothing is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -68,6 +74,7 @@ impl fmt::Debug for TlsConfig {
             .field("ca_file", &self.ca_file)
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
+            .field("crl_file", &self.crl_file)
             .finish()
     }
 }
@@ -162,13 +169,19 @@ impl PeerTls {
         }
         let roots = Arc::new(roots);
         let provider = provider();
+        let crls = match &config.crl_file {
+            Some(path) => read_crls(path)?,
+            None => Vec::new(),
+        };
 
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .with_crls(crls.clone())
                 .build()
                 .map_err(setup)?;
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .with_crls(crls)
                 .build()
                 .map_err(setup)?;
         check_own_certificate(config, &chain, advertised, &*client_verifier, &*server_verifier)?;
@@ -277,6 +290,21 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
         return Err(TlsError::Pem { path: path.to_owned(), reason: "holds no CERTIFICATE section".into() });
     }
     Ok(certs)
+}
+
+/// Every certificate revocation list in the PEM file at `path`.
+///
+/// # Errors
+/// Unreadable, malformed PEM, or no CRL in it.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read_file(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_owned(), reason: format!("bad PEM: {e}") })?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem { path: path.to_owned(), reason: "holds no X509 CRL section".into() });
+    }
+    Ok(crls)
 }
 
 /// The private key in the PEM file at `path`. Errors never quote the file.

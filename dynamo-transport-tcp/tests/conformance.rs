@@ -29,8 +29,12 @@ impl Tcp {
         std::fs::write(path("ca.pem"), ca.cert_pem()).expect("write CA");
         std::fs::write(path("node.pem"), &node.cert_pem).expect("write certificate");
         write_private(&path("node.key"), &node.key_pem).expect("write key");
-        let tls =
-            TlsConfig { ca_file: path("ca.pem"), cert_file: path("node.pem"), key_file: path("node.key") };
+        let tls = TlsConfig {
+            ca_file: path("ca.pem"),
+            cert_file: path("node.pem"),
+            key_file: path("node.key"),
+            crl_file: None,
+        };
         Tcp { tls: Some((tls, dir)) }
     }
 

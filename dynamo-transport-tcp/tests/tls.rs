@@ -51,15 +51,30 @@ impl Cluster {
 
     /// The TLS files of a node named `name`, certified for `hosts`.
     fn node(&self, name: &str, hosts: &[&str]) -> TlsConfig {
+        self.node_with_serial(name, hosts).0
+    }
+
+    /// [`node`](Self::node), and its certificate's serial number.
+    fn node_with_serial(&self, name: &str, hosts: &[&str]) -> (TlsConfig, Vec<u8>) {
         let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
         let cert = self.ca.issue(name, &hosts).unwrap();
         std::fs::write(self.path(&format!("{name}.pem")), &cert.cert_pem).unwrap();
         write_private(&self.path(&format!("{name}.key")), &cert.key_pem).unwrap();
-        TlsConfig {
+        let tls = TlsConfig {
             ca_file: self.path("ca.pem"),
             cert_file: self.path(&format!("{name}.pem")),
             key_file: self.path(&format!("{name}.key")),
-        }
+            crl_file: None,
+        };
+        (tls, cert.serial)
+    }
+
+    /// A revocation list of `serials`, written as `crl.pem`; its path.
+    fn revoke(&self, serials: &[Vec<u8>]) -> PathBuf {
+        let revoked: Vec<_> = serials.iter().map(|s| (s.clone(), std::time::SystemTime::now())).collect();
+        let path = self.path("crl.pem");
+        std::fs::write(&path, self.ca.revocation_list(&revoked, 1).unwrap()).unwrap();
+        path
     }
 }
 
@@ -328,4 +343,44 @@ async fn a_refused_handshake_is_logged_with_its_address() {
     }
     assert_eq!(handled.handled.load(Ordering::SeqCst), 0);
     server.shutdown().await;
+}
+
+/// A node whose certificate the CA revoked is refused by members given
+/// the revocation list, as a caller and as a server, and cannot start with
+/// its own certificate listed; the members not listed go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_refused_both_ways() {
+    let cluster = Cluster::new("c");
+    let (revoked, serial) = cluster.node_with_serial("gone", &["127.0.0.1"]);
+    let crl = cluster.revoke(&[serial]);
+    let with_crl = |tls: TlsConfig| TlsConfig { crl_file: Some(crl.clone()), ..tls };
+
+    let (server, handled) = serving(Some(with_crl(cluster.node("a", &["127.0.0.1"])))).await;
+    let addr = server.local_addr().to_owned();
+    let member = client(Some(with_crl(cluster.node("b", &["127.0.0.1"])))).await;
+    assert_eq!(member.call(&addr, Bytes::from_static(b"ok"), T).await.unwrap(), "ok");
+
+    // As a caller (it does not know it is revoked).
+    let gone = client(Some(revoked.clone())).await;
+    let err = gone.call(&addr, Bytes::from_static(b"let me in"), T).await.unwrap_err();
+    assert!(matches!(err, TransportError::Refused { .. } | TransportError::Unreachable { .. }), "{err:?}");
+    assert_eq!(handled.handled.load(Ordering::SeqCst), 1, "the revoked node's frame was not handled");
+
+    // As a server: a member given the list does not talk to it.
+    let (gone_server, gone_handled) = serving(Some(revoked.clone())).await;
+    let err = member.call(gone_server.local_addr(), Bytes::from_static(b"secret"), T).await.unwrap_err();
+    assert!(matches!(err, TransportError::Refused { ref reason, .. } if reason.contains("TLS")), "{err:?}");
+    assert_eq!(gone_handled.handled.load(Ordering::SeqCst), 0);
+
+    // Given the list itself, it refuses to start, saying why.
+    let reason = listen_error(TcpTransport::bind(config(Some(with_crl(revoked)))).await);
+    assert!(reason.contains("gone.pem") && reason.to_lowercase().contains("revoked"), "{reason}");
+
+    // A file without a CRL is refused, naming it.
+    let not_crl = TlsConfig { crl_file: Some(cluster.path("ca.pem")), ..cluster.node("d", &["127.0.0.1"]) };
+    let reason = listen_error(TcpTransport::bind(config(Some(not_crl))).await);
+    assert!(reason.contains("ca.pem") && reason.contains("CRL"), "{reason}");
+    for t in [member, gone, server, gone_server] {
+        t.shutdown().await;
+    }
 }

@@ -57,7 +57,8 @@ impl DevCa {
             .with_context(|| format!("cannot write {}", cert_file.display()))?;
         let key_file = dir.join("node.key");
         write_private(&key_file, &cert.key_pem)?;
-        config.peer.tls = Some(PeerTlsConfig { ca_file: self.ca_file.clone(), cert_file, key_file });
+        config.peer.tls =
+            Some(PeerTlsConfig { ca_file: self.ca_file.clone(), cert_file, key_file, crl_file: None });
         Ok(())
     }
 }

@@ -42,6 +42,7 @@ pub fn certify(ca: &ClusterCa, dir: &std::path::Path, id: u64, host: &str) -> Pe
         ca_file: dir.join("ca.pem"),
         cert_file: dir.join(format!("node-{id}.pem")),
         key_file: dir.join(format!("node-{id}.key")),
+        crl_file: None,
     };
     std::fs::write(&tls.ca_file, ca.cert_pem()).unwrap();
     std::fs::write(&tls.cert_file, &issued.cert_pem).unwrap();
