@@ -282,14 +282,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// # Errors
 /// Unreadable, malformed PEM, or no certificate in it.
 pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_owned(), reason: format!("bad PEM: {e}") })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_owned(), reason: "holds no CERTIFICATE section".into() });
-    }
-    Ok(certs)
+    read_all_pem(path, "CERTIFICATE")
 }
 
 /// Every certificate revocation list in the PEM file at `path`.
@@ -297,14 +290,20 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 /// # Errors
 /// Unreadable, malformed PEM, or no CRL in it.
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    read_all_pem(path, "X509 CRL")
+}
+
+/// Every PEM section of type `T` (labelled `label`) in the file at `path`,
+/// in order; at least one.
+fn read_all_pem<T: PemObject>(path: &Path, label: &str) -> Result<Vec<T>, TlsError> {
     let pem = read_file(path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+    let items = T::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem { path: path.to_owned(), reason: format!("bad PEM: {e}") })?;
-    if crls.is_empty() {
-        return Err(TlsError::Pem { path: path.to_owned(), reason: "holds no X509 CRL section".into() });
+    if items.is_empty() {
+        return Err(TlsError::Pem { path: path.to_owned(), reason: format!("holds no {label} section") });
     }
-    Ok(crls)
+    Ok(items)
 }
 
 /// The private key in the PEM file at `path`. Errors never quote the file.
