@@ -75,7 +75,12 @@ impl ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("test cluster").unwrap();
         let host = private_loopback();
-        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(&host), free_port(&host))).collect();
+        // Held until every port is chosen, so no two are the same.
+        let held: Vec<std::net::TcpListener> =
+            (0..2 * nodes).map(|_| std::net::TcpListener::bind((host.as_str(), 0)).unwrap()).collect();
+        let port = |i: usize| held[i].local_addr().unwrap().port();
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|i| (port(2 * i), port(2 * i + 1))).collect();
+        drop(held);
         let members: Vec<MemberConfig> = ports
             .iter()
             .enumerate()
