@@ -309,10 +309,17 @@ async fn a_write_forwarded_to_a_stopped_node_never_undoes_a_later_delete() {
         c1.delete(&key, read.context.as_deref(), None).await.unwrap();
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
         // The resumed owner handles the write queued for it, and drops it;
-        // if none reached it, the attempt is made again.
+        // if none reached it, the attempt is made again, once it is sure
+        // the delete stands on the owner all the same.
         if owner_dropped_a_late_write(&cluster, owner).await {
             break;
         }
+        let local = cluster.client(owner).json(&format!("/admin/local/{key}")).await.unwrap();
+        let live = local["data"]["siblings"].as_array().cloned().unwrap_or_default();
+        assert!(
+            live.iter().all(|s| s["tombstone"] == true),
+            "attempt {attempts}: a late write executed on the owner: {local}"
+        );
     }
     let owner_client = cluster.client(owner);
     eventually("the delete reaches every replica", || {
