@@ -108,7 +108,7 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", cert.display()))?;
             write_private(&key, &issued.key_pem)?;
             let serial = dir.join(format!("{name}.serial"));
-            std::fs::write(&serial, format!("{}\n", hex(&issued.serial)))
+            std::fs::write(&serial, format!("{}\n", hex::encode(&issued.serial)))
                 .with_context(|| format!("cannot write {}", serial.display()))?;
             println!(
                 "wrote {} and {} (mode 0600), valid {NODE_VALID_DAYS} days for {}",
@@ -139,7 +139,7 @@ fn revoke(dir: &Path, name: &str) -> anyhow::Result<()> {
         )
     })?;
     let serial = serial.trim();
-    unhex(serial).with_context(|| format!("{}: not a serial number", serial_file.display()))?;
+    hex::decode(serial).with_context(|| format!("{}: not a serial number", serial_file.display()))?;
     let list = dir.join("revoked.txt");
     let mut lines: Vec<String> = match std::fs::read_to_string(&list) {
         Ok(text) => text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect(),
@@ -159,7 +159,7 @@ fn revoke(dir: &Path, name: &str) -> anyhow::Result<()> {
             bail!(bad());
         };
         let at: u64 = at.parse().with_context(bad)?;
-        revoked.push((unhex(serial).with_context(bad)?, UNIX_EPOCH + Duration::from_secs(at)));
+        revoked.push((hex::decode(serial).with_context(bad)?, UNIX_EPOCH + Duration::from_secs(at)));
     }
     let crl = ca.revocation_list(&revoked, lines.len() as u64)?;
     let crl_file = dir.join("crl.pem");
@@ -178,22 +178,6 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         bail!("--name {name:?}: use a plain file name (not \"ca\" or \"crl\")");
     }
     Ok(())
-}
-
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bytes of an even-length hex string.
-fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
-    if text.is_empty() || !text.len().is_multiple_of(2) || !text.is_ascii() {
-        bail!("{text:?} is not an even number of hex digits");
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).with_context(|| format!("{text:?} is not hex")))
-        .collect()
 }
 
 fn read_ca(dir: &Path) -> anyhow::Result<ClusterCa> {

@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -46,31 +45,17 @@ fn base_url(url: &str) -> String {
     }
 }
 
-/// A TLS 1.3 client configuration that trusts the certificates in the
-/// PEM file `ca` and nothing else.
+/// A TLS 1.3 client configuration that trusts the CA certificates in
+/// `ca` and nothing else (the TCP transport's TLS loader).
 ///
 /// # Errors
-/// The file cannot be read, is not PEM, or holds no usable certificate.
+/// The file cannot be read or holds no usable certificate; or a build
+/// without the tcp transport.
 fn tls_trusting(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::CertificateDer;
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read --ca-file {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.with_context(|| format!("--ca-file {}: bad PEM", ca.display()))?;
-        roots
-            .add(cert)
-            .with_context(|| format!("--ca-file {}: not a usable CA certificate", ca.display()))?;
-    }
-    if roots.is_empty() {
-        anyhow::bail!("--ca-file {} holds no CERTIFICATE", ca.display());
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(config)
+    #[cfg(feature = "transport-tcp")]
+    return dynamo_transport_tcp::client_config(ca).context("--ca-file");
+    #[cfg(not(feature = "transport-tcp"))]
+    anyhow::bail!("--ca-file {} needs the transport-tcp feature (its TLS loader)", ca.display())
 }
 
 /// Percent-encodes a key as one path segment.
@@ -90,17 +75,23 @@ pub fn encode_key(key: &str) -> String {
 /// the server's message; for `401`, what to do about the token.
 async fn error_of(resp: reqwest::Response, authenticated: bool) -> anyhow::Error {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
+    let body = resp.bytes().await.unwrap_or_default();
+    let message = error_message(&body);
+    auth_error(status, &message, authenticated).unwrap_or_else(|| anyhow::anyhow!("{status}: {message}"))
+}
+
+/// What an error answer's body says: its JSON `error`, else the body as
+/// text.
+pub(crate) fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or(text);
-    auth_error(status, &message, authenticated).unwrap_or_else(|| anyhow::anyhow!("{status}: {message}"))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 /// The CLI's words for a `401` or `403` answer carrying `message`, or
 /// `None` for any other status.
-fn auth_error(status: StatusCode, message: &str, authenticated: bool) -> Option<anyhow::Error> {
+pub(crate) fn auth_error(status: StatusCode, message: &str, authenticated: bool) -> Option<anyhow::Error> {
     match status {
         StatusCode::UNAUTHORIZED if !authenticated => Some(anyhow::anyhow!(
             "the node requires a token: set {TOKEN_VARIABLE} or --token-file (401: {message})"

@@ -236,11 +236,17 @@ async fn reload_tokens_on_hangup(store: Option<Arc<TokenStore>>) {
             tracing::info!("SIGHUP: no http.tokens_file, nothing to reload");
             continue;
         };
+        // Reading the file is disk work: off the async workers.
+        let reloading = Arc::clone(store);
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
         let file = store.path().display();
-        match store.reload() {
-            Ok(tokens) => tracing::info!(%file, tokens, "SIGHUP: tokens file reloaded"),
-            Err(e) => {
+        match reloaded {
+            Ok(Ok(tokens)) => tracing::info!(%file, tokens, "SIGHUP: tokens file reloaded"),
+            Ok(Err(e)) => {
                 tracing::error!(%file, error = %e, "SIGHUP: tokens file NOT reloaded; the tokens in use stay")
+            }
+            Err(e) => {
+                tracing::error!(%file, error = %e, "SIGHUP: the reload task failed; the tokens in use stay")
             }
         }
     }

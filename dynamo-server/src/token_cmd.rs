@@ -36,7 +36,7 @@ const LATEST_EXPIRY_SECS: u64 = 253_402_300_799;
 /// What a tokens file made by `token create` starts with.
 const NEW_FILE_HEADER: &str = "# dynamo-server client tokens (http.tokens_file). Each entry keeps the\n\
 # SHA-256 of a token, never the token. Edit with `dynamo-server token\n\
-# create | list | revoke`; nodes read this file at start.\n\n";
+# create | list | revoke`; nodes read this file at start and at SIGHUP.\n\n";
 
 /// Options of `token`.
 #[derive(Debug, Clone, clap::Args)]

@@ -499,24 +499,13 @@ pub fn hash_token(token: &str) -> TokenHash {
 /// The SHA-256 of a token string in lowercase hex, as the tokens file
 /// holds it.
 pub fn hash_hex(token: &str) -> String {
-    use fmt::Write as _;
-    hash_token(token).iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex::encode(hash_token(token))
 }
 
 /// A hash written as 64 hex digits (either case).
-fn parse_hash(hex: &str) -> Option<TokenHash> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
+fn parse_hash(text: &str) -> Option<TokenHash> {
     let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let digit = |c: u8| (c as char).to_digit(16);
-        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

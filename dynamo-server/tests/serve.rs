@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{free_port, private_loopback};
+use support::{free_ports, private_loopback};
 
 mod support;
 
@@ -42,9 +42,9 @@ impl Drop for Running {
 async fn serve_with_no_config_is_a_usable_single_node() {
     let dir = tempfile::tempdir().unwrap();
     let host = private_loopback();
-    let http = free_port(&host);
+    let [http, peer] = free_ports(&host, 2)[..] else { unreachable!("two ports asked for") };
     let env = [
-        ("DYNAMO_PEER__LISTEN", format!("{host}:{}", free_port(&host))),
+        ("DYNAMO_PEER__LISTEN", format!("{host}:{peer}")),
         ("DYNAMO_URL", format!("http://{host}:{http}")),
         ("DYNAMO_TEST_SEED", "7".into()),
         ("DYNAMO_SIM_FROM", "0".into()),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dynamo_server::config::ServerConfig;
 use dynamo_transport_tcp::certs::ClusterCa;
-use support::{certify, eventually, free_port, ProcCluster, CONVERGE};
+use support::{certify, eventually, free_ports, ProcCluster, CONVERGE};
 
 fn dynamo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dynamo-server")).args(args).output().expect("run dynamo-server")
@@ -114,8 +114,9 @@ fn serve_refuses_a_private_key_readable_by_others() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::generate("t").unwrap();
     let mut c = ServerConfig { data_dir: dir.path().join("data"), ..ServerConfig::default() };
-    c.http.listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    c.peer.listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let [http, peer] = free_ports("127.0.0.1", 2)[..] else { unreachable!("two ports asked for") };
+    c.http.listen = format!("127.0.0.1:{http}");
+    c.peer.listen = format!("127.0.0.1:{peer}");
     (c.cluster.n, c.cluster.r, c.cluster.w) = (1, 1, 1);
     let tls = certify(&ca, &dir.path().join("tls"), 1, "127.0.0.1");
     std::fs::set_permissions(&tls.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -120,5 +120,5 @@ mod watchdog;
 mod wire;
 
 pub use config::{ConfigError, TcpConfig, MAX_FRAME_LIMIT, MAX_TIMEOUT_MS};
-pub use tls::{check_key_permissions, server_config, TlsConfig, TlsError};
+pub use tls::{check_key_permissions, client_config, server_config, TlsConfig, TlsError};
 pub use transport::TcpTransport;

@@ -156,18 +156,9 @@ impl PeerTls {
     /// not name `advertised`'s host.
     pub(crate) fn load(config: &TlsConfig, advertised: &str) -> Result<PeerTls, TlsError> {
         check_key_permissions(&config.key_file)?;
-        let ca = read_certificates(&config.ca_file)?;
         let chain = read_certificates(&config.cert_file)?;
         let key = read_key(&config.key_file)?;
-
-        let mut roots = RootCertStore::empty();
-        for cert in ca {
-            roots.add(cert).map_err(|e| TlsError::Pem {
-                path: config.ca_file.clone(),
-                reason: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(root_store(&config.ca_file)?);
         let provider = provider();
         let crls = match &config.crl_file {
             Some(path) => read_crls(path)?,
@@ -231,6 +222,34 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
         .with_single_cert(chain, key)
         .map_err(|e| mismatch(cert_file, key_file, e))?;
     Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client configuration that trusts the certificates in the PEM
+/// file `ca_file` and nothing else, and presents none of its own: for a
+/// client of a plain TLS listener such as the HTTPS API.
+///
+/// # Errors
+/// [`TlsError`] naming the file: unreadable, no certificate in it, or one
+/// that is not a usable CA certificate.
+pub fn client_config(ca_file: &Path) -> Result<ClientConfig, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup)?
+        .with_root_certificates(root_store(ca_file)?)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The CA certificates in the PEM file `ca_file`, as trust anchors.
+fn root_store(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(ca_file)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: ca_file.to_owned(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 fn mismatch(cert_file: &Path, key_file: &Path, e: rustls::Error) -> TlsError {

@@ -164,21 +164,10 @@ impl Target {
         let path = format!("/kv/{}", key_name(0));
         let (status, body) =
             self.fetch(&path).await.map_err(|e| anyhow::anyhow!("node {}: {e:#}", self.base))?;
-        let message = || {
-            serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
-        match status {
-            StatusCode::UNAUTHORIZED if self.authorization.is_none() => anyhow::bail!(
-                "node {} requires a token: set DYNAMO_TOKEN or --token-file ({})",
-                self.base,
-                message()
-            ),
-            StatusCode::UNAUTHORIZED => anyhow::bail!("node {} refused the token: {}", self.base, message()),
-            StatusCode::FORBIDDEN => anyhow::bail!("node {}: {}", self.base, message()),
-            _ => Ok(()),
+        let message = crate::client::error_message(&body);
+        match crate::client::auth_error(status, &message, self.authorization.is_some()) {
+            Some(refused) => Err(refused.context(format!("node {}", self.base))),
+            None => Ok(()),
         }
     }
 

@@ -61,9 +61,12 @@ pub fn private_loopback() -> String {
     format!("127.{}.{}.1", 1 + draw % 254, (draw >> 8) % 256)
 }
 
-/// A port free on `host` now.
-pub fn free_port(host: &str) -> u16 {
-    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+/// `n` distinct ports free on `host` now: each is held until all are
+/// chosen, so no two are the same.
+pub fn free_ports(host: &str, n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind((host, 0)).unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 impl ProcCluster {
@@ -75,12 +78,8 @@ impl ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("test cluster").unwrap();
         let host = private_loopback();
-        // Held until every port is chosen, so no two are the same.
-        let held: Vec<std::net::TcpListener> =
-            (0..2 * nodes).map(|_| std::net::TcpListener::bind((host.as_str(), 0)).unwrap()).collect();
-        let port = |i: usize| held[i].local_addr().unwrap().port();
-        let ports: Vec<(u16, u16)> = (0..nodes).map(|i| (port(2 * i), port(2 * i + 1))).collect();
-        drop(held);
+        let free = free_ports(&host, 2 * nodes);
+        let ports: Vec<(u16, u16)> = free.chunks_exact(2).map(|pair| (pair[0], pair[1])).collect();
         let members: Vec<MemberConfig> = ports
             .iter()
             .enumerate()
@@ -204,12 +203,12 @@ impl ProcCluster {
         let mut c = self.config(0);
         let id = self.nodes.len() as u64 + 1;
         let host = &self.host;
-        let http = free_port(host);
+        let [http, peer] = free_ports(host, 2)[..] else { unreachable!("two ports asked for") };
         c.node_id = id;
         c.data_dir = self.dir.path().join(format!("node-{id}"));
         c.members = Vec::new();
         c.http.listen = format!("{host}:{http}");
-        c.peer.listen = format!("{host}:{}", free_port(host));
+        c.peer.listen = format!("{host}:{peer}");
         c.peer.advertise = None;
         c.cluster.seeds = seeds;
         c.peer.tls = Some(certify(&self.ca, &self.dir.path().join(format!("tls-{id}")), id, host));
